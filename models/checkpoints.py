@@ -1,0 +1,91 @@
+"""Checkpoints that describe themselves: safetensors weights with the validated spec in the header.
+
+Loading never unpickles anything: the spec is JSON in the safetensors metadata, it rebuilds the module,
+and the weights are loaded into that module strictly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from models.network import build_mlp
+from models.spec import TrainingSpec
+
+FORMAT = "fmnist-mlp/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not match its recorded digest."""
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    path: Path
+    sha256: str
+    size_bytes: int
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, spec: TrainingSpec, extra: dict[str, str] | None = None
+) -> SavedCheckpoint:
+    """Writes weights and spec to ``path`` atomically: a temp file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: value.detach().to("cpu").contiguous() for name, value in model.state_dict().items()}
+    metadata = {"format": FORMAT, "spec": spec.model_dump_json(), **(extra or {})}
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        sha = file_sha256(tmp)
+        size = tmp.stat().st_size
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return SavedCheckpoint(path=path, sha256=sha, size_bytes=size)
+
+
+def load_checkpoint(
+    path: Path, expected_sha256: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, TrainingSpec]:
+    """Rebuilds the module from the spec in the header and loads the weights; refuses a digest mismatch."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path.name} is missing")
+    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
+        raise CheckpointError(f"checkpoint {path.name} does not match its recorded sha256")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path.name} is unreadable: {exc}") from exc
+    if metadata.get("format") != FORMAT or "spec" not in metadata:
+        raise CheckpointError(f"checkpoint {path.name} is not an {FORMAT} checkpoint")
+    spec = TrainingSpec.model_validate(json.loads(metadata["spec"]))
+    model = build_mlp(spec)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path.name} does not fit its spec: {exc}") from exc
+    return model.to(device).eval(), spec

@@ -1,0 +1,127 @@
+"""Turns an uploaded PNG or JPEG into what the network was trained on.
+
+Fashion-MNIST was made from product photos on white: trimmed to the object, the longest edge resized to
+28 pixels, centred, converted to grey and negated. So an upload becomes a light object on a black
+background, cropped to the object with its aspect ratio kept, centred in 28x28. An image that already is
+28x28 on a dark background (a Fashion-MNIST image saved as a file) passes through pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+SIZE = 28
+ACCEPTED_FORMATS = ("PNG", "JPEG")
+DEFAULT_MAX_PIXELS = 40_000_000
+# Pixels this much brighter than the background count as the object when cropping.
+OBJECT_THRESHOLD = 30
+# A frame of this fraction of the shorter side is read to find the background's brightness.
+BORDER_FRACTION = 0.05
+
+
+class ImageRejected(ValueError):
+    """The upload cannot be used; the message says why and what to send instead."""
+
+
+class EmptyImage(ImageRejected):
+    pass
+
+
+class UnsupportedImage(ImageRejected):
+    pass
+
+
+class CorruptImage(ImageRejected):
+    pass
+
+
+class ImageTooLarge(ImageRejected):
+    pass
+
+
+def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Opens PNG or JPEG bytes, refusing anything else and anything over ``max_pixels`` before decoding it."""
+    if not data:
+        raise EmptyImage("the uploaded file is empty; send a PNG or JPEG image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError as exc:
+        raise UnsupportedImage("the upload is not a PNG or JPEG image") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"the image has more than {max_pixels} pixels") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImage(f"the image could not be read: {exc}") from exc
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise CorruptImage("the image has no pixels")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels in all")
+    if image.format == "JPEG":
+        # Let the JPEG decoder scale down by 2-8x while it decodes: the result is 28 pixels wide anyway.
+        image.draft("RGB", (max(SIZE * 8, 224), max(SIZE * 8, 224)))
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImage(f"the image data is truncated or corrupt: {exc}") from exc
+    return image
+
+
+def _to_grey(image: Image.Image) -> np.ndarray:
+    """EXIF orientation applied, transparency composited onto white, as float luminance in [0, 255]."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        return pixels * (255.0 / 65535.0) if pixels.max(initial=0) > 255 else pixels
+    if image.mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float64), 0, 255)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+    if has_alpha:
+        # A cut-out is a product photographed on white, as Fashion-MNIST's sources were.
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("L"), dtype=np.float64)
+
+
+def _border_level(pixels: np.ndarray) -> float:
+    height, width = pixels.shape
+    band = max(1, round(min(height, width) * BORDER_FRACTION))
+    frame = np.concatenate(
+        [pixels[:band].ravel(), pixels[-band:].ravel(), pixels[:, :band].ravel(), pixels[:, -band:].ravel()]
+    )
+    return float(np.median(frame))
+
+
+def preprocess_image(image: Image.Image) -> torch.Tensor:
+    """A decoded image to a (28, 28) uint8 tensor: light object on black, centred, aspect ratio kept."""
+    pixels = _to_grey(image)
+    if _border_level(pixels) > 127:
+        pixels = 255.0 - pixels
+    if pixels.shape == (SIZE, SIZE):
+        return torch.from_numpy(np.rint(pixels).astype(np.uint8))
+    background = _border_level(pixels)
+    pixels = np.clip(pixels - background, 0, 255)
+    rows = np.flatnonzero((pixels > OBJECT_THRESHOLD).any(axis=1))
+    cols = np.flatnonzero((pixels > OBJECT_THRESHOLD).any(axis=0))
+    if rows.size and cols.size:
+        pixels = pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    height, width = pixels.shape
+    scale = SIZE / max(height, width)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    cropped = Image.fromarray(np.rint(pixels).astype(np.uint8))
+    resized = cropped.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    canvas = Image.new("L", (SIZE, SIZE), 0)
+    canvas.paste(resized, ((SIZE - new_size[0]) // 2, (SIZE - new_size[1]) // 2))
+    return torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy())
+
+
+def preprocess_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """PNG or JPEG bytes to a (28, 28) uint8 tensor ready for the network; raises ImageRejected."""
+    return preprocess_image(decode_upload(data, max_pixels=max_pixels))

@@ -1,0 +1,28 @@
+"""Typed dependencies for routes: the app's settings, database and predictor."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.db import Database
+from service.predictor import Predictor
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db  # type: ignore[no-any-return]
+
+
+def get_predictor(request: Request) -> Predictor:
+    return request.app.state.predictor  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_db)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]

@@ -1,0 +1,21 @@
+"""Upload size limits."""
+
+from __future__ import annotations
+
+from fastapi import UploadFile
+
+# Multipart framing around the file: boundaries, headers, other fields.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+class UploadTooLarge(ValueError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the upload is larger than the limit of {limit} bytes (FMNIST_MAX_UPLOAD_BYTES)")
+
+
+def read_upload(file: UploadFile, limit: int) -> bytes:
+    """The uploaded file's bytes; raises UploadTooLarge past ``limit`` without reading the rest."""
+    data = file.file.read(limit + 1)
+    if len(data) > limit:
+        raise UploadTooLarge(limit)
+    return data

@@ -1,0 +1,147 @@
+"""The ``fmnist`` command: run the API, run workers, migrate the database."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+from service.settings import get_settings
+
+app = typer.Typer(
+    help="fmnist-service: train MLPs on Fashion-MNIST over HTTP and serve their predictions.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+log = logging.getLogger("service.cli")
+
+HostOption = Annotated[str, typer.Option(help="Address to bind.")]
+PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
+DeviceOption = Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")]
+LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+
+
+def _require_current_schema() -> None:
+    from service import migrations
+    from service.db import create_db_engine
+
+    engine = create_db_engine(get_settings().sqlalchemy_url)
+    try:
+        migrations.ensure_current(engine)
+    except migrations.SchemaOutOfDate as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def serve(host: HostOption = "127.0.0.1", port: PortOption = 8000, log_level: LogLevelOption = "info") -> None:
+    """Run the HTTP API."""
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.logs import configure_logging
+
+    configure_logging(log_level)
+    _require_current_schema()
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level.lower())
+
+
+@app.command()
+def worker(
+    device: DeviceOption = "auto",
+    burst: Annotated[bool, typer.Option("--burst", help="Exit once the queue is empty.")] = False,
+    log_level: LogLevelOption = "info",
+) -> None:
+    """Run a worker: claims queued jobs and trains them, one at a time."""
+    from service.db import Database
+    from service.logs import configure_logging
+    from service.worker import Worker, resolve_device
+
+    configure_logging(log_level)
+    try:
+        resolved = resolve_device(device)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    _require_current_schema()
+    settings = get_settings()
+    db = Database(settings.sqlalchemy_url)
+    runner = Worker(settings, db, resolved, burst=burst)
+    runner.install_signal_handlers()
+    try:
+        code = runner.run()
+    finally:
+        db.dispose()
+    raise typer.Exit(code)
+
+
+@app.command()
+def up(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    device: DeviceOption = "auto",
+    log_level: LogLevelOption = "info",
+) -> None:
+    """Migrate the database, then run the API and one worker together; Ctrl-C stops both."""
+    from service import migrations
+
+    settings = get_settings()
+    migrations.upgrade(settings.sqlalchemy_url)
+    worker_process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker", "--device", device, "--log-level", log_level],
+        # Its own session: a terminal's Ctrl-C reaches only this process, which then stops the worker once.
+        start_new_session=True,
+    )
+    try:
+        serve(host=host, port=port, log_level=log_level)
+    finally:
+        if worker_process.poll() is None:
+            worker_process.send_signal(signal.SIGTERM)
+            try:
+                worker_process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker_process.kill()
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    from service import migrations
+
+    settings = get_settings()
+    migrations.upgrade(settings.sqlalchemy_url, revision)
+    typer.echo(f"database at {migrations.head_revision() if revision == 'head' else revision}: {_safe_url()}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and the newest one this code knows."""
+    from service import migrations
+    from service.db import create_db_engine
+
+    engine = create_db_engine(get_settings().sqlalchemy_url)
+    try:
+        typer.echo(f"current: {migrations.current_revision(engine)}  head: {migrations.head_revision()}")
+    finally:
+        engine.dispose()
+
+
+def _safe_url() -> str:
+    from sqlalchemy import make_url
+
+    return make_url(get_settings().sqlalchemy_url).render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

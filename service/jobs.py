@@ -1,0 +1,67 @@
+"""Read-side queries over jobs, their metrics and the models they produced."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+
+from service.db import Database
+from service.queue import JobNotFound
+from service.tables import EpochMetric, Job, JobStatus, Model
+
+
+class ModelNotFound(LookupError):
+    def __init__(self, model_id: str) -> None:
+        super().__init__(f"no model with id {model_id!r}")
+
+
+class NoModelYet(LookupError):
+    def __init__(self) -> None:
+        super().__init__("no trained model yet: submit a training job (POST /v1/jobs) and wait for it to succeed")
+
+
+def get_job(db: Database, job_id: str) -> Job:
+    with db.read() as session:
+        job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def list_jobs(db: Database, status: JobStatus | None, limit: int, offset: int) -> tuple[Sequence[Job], int]:
+    """Newest first, with the total count of jobs matching the filter."""
+    query = select(Job)
+    count = select(func.count()).select_from(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+        count = count.where(Job.status == status)
+    with db.read() as session:
+        jobs = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)).all()
+        total = session.scalar(count) or 0
+    return jobs, total
+
+
+def get_metrics(db: Database, job_id: str) -> tuple[Job, Sequence[EpochMetric]]:
+    with db.read() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        rows = session.scalars(
+            select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)
+        ).all()
+    return job, rows
+
+
+def get_model(db: Database, model_id: str | None) -> Model:
+    """The model with this id; without an id, the newest one."""
+    with db.read() as session:
+        if model_id is not None:
+            model = session.get(Model, model_id)
+            if model is None:
+                raise ModelNotFound(model_id)
+            return model
+        model = session.scalars(select(Model).order_by(Model.created_at.desc(), Model.id.desc()).limit(1)).first()
+    if model is None:
+        raise NoModelYet()
+    return model

@@ -1,0 +1,295 @@
+"""The job queue: the only module that changes a job's status.
+
+Every transition is one named operation and one write transaction. A worker's operations carry the
+``Claim`` it got from ``claim_next_job``; each checks the job's lease token, so a worker whose lease was
+taken away (it stalled, the reaper requeued its job, another worker claimed it) cannot write any more.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from models.spec import TrainingSpec
+from models.training import EpochMetrics
+from service.db import Database
+from service.tables import EpochMetric, Job, JobStatus, Model, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**31 - 1
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class JobNotCancellable(RuntimeError):
+    def __init__(self, job_id: str, status: JobStatus) -> None:
+        super().__init__(f"job {job_id} is already {status.value}; only queued or running jobs can be cancelled")
+
+
+class LeaseLost(RuntimeError):
+    """The worker's claim on a job is no longer valid; it must stop working on it and write nothing more."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one running job."""
+
+    job_id: str
+    spec: TrainingSpec
+    seed: int
+    attempt: int
+    max_attempts: int
+    token: int
+    epochs_done: int
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    cancel_requested: bool
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def enqueue_job(db: Database, spec: TrainingSpec, max_attempts: int) -> Job:
+    """Stores a new queued job; the seed is fixed now (the spec's, or a random one) so the run is reproducible."""
+    now = utcnow()
+    job = Job(
+        id=new_id(),
+        status=JobStatus.queued,
+        spec=spec.model_dump(mode="json"),
+        seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED),
+        epochs_done=0,
+        attempt=0,
+        max_attempts=max_attempts,
+        lease_token=0,
+        cancel_requested=False,
+        created_at=now,
+        updated_at=now,
+    )
+    with db.write() as session:
+        session.add(job)
+    return job
+
+
+def request_cancel(db: Database, job_id: str) -> Job:
+    """A queued job is cancelled at once; a running one is flagged and its worker stops at the next batch."""
+    now = utcnow()
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        if job.status is JobStatus.queued:
+            job.status = JobStatus.cancelled
+            job.finished_at = now
+        elif job.status is JobStatus.running:
+            job.cancel_requested = True
+        else:
+            raise JobNotCancellable(job_id, job.status)
+        job.updated_at = now
+        session.flush()
+        return job
+
+
+def claim_next_job(db: Database, worker_id: str, lease_seconds: float, device: str) -> Claim | None:
+    """Atomically takes the oldest queued job: one UPDATE ... RETURNING, so no two workers get the same one.
+
+    On SQLite the write transaction begins IMMEDIATE; on PostgreSQL the subquery locks with SKIP LOCKED.
+    """
+    now = utcnow()
+    oldest_queued = (
+        select(Job.id)
+        .where(Job.status == JobStatus.queued)
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    statement = (
+        update(Job)
+        .where(Job.id == oldest_queued, Job.status == JobStatus.queued)
+        .values(
+            status=JobStatus.running,
+            attempt=Job.attempt + 1,
+            lease_token=Job.lease_token + 1,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            worker_id=worker_id,
+            device=device,
+            started_at=now,
+            updated_at=now,
+        )
+        .returning(Job.id, Job.spec, Job.seed, Job.attempt, Job.max_attempts, Job.lease_token, Job.epochs_done)
+        .execution_options(synchronize_session=False)
+    )
+    with db.write() as session:
+        row = session.execute(statement).one_or_none()
+    if row is None:
+        return None
+    return Claim(
+        job_id=row.id,
+        spec=TrainingSpec.model_validate(row.spec),
+        seed=row.seed,
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
+        token=row.lease_token,
+        epochs_done=row.epochs_done,
+    )
+
+
+def _guarded_update(session: Session, claim: Claim, **values: Any) -> None:
+    """Updates the claimed job only while the claim still holds; raises LeaseLost otherwise."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == claim.job_id, Job.lease_token == claim.token, Job.status == JobStatus.running)
+        .values(updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(f"job {claim.job_id}: lease token {claim.token} is no longer current")
+
+
+def renew_lease(db: Database, claim: Claim, lease_seconds: float) -> LeaseState:
+    """Extends the lease (the heartbeat) and reports whether a cancel was asked for."""
+    with db.write() as session:
+        _guarded_update(session, claim, lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        cancel = session.scalar(select(Job.cancel_requested).where(Job.id == claim.job_id))
+    return LeaseState(cancel_requested=bool(cancel))
+
+
+def record_epoch(db: Database, claim: Claim, metrics: EpochMetrics) -> None:
+    """Stores one epoch's metrics and moves the progress counter, in one transaction."""
+    with db.write() as session:
+        _guarded_update(session, claim, epochs_done=metrics.epoch)
+        session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=utcnow(), **metrics.as_dict()))
+
+
+def finish_job(
+    db: Database, claim: Claim, *, model_id: str, sha256: str, size_bytes: int, test_acc: float | None
+) -> None:
+    """Registers the checkpoint and marks the job succeeded, together."""
+    now = utcnow()
+    with db.write() as session:
+        _guarded_update(
+            session,
+            claim,
+            status=JobStatus.succeeded,
+            finished_at=now,
+            model_id=model_id,
+            lease_expires_at=None,
+            error=None,
+        )
+        session.add(
+            Model(
+                id=model_id,
+                job_id=claim.job_id,
+                spec=claim.spec.model_dump(mode="json"),
+                sha256=sha256,
+                size_bytes=size_bytes,
+                test_acc=test_acc,
+                created_at=now,
+            )
+        )
+
+
+def fail_job(db: Database, claim: Claim, error: str) -> None:
+    with db.write() as session:
+        _guarded_update(
+            session, claim, status=JobStatus.failed, finished_at=utcnow(), error=error, lease_expires_at=None
+        )
+
+
+def retry_job(db: Database, claim: Claim, error: str) -> None:
+    """Back to the queue after a failure the retry policy judged worth another attempt."""
+    with db.write() as session:
+        _guarded_update(
+            session,
+            claim,
+            status=JobStatus.queued,
+            error=error,
+            lease_expires_at=None,
+            worker_id=None,
+            epochs_done=0,
+        )
+        _clear_metrics(session, claim.job_id)
+
+
+def cancel_claimed_job(db: Database, claim: Claim) -> None:
+    """Ends a running job whose cancel was requested; the epochs it finished stay recorded."""
+    with db.write() as session:
+        _guarded_update(session, claim, status=JobStatus.cancelled, finished_at=utcnow(), lease_expires_at=None)
+
+
+def release_job(db: Database, claim: Claim) -> None:
+    """Gives a job back to the queue on a clean shutdown; the attempt is not counted against it."""
+    with db.write() as session:
+        _guarded_update(
+            session,
+            claim,
+            status=JobStatus.queued,
+            attempt=Job.attempt - 1,
+            lease_expires_at=None,
+            worker_id=None,
+            epochs_done=0,
+        )
+        _clear_metrics(session, claim.job_id)
+
+
+def _clear_metrics(session: Session, job_id: str) -> None:
+    # A restarted run trains from epoch 1 again; its metrics list must hold each epoch once.
+    session.query(EpochMetric).filter(EpochMetric.job_id == job_id).delete(synchronize_session=False)
+
+
+def requeue_expired_leases(db: Database, now: datetime | None = None) -> tuple[list[str], list[str]]:
+    """Jobs whose worker stopped renewing go back to the queue, or fail once out of attempts.
+
+    Returns (requeued ids, failed ids).
+    """
+    now = now or utcnow()
+    expired = (Job.status == JobStatus.running) & (Job.lease_expires_at < now)
+    with db.write() as session:
+        failed = session.scalars(
+            update(Job)
+            .where(expired, Job.attempt >= Job.max_attempts)
+            .values(
+                status=JobStatus.failed,
+                finished_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+                error="the worker running this job stopped renewing its lease on every one of its attempts",
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        requeued = session.scalars(
+            update(Job)
+            .where(expired, Job.attempt < Job.max_attempts)
+            .values(
+                status=JobStatus.queued,
+                updated_at=now,
+                lease_expires_at=None,
+                worker_id=None,
+                epochs_done=0,
+                error="the previous attempt's worker stopped renewing its lease",
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        for job_id in requeued:
+            _clear_metrics(session, job_id)
+    for job_id in requeued:
+        log.warning("job %s: lease expired, back in the queue", job_id)
+    for job_id in failed:
+        log.error("job %s: lease expired on its last attempt, failed", job_id)
+    return list(requeued), list(failed)

@@ -1,0 +1,116 @@
+"""HTTP request and response bodies, separate from the database tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.spec import TrainingSpec
+from service.tables import Job, JobStatus
+
+
+class JobCreate(TrainingSpec):
+    """A training job: the MLP and its recipe. Every field is optional; defaults are the d2l chapter 4 recipe."""
+
+
+class JobProgress(BaseModel):
+    epoch: int = Field(description="Epochs finished so far.")
+    epochs: int = Field(description="Epochs the job will run.")
+
+
+class JobPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    status: JobStatus
+    spec: TrainingSpec
+    seed: int = Field(description="The seed the run uses (the spec's, or one drawn at submission).")
+    progress: JobProgress
+    attempt: int = Field(description="How many times a worker has claimed this job.")
+    max_attempts: int
+    error: str | None = Field(default=None, description="Why the job failed (or why its last attempt ended).")
+    model_id: str | None = Field(default=None, description="The checkpoint this job produced, once succeeded.")
+    device: str | None = Field(default=None, description="Where the job ran.")
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobPublic:
+        spec = TrainingSpec.model_validate(job.spec)
+        return cls(
+            id=job.id,
+            status=job.status,
+            spec=spec,
+            seed=job.seed,
+            progress=JobProgress(epoch=job.epochs_done, epochs=spec.epochs),
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            error=job.error,
+            model_id=job.model_id,
+            device=job.device,
+            cancel_requested=job.cancel_requested,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int = Field(description="Jobs matching the filter, over all pages.")
+    limit: int
+    offset: int
+
+
+class EpochMetricsPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_acc: float
+    seconds: float
+
+
+class JobMetricsPublic(BaseModel):
+    job_id: str
+    status: JobStatus
+    epochs: list[EpochMetricsPublic]
+
+
+class ClassProbabilityPublic(BaseModel):
+    class_id: int
+    class_name: str
+    probability: float
+
+
+class PredictionPublic(BaseModel):
+    class_id: int
+    class_name: str
+    probability: float
+    top_k: list[ClassProbabilityPublic]
+
+
+class PredictPublic(BaseModel):
+    model_id: str
+    predictions: list[PredictionPublic]
+
+
+class HealthPublic(BaseModel):
+    status: str
+
+
+class ReadyPublic(BaseModel):
+    status: str
+    database: str
+    schema_revision: str | None
+    expected_revision: str | None
+
+
+class ErrorPublic(BaseModel):
+    detail: str = Field(description="What went wrong and what to change.")

@@ -1,0 +1,55 @@
+"""The one reader of the environment: every setting is ``FMNIST_<NAME>``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration, from environment variables prefixed ``FMNIST_``."""
+
+    model_config = SettingsConfigDict(env_prefix="FMNIST_", extra="ignore")
+
+    home: Path = Field(default=Path("var"), description="Folder for the SQLite database and checkpoints.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite at $FMNIST_HOME/fmnist.db."
+    )
+    data_dir: Path | None = Field(
+        default=None, description="Folder with the four Fashion-MNIST IDX files (raw or .gz, flat or FashionMNIST/raw)."
+    )
+    download: bool = Field(default=False, description="Let torchvision fetch the official files when missing.")
+    lease_seconds: float = Field(default=30.0, ge=2.0, le=3600.0, description="Worker lease on a running job.")
+    max_attempts: int = Field(default=3, ge=1, le=100, description="Claims a job gets before it fails for good.")
+    poll_seconds: float = Field(default=0.5, gt=0.0, le=60.0, description="Idle worker's wait between queue polls.")
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest accepted image upload.")
+    max_image_pixels: int = Field(default=40_000_000, ge=28 * 28, description="Largest accepted image, in pixels.")
+    model_cache_size: int = Field(default=8, ge=1, description="Checkpoints kept loaded by the API.")
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        # Absolute paths, so that a worker started from another folder finds the same files.
+        self.home = self.home.expanduser().resolve()
+        if self.data_dir is not None:
+            self.data_dir = self.data_dir.expanduser().resolve()
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'fmnist.db'}"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.home / "checkpoints"
+
+    @property
+    def dataset_cache_dir(self) -> Path:
+        return self.home / "datasets"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
