@@ -57,7 +57,7 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"the image has more than {max_pixels} pixels") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptImage(f"the image could not be read: {exc}") from exc
+        raise CorruptImage(f"the image data is truncated or corrupt: {exc}") from exc
     width, height = image.size
     if width < 1 or height < 1:
         raise CorruptImage("the image has no pixels")

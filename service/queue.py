@@ -254,20 +254,26 @@ def _clear_metrics(session: Session, job_id: str) -> None:
 def requeue_expired_leases(db: Database, now: datetime | None = None) -> tuple[list[str], list[str]]:
     """Jobs whose worker stopped renewing go back to the queue, or fail once out of attempts.
 
+    A job whose cancel was asked for while its worker was gone ends cancelled instead.
     Returns (requeued ids, failed ids).
     """
     now = now or utcnow()
     expired = (Job.status == JobStatus.running) & (Job.lease_expires_at < now)
+    ended = {"finished_at": now, "updated_at": now, "lease_expires_at": None}
     with db.write() as session:
+        session.execute(
+            update(Job)
+            .where(expired, Job.cancel_requested.is_(True))
+            .values(status=JobStatus.cancelled, **ended)
+            .execution_options(synchronize_session=False)
+        )
         failed = session.scalars(
             update(Job)
             .where(expired, Job.attempt >= Job.max_attempts)
             .values(
                 status=JobStatus.failed,
-                finished_at=now,
-                updated_at=now,
-                lease_expires_at=None,
                 error="the worker running this job stopped renewing its lease on every one of its attempts",
+                **ended,
             )
             .returning(Job.id)
             .execution_options(synchronize_session=False)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -55,7 +58,24 @@ class BodySizeLimit:
         await self.app(scope, receive, send)
 
 
+def _json_safe(value: object) -> object:
+    """JSON has no NaN or Infinity: echo such inputs back as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def _register_error_handlers(app: FastAPI) -> None:
+    def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
+
     def domain_error(_request: Request, exc: Exception) -> JSONResponse:
         status = next(code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind))
         return JSONResponse({"detail": str(exc)}, status_code=status)

@@ -1,0 +1,44 @@
+"""service/settings.py: the environment is read in one place, with checked values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("FMNIST_HOME", "FMNIST_DATABASE_URL", "FMNIST_DATA_DIR", "FMNIST_DOWNLOAD", "FMNIST_LEASE_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    settings = Settings()
+    assert settings.home == tmp_path / "var"
+    assert settings.sqlalchemy_url == f"sqlite:///{tmp_path / 'var' / 'fmnist.db'}"
+    assert settings.data_dir is None and settings.download is False and settings.lease_seconds == 30
+
+
+def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FMNIST_HOME", str(tmp_path / "h"))
+    monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("FMNIST_DOWNLOAD", "1")
+    monkeypatch.setenv("FMNIST_LEASE_SECONDS", "12.5")
+    monkeypatch.setenv("FMNIST_DATABASE_URL", "postgresql+psycopg://u@db/fmnist")
+    settings = Settings()
+    assert settings.home == tmp_path / "h" and settings.data_dir == tmp_path / "d"
+    assert settings.download is True and settings.lease_seconds == 12.5
+    assert settings.sqlalchemy_url == "postgresql+psycopg://u@db/fmnist"
+    assert settings.checkpoint_dir == tmp_path / "h" / "checkpoints"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("FMNIST_LEASE_SECONDS", "0"), ("FMNIST_LEASE_SECONDS", "abc"), ("FMNIST_MAX_ATTEMPTS", "0"),
+     ("FMNIST_DOWNLOAD", "maybe"), ("FMNIST_POLL_SECONDS", "-1")],
+)
+def test_unsafe_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.removeprefix("FMNIST_").lower()):
+        Settings()

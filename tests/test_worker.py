@@ -1,0 +1,196 @@
+"""service/worker.py: claim, run, persist; cancel, shutdown, lost leases and failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoints import file_sha256, load_checkpoint
+from models.spec import TrainingSpec
+from service import queue
+from service.db import Database
+from service.jobs import get_job, get_metrics, get_model
+from service.settings import Settings
+from service.tables import JobStatus, utcnow
+from service.worker import Worker, resolve_device
+
+SMALL = TrainingSpec(hidden_layers=[16], batch_size=64, epochs=2, seed=3)
+# Long enough to be interrupted mid-run on the synthetic set.
+LONG = TrainingSpec(hidden_layers=[16], batch_size=8, epochs=500, seed=3)
+
+
+def make_worker(settings: Settings, db: Database) -> Worker:
+    return Worker(settings, db, torch.device("cpu"), burst=True)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def run_in_thread(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    return thread
+
+
+def test_a_job_runs_to_a_registered_checkpoint(settings: Settings, db: Database) -> None:
+    job = queue.enqueue_job(db, SMALL, max_attempts=3)
+    worker = make_worker(settings, db)
+    assert worker.run_once() is True
+    stored = get_job(db, job.id)
+    assert stored.status is JobStatus.succeeded, stored.error
+    assert stored.epochs_done == 2 and stored.attempt == 1 and stored.device == "cpu"
+    _, rows = get_metrics(db, job.id)
+    assert [row.epoch for row in rows] == [1, 2]
+    model = get_model(db, stored.model_id)
+    path = settings.checkpoint_dir / model.filename
+    assert file_sha256(path) == model.sha256 and path.stat().st_size == model.size_bytes
+    assert model.test_acc == pytest.approx(rows[-1].test_acc)
+    module, spec = load_checkpoint(path, expected_sha256=model.sha256)
+    assert spec == SMALL
+    assert not [p for p in settings.checkpoint_dir.iterdir() if p.name.endswith(".tmp")]
+    assert worker.run_once() is False
+
+
+def test_burst_run_drains_the_queue_and_exits(settings: Settings, db: Database) -> None:
+    ids = [queue.enqueue_job(db, SMALL, max_attempts=3).id for _ in range(2)]
+    assert make_worker(settings, db).run() == 0
+    assert [get_job(db, job_id).status for job_id in ids] == [JobStatus.succeeded] * 2
+
+
+def test_the_dataset_is_loaded_once_per_worker(settings: Settings, db: Database) -> None:
+    worker = make_worker(settings, db)
+    for _ in range(2):
+        queue.enqueue_job(db, SMALL, max_attempts=3)
+    worker.run_once()
+    first = worker.dataset()
+    worker.run_once()
+    assert worker.dataset() is first
+
+
+def test_missing_data_fails_the_job_with_what_to_set(tmp_path: Path, db: Database, settings: Settings) -> None:
+    no_data = settings.model_copy(update={"data_dir": tmp_path / "empty", "download": False})
+    job = queue.enqueue_job(db, SMALL, max_attempts=3)
+    make_worker(no_data, db).run_once()
+    stored = get_job(db, job.id)
+    assert stored.status is JobStatus.failed
+    assert stored.error is not None and "FMNIST_DATA_DIR" in stored.error and "FMNIST_DOWNLOAD" in stored.error
+    assert stored.attempt == 1, "a permanent failure is not retried"
+
+
+def test_cancel_stops_a_running_job_at_the_next_batch(settings: Settings, db: Database) -> None:
+    job = queue.enqueue_job(db, LONG, max_attempts=3)
+    worker = make_worker(settings, db)
+    thread = run_in_thread(worker)
+    wait_until(lambda: get_job(db, job.id).epochs_done >= 1)
+    queue.request_cancel(db, job.id)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    stored = get_job(db, job.id)
+    assert stored.status is JobStatus.cancelled
+    assert 1 <= stored.epochs_done < LONG.epochs and stored.model_id is None
+    assert len(get_metrics(db, job.id)[1]) == stored.epochs_done
+
+
+def test_shutdown_releases_the_running_job_to_the_queue(settings: Settings, db: Database) -> None:
+    job = queue.enqueue_job(db, LONG, max_attempts=3)
+    worker = make_worker(settings, db)
+    thread = run_in_thread(worker)
+    wait_until(lambda: get_job(db, job.id).epochs_done >= 1)
+    worker.shutdown.set()
+    thread.join(timeout=30)
+    stored = get_job(db, job.id)
+    assert stored.status is JobStatus.queued and stored.attempt == 0 and stored.epochs_done == 0
+
+
+def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(settings: Settings, db: Database) -> None:
+    job = queue.enqueue_job(db, LONG, max_attempts=3)
+    worker = make_worker(settings, db)
+    thread = run_in_thread(worker)
+    wait_until(lambda: get_job(db, job.id).epochs_done >= 1)
+    # As if the worker had stalled past its lease: the reaper requeues, another worker claims.
+    queue.requeue_expired_leases(db, now=utcnow() + timedelta(hours=1))
+    other = queue.claim_next_job(db, "other", 60, device="cpu")
+    assert other is not None
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    stored = get_job(db, job.id)
+    assert stored.status is JobStatus.running and stored.worker_id == "other" and stored.epochs_done == 0
+    assert get_metrics(db, job.id)[1] == []
+
+
+def test_an_unexpected_error_fails_the_job_and_the_worker_goes_on(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = queue.enqueue_job(db, SMALL, max_attempts=3)
+    good = queue.enqueue_job(db, SMALL, max_attempts=3)
+    worker = make_worker(settings, db)
+    calls = {"n": 0}
+    real_train = __import__("service.worker", fromlist=["train"]).train
+
+    def flaky_train(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("exploding gradient detector tripped")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr("service.worker.train", flaky_train)
+    assert worker.run() == 0
+    failed = get_job(db, bad.id)
+    assert failed.status is JobStatus.failed and failed.error == "exploding gradient detector tripped"
+    assert get_job(db, good.id).status is JobStatus.succeeded
+
+
+def test_a_transient_error_is_retried(settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = queue.enqueue_job(db, SMALL, max_attempts=3)
+    worker = make_worker(settings, db)
+    real_save = __import__("service.worker", fromlist=["save_checkpoint"]).save_checkpoint
+    calls = {"n": 0}
+
+    def flaky_save(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("no space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr("service.worker.save_checkpoint", flaky_save)
+    assert worker.run() == 0
+    stored = get_job(db, job.id)
+    assert stored.status is JobStatus.succeeded and stored.attempt == 2
+    assert [row.epoch for row in get_metrics(db, job.id)[1]] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("cpu", "cpu"), ("auto", "cuda" if torch.cuda.is_available() else "cpu")],
+)
+def test_resolve_device(name: str, expected: str) -> None:
+    assert resolve_device(name).type == expected
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda:99", "banana"])
+def test_resolve_device_refuses_what_is_not_there(name: str) -> None:
+    with pytest.raises(ValueError, match="device"):
+        resolve_device(name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_job_runs_on_the_gpu(settings: Settings, db: Database) -> None:
+    job = queue.enqueue_job(db, SMALL, max_attempts=3)
+    worker = Worker(settings, db, torch.device("cuda"), burst=True)
+    worker.run_once()
+    stored = get_job(db, job.id)
+    assert stored.status is JobStatus.succeeded, stored.error
+    assert stored.device is not None and stored.device.startswith("cuda")
+    assert worker.dataset().train_x.is_cuda
