@@ -49,7 +49,7 @@ def save_checkpoint(
     """Writes weights and spec to ``path`` atomically: a temp file in the same folder, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: value.detach().to("cpu").contiguous() for name, value in model.state_dict().items()}
-    metadata = {"format": FORMAT, "spec": spec.model_dump_json(), **(extra or {})}
+    metadata = {**(extra or {}), "format": FORMAT, "spec": spec.model_dump_json()}
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -59,11 +59,22 @@ def save_checkpoint(
             os.fsync(handle.fileno())
         sha = file_sha256(tmp)
         size = tmp.stat().st_size
+        tmp.chmod(0o644)
         tmp.replace(path)
+        _fsync_folder(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return SavedCheckpoint(path=path, sha256=sha, size_bytes=size)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Makes a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(
@@ -82,7 +93,10 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {path.name} is unreadable: {exc}") from exc
     if metadata.get("format") != FORMAT or "spec" not in metadata:
         raise CheckpointError(f"checkpoint {path.name} is not an {FORMAT} checkpoint")
-    spec = TrainingSpec.model_validate(json.loads(metadata["spec"]))
+    try:
+        spec = TrainingSpec.model_validate(json.loads(metadata["spec"]))
+    except ValueError as exc:  # JSONDecodeError and pydantic's ValidationError are both ValueErrors
+        raise CheckpointError(f"checkpoint {path.name} carries an invalid spec: {exc}") from exc
     model = build_mlp(spec)
     try:
         model.load_state_dict(tensors, strict=True)

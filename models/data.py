@@ -69,17 +69,18 @@ def locate_idx_files(data_dir: Path) -> dict[str, Path] | None:
     return found if len(found) == len(IDX_FILES) else None
 
 
-def _materialise_raw(files: dict[str, Path], cache_dir: Path) -> Path:
+def _materialise_raw(files: dict[str, Path], digests: dict[str, str], cache_dir: Path) -> Path:
     """A torchvision root under ``cache_dir`` whose raw folder holds the four uncompressed files.
 
-    Decompressed files are reused while they are newer than their source; each lands by an atomic rename,
-    so two workers preparing the same cache never see half a file.
+    A decompressed file is reused only while it was made from a source with the same sha256 (kept in a
+    ``.sha256`` file beside it); each file lands by an atomic rename, so two workers preparing the same
+    cache never see half a file.
     """
     raw = cache_dir / TORCHVISION_RAW
     raw.mkdir(parents=True, exist_ok=True)
     for name, source in files.items():
-        target = raw / name
-        if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
+        target, stamp = raw / name, raw / f"{name}.sha256"
+        if target.is_file() and stamp.is_file() and stamp.read_text().strip() == digests[name]:
             continue
         with tempfile.TemporaryDirectory(dir=raw) as scratch:
             if source.suffix == ".gz":
@@ -88,6 +89,8 @@ def _materialise_raw(files: dict[str, Path], cache_dir: Path) -> Path:
                 extracted = Path(scratch) / name
                 shutil.copyfile(source, extracted)
             extracted.replace(target)
+            (Path(scratch) / "stamp").write_text(digests[name])
+            (Path(scratch) / "stamp").replace(stamp)
     return cache_dir
 
 
@@ -114,20 +117,21 @@ def load_fashion_mnist(data_dir: Path | None, cache_dir: Path, download: bool = 
     official ones into ``cache_dir``. Raises DatasetUnavailable with a message that says what to set.
     """
     files = locate_idx_files(data_dir) if data_dir else None
-    if files is not None:
-        root = _materialise_raw(files, cache_dir)
-    elif download:
-        root = cache_dir
-    else:
+    if files is None and not download:
         raise DatasetUnavailable(_missing_message(data_dir))
     try:
-        train = FashionMNIST(str(root), train=True, download=download and files is None)
+        if files is not None:
+            sha = {name: _sha256(path) for name, path in sorted(files.items())}
+            root = _materialise_raw(files, sha, cache_dir)
+        else:
+            root = cache_dir
+        train = FashionMNIST(str(root), train=True, download=files is None)
         test = FashionMNIST(str(root), train=False, download=False)
-    except (RuntimeError, OSError, AssertionError, ValueError) as exc:
-        raise DatasetUnavailable(f"Fashion-MNIST files in {root} could not be read: {exc}") from exc
-    if files is None:
-        files = locate_idx_files(root) or {}
-    sha = {name: _sha256(path) for name, path in sorted(files.items())}
+        if files is None:
+            sha = {name: _sha256(path) for name, path in sorted((locate_idx_files(root) or {}).items())}
+    except (RuntimeError, OSError, EOFError, AssertionError, ValueError) as exc:
+        reason = str(exc).strip() or f"{type(exc).__name__} (not an IDX file?)"
+        raise DatasetUnavailable(f"Fashion-MNIST files in {data_dir or cache_dir} could not be read: {reason}") from exc
     _check_shapes(train.data, train.targets, test.data, test.targets)
     return FashionMNISTArrays(
         train_images=train.data,
@@ -141,10 +145,10 @@ def load_fashion_mnist(data_dir: Path | None, cache_dir: Path, download: bool = 
 def _check_shapes(*tensors: torch.Tensor) -> None:
     train_x, train_y, test_x, test_y = tensors
     for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
-        if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28) or len(images) != len(labels):
+        if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28) or len(images) != len(labels) or not len(labels):
             raise DatasetUnavailable(
                 f"the {split} IDX files hold {tuple(images.shape)} images and {len(labels)} labels; "
-                "expected (N, 28, 28) images with one label each"
+                "expected (N, 28, 28) images, N > 0, with one label each"
             )
         if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
             raise DatasetUnavailable(f"the {split} labels must lie in 0..{len(CLASS_NAMES) - 1}")

@@ -77,8 +77,8 @@ def _to_grey(image: Image.Image) -> np.ndarray:
     """EXIF orientation applied, transparency composited onto white, as float luminance in [0, 255]."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        pixels = np.asarray(image, dtype=np.float64)
-        return pixels * (255.0 / 65535.0) if pixels.max(initial=0) > 255 else pixels
+        # 16-bit grey (PNG is the only accepted source of these modes): scale the full 16-bit range.
+        return np.clip(np.asarray(image, dtype=np.float64), 0, 65535) * (255.0 / 65535.0)
     if image.mode == "F":
         return np.clip(np.asarray(image, dtype=np.float64), 0, 255)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info

@@ -58,8 +58,14 @@ def test_submit_returns_202_with_location_and_defaults(client: TestClient) -> No
     assert body["status"] == "queued" and len(body["id"]) == 32
     assert response.headers["location"].endswith(f"/v1/jobs/{body['id']}")
     assert body["spec"] == {
-        "hidden_layers": [256], "activation": "relu", "init_std": 0.01, "optimizer": "sgd",
-        "lr": 0.1, "batch_size": 256, "epochs": 10, "seed": None,
+        "hidden_layers": [256],
+        "activation": "relu",
+        "init_std": 0.01,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "batch_size": 256,
+        "epochs": 10,
+        "seed": None,
     }
     assert body["progress"] == {"epoch": 0, "epochs": 10}
     assert body["attempt"] == 0 and body["error"] is None and body["model_id"] is None
@@ -155,9 +161,7 @@ def test_cancel_running_sets_the_flag(client: TestClient, db: Database) -> None:
 
 def test_metrics_and_status_after_a_worker_run(client: TestClient, settings: Settings, db: Database) -> None:
     job = client.post("/v1/jobs", json=TINY).json()
-    assert client.get(f"/v1/jobs/{job['id']}/metrics").json() == {
-        "job_id": job["id"], "status": "queued", "epochs": []
-    }
+    assert client.get(f"/v1/jobs/{job['id']}/metrics").json() == {"job_id": job["id"], "status": "queued", "epochs": []}
     assert Worker(settings, db, torch.device("cpu"), burst=True).run_once()
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded" and done["progress"] == {"epoch": 2, "epochs": 2}
@@ -299,9 +303,14 @@ def test_readiness_fails_on_an_unmigrated_database(settings: Settings) -> None:
 def test_every_route_is_documented_with_a_response_model(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     expected = {
-        ("post", "/v1/jobs"), ("get", "/v1/jobs"), ("get", "/v1/jobs/{job_id}"),
-        ("post", "/v1/jobs/{job_id}/cancel"), ("get", "/v1/jobs/{job_id}/metrics"),
-        ("post", "/v1/predict"), ("get", "/healthz"), ("get", "/readyz"),
+        ("post", "/v1/jobs"),
+        ("get", "/v1/jobs"),
+        ("get", "/v1/jobs/{job_id}"),
+        ("post", "/v1/jobs/{job_id}/cancel"),
+        ("get", "/v1/jobs/{job_id}/metrics"),
+        ("post", "/v1/predict"),
+        ("get", "/healthz"),
+        ("get", "/readyz"),
     }
     found = {(method, path) for path, methods in schema["paths"].items() for method in methods}
     assert expected <= found

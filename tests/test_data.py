@@ -141,12 +141,6 @@ def test_cache_is_refreshed_when_a_source_is_newer(tmp_path: Path, monkeypatch: 
     assert torch.equal(arrays.train_labels, torch.full((N_TRAIN,), 3))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG models/data.py:82 _materialise_raw: the cache is keyed by mtime only, so a data_dir whose files are "
-    "older than the cache (another copy, or cp -p) is ignored: the old data comes back with the new files' sha256",
-)
 def test_other_data_dir_with_older_files_is_not_served_from_a_stale_cache(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     older = write_synthetic_fashion_mnist(tmp_path / "older", n_train=100)
@@ -219,12 +213,6 @@ def _truncated_gz(folder: Path) -> None:
     _corrupt(folder, "train-images-idx3-ubyte", packed[: len(packed) // 2])
 
 
-_LEAKS_FROM_MATERIALISE = (
-    "BUG models/data.py:118: _materialise_raw (which decompresses the .gz files) runs before the try block at "
-    "line 123, so a broken gzip file escapes as {} instead of DatasetUnavailable"
-)
-
-
 @pytest.mark.parametrize(
     "damage",
     [
@@ -233,18 +221,8 @@ _LEAKS_FROM_MATERIALISE = (
         pytest.param(_labels_out_of_range, id="labels-out-of-range"),
         pytest.param(_fewer_labels_than_images, id="fewer-labels"),
         pytest.param(_images_not_28x28, id="images-not-28x28"),
-        pytest.param(
-            _garbage_gz,
-            id="garbage-gz",
-            marks=pytest.mark.xfail(
-                strict=True, raises=gzip.BadGzipFile, reason=_LEAKS_FROM_MATERIALISE.format("gzip.BadGzipFile")
-            ),
-        ),
-        pytest.param(
-            _truncated_gz,
-            id="truncated-gz",
-            marks=pytest.mark.xfail(strict=True, raises=EOFError, reason=_LEAKS_FROM_MATERIALISE.format("EOFError")),
-        ),
+        pytest.param(_garbage_gz, id="garbage-gz"),
+        pytest.param(_truncated_gz, id="truncated-gz"),
     ],
 )
 def test_corrupt_files_are_unavailable(tmp_path: Path, damage: Callable[[Path], None]) -> None:

@@ -49,9 +49,7 @@ class Stack:
 
     def start(self, name: str, *args: str) -> None:
         with (self.log_dir / f"{name}.log").open("wb") as log:
-            self.processes[name] = subprocess.Popen(
-                [FMNIST, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
+            self.processes[name] = subprocess.Popen([FMNIST, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")

@@ -64,9 +64,7 @@ def test_concurrent_claims_from_several_processes_never_double_claim(db: Databas
     job_ids = {queue.enqueue_job(db, SPEC, max_attempts=3).id for _ in range(60)}
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
-    workers = [
-        context.Process(target=_claim_all, args=(settings.sqlalchemy_url, f"w{i}", results)) for i in range(4)
-    ]
+    workers = [context.Process(target=_claim_all, args=(settings.sqlalchemy_url, f"w{i}", results)) for i in range(4)]
     for process in workers:
         process.start()
     claimed = [results.get(timeout=60) for _ in workers]

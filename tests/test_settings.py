@@ -35,8 +35,13 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch, tm
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("FMNIST_LEASE_SECONDS", "0"), ("FMNIST_LEASE_SECONDS", "abc"), ("FMNIST_MAX_ATTEMPTS", "0"),
-     ("FMNIST_DOWNLOAD", "maybe"), ("FMNIST_POLL_SECONDS", "-1")],
+    [
+        ("FMNIST_LEASE_SECONDS", "0"),
+        ("FMNIST_LEASE_SECONDS", "abc"),
+        ("FMNIST_MAX_ATTEMPTS", "0"),
+        ("FMNIST_DOWNLOAD", "maybe"),
+        ("FMNIST_POLL_SECONDS", "-1"),
+    ],
 )
 def test_unsafe_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)

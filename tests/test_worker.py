@@ -56,7 +56,7 @@ def test_a_job_runs_to_a_registered_checkpoint(settings: Settings, db: Database)
     path = settings.checkpoint_dir / model.filename
     assert file_sha256(path) == model.sha256 and path.stat().st_size == model.size_bytes
     assert model.test_acc == pytest.approx(rows[-1].test_acc)
-    module, spec = load_checkpoint(path, expected_sha256=model.sha256)
+    _module, spec = load_checkpoint(path, expected_sha256=model.sha256)
     assert spec == SMALL
     assert not [p for p in settings.checkpoint_dir.iterdir() if p.name.endswith(".tmp")]
     assert worker.run_once() is False
