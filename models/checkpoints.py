@@ -43,29 +43,54 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(
-    path: Path, model: nn.Module, spec: TrainingSpec, extra: dict[str, str] | None = None
+def save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, durable: bool = True
 ) -> SavedCheckpoint:
-    """Writes weights and spec to ``path`` atomically: a temp file in the same folder, fsync, rename."""
+    """Writes a safetensors file atomically: a temp file in the same folder, then a rename.
+
+    ``durable`` adds the fsyncs that make it survive a power cut, not just a crash of this process.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: value.detach().to("cpu").contiguous() for name, value in model.state_dict().items()}
-    metadata = {**(extra or {}), "format": FORMAT, "spec": spec.model_dump_json()}
+    cpu = {name: value.detach().to("cpu").contiguous() for name, value in tensors.items()}
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
+        save_file(cpu, str(tmp), metadata=metadata)
+        if durable:
+            with tmp.open("rb+") as handle:
+                os.fsync(handle.fileno())
         sha = file_sha256(tmp)
         size = tmp.stat().st_size
         tmp.chmod(0o644)
         tmp.replace(path)
-        _fsync_folder(path.parent)
+        if durable:
+            _fsync_folder(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return SavedCheckpoint(path=path, sha256=sha, size_bytes=size)
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors (on the CPU) and metadata; CheckpointError when unreadable."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path.name} is missing")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path.name} is unreadable: {exc}") from exc
+    return tensors, metadata
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, spec: TrainingSpec, extra: dict[str, str] | None = None
+) -> SavedCheckpoint:
+    """Writes weights and spec to ``path`` atomically and durably."""
+    metadata = {**(extra or {}), "format": FORMAT, "spec": spec.model_dump_json()}
+    return save_tensors(path, dict(model.state_dict()), metadata)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -81,16 +106,9 @@ def load_checkpoint(
     path: Path, expected_sha256: str | None = None, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, TrainingSpec]:
     """Rebuilds the module from the spec in the header and loads the weights; refuses a digest mismatch."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path.name} is missing")
-    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
+    if expected_sha256 is not None and path.is_file() and file_sha256(path) != expected_sha256:
         raise CheckpointError(f"checkpoint {path.name} does not match its recorded sha256")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {path.name} is unreadable: {exc}") from exc
+    tensors, metadata = load_tensors(path)
     if metadata.get("format") != FORMAT or "spec" not in metadata:
         raise CheckpointError(f"checkpoint {path.name} is not an {FORMAT} checkpoint")
     try:

@@ -60,14 +60,20 @@ def serve(host: HostOption = "127.0.0.1", port: PortOption = 8000, log_level: Lo
 def worker(
     device: DeviceOption = "auto",
     burst: Annotated[bool, typer.Option("--burst", help="Exit once the queue is empty.")] = False,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=64, help="Jobs run at once on the device (small MLPs share a GPU well).")
+    ] = 1,
     log_level: LogLevelOption = "info",
 ) -> None:
-    """Run a worker: claims queued jobs and trains them, one at a time."""
+    """Run a worker: claims queued jobs and trains them. --device all runs one worker per visible GPU."""
     from service.db import Database
     from service.logs import configure_logging
-    from service.worker import Worker, resolve_device
+    from service.worker import WorkerPool, configure_determinism, resolve_device
 
     configure_logging(log_level)
+    if device == "all":
+        raise typer.Exit(_worker_per_gpu(burst=burst, concurrency=concurrency, log_level=log_level))
+    configure_determinism()
     try:
         resolved = resolve_device(device)
     except ValueError as exc:
@@ -76,13 +82,51 @@ def worker(
     _require_current_schema()
     settings = get_settings()
     db = Database(settings.sqlalchemy_url)
-    runner = Worker(settings, db, resolved, burst=burst)
-    runner.install_signal_handlers()
+    pool = WorkerPool(settings, db, resolved, concurrency=concurrency, burst=burst)
+    pool.install_signal_handlers()
+    pool.preload()
     try:
-        code = runner.run()
+        code = pool.run()
     finally:
         db.dispose()
     raise typer.Exit(code)
+
+
+def _worker_per_gpu(*, burst: bool, concurrency: int, log_level: str) -> int:
+    """Starts ``fmnist worker --device cuda:N`` for every visible GPU and waits for them all."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        typer.echo("error: --device all found no CUDA device; use --device cpu", err=True)
+        return 2
+    _require_current_schema()
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "worker",
+        "--concurrency",
+        str(concurrency),
+        "--log-level",
+        log_level,
+    ]
+    children = [
+        subprocess.Popen(
+            [*command, "--device", f"cuda:{index}", *(["--burst"] if burst else [])], start_new_session=True
+        )
+        for index in range(count)
+    ]
+    log.info("started %d workers, one per GPU", count)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(child.wait() for child in children)
 
 
 @app.command()

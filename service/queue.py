@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from models.spec import TrainingSpec
 from models.training import EpochMetrics
 from service.db import Database
-from service.tables import EpochMetric, Job, JobStatus, Model, utcnow
+from service.tables import EpochMetric, Job, JobStatus, Model, Sweep, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ class JobNotFound(LookupError):
 class JobNotCancellable(RuntimeError):
     def __init__(self, job_id: str, status: JobStatus) -> None:
         super().__init__(f"job {job_id} is already {status.value}; only queued or running jobs can be cancelled")
+
+
+class SweepNotFound(LookupError):
+    def __init__(self, sweep_id: str) -> None:
+        super().__init__(f"no sweep with id {sweep_id!r}")
 
 
 class LeaseLost(RuntimeError):
@@ -63,10 +68,8 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def enqueue_job(db: Database, spec: TrainingSpec, max_attempts: int) -> Job:
-    """Stores a new queued job; the seed is fixed now (the spec's, or a random one) so the run is reproducible."""
-    now = utcnow()
-    job = Job(
+def _new_job(spec: TrainingSpec, max_attempts: int, now: datetime, **extra: Any) -> Job:
+    return Job(
         id=new_id(),
         status=JobStatus.queued,
         spec=spec.model_dump(mode="json"),
@@ -78,29 +81,69 @@ def enqueue_job(db: Database, spec: TrainingSpec, max_attempts: int) -> Job:
         cancel_requested=False,
         created_at=now,
         updated_at=now,
+        **extra,
     )
+
+
+def enqueue_job(db: Database, spec: TrainingSpec, max_attempts: int, preset: str | None = None) -> Job:
+    """Stores a new queued job; the seed is fixed now (the spec's, or a random one) so the run is reproducible."""
+    job = _new_job(spec, max_attempts, utcnow(), preset=preset)
     with db.write() as session:
         session.add(job)
     return job
 
 
+def enqueue_sweep(
+    db: Database, base: dict[str, Any], grid: dict[str, Any], specs: list[TrainingSpec], max_attempts: int
+) -> tuple[Sweep, list[Job]]:
+    """Stores a sweep and one queued job per grid point, all in one transaction."""
+    now = utcnow()
+    sweep = Sweep(id=new_id(), base=base, grid=grid, created_at=now)
+    # Distinct creation times keep the grid order in the queue (claims take the oldest first).
+    jobs = [
+        _new_job(spec, max_attempts, now + timedelta(microseconds=i), sweep_id=sweep.id) for i, spec in enumerate(specs)
+    ]
+    with db.write() as session:
+        session.add(sweep)
+        session.flush()
+        session.add_all(jobs)
+    return sweep, jobs
+
+
+def _cancel(job: Job, now: datetime) -> None:
+    if job.status is JobStatus.queued:
+        job.status = JobStatus.cancelled
+        job.finished_at = now
+    elif job.status is JobStatus.running:
+        job.cancel_requested = True
+    else:
+        raise JobNotCancellable(job.id, job.status)
+    job.updated_at = now
+
+
 def request_cancel(db: Database, job_id: str) -> Job:
     """A queued job is cancelled at once; a running one is flagged and its worker stops at the next batch."""
-    now = utcnow()
     with db.write() as session:
         job = session.get(Job, job_id)
         if job is None:
             raise JobNotFound(job_id)
-        if job.status is JobStatus.queued:
-            job.status = JobStatus.cancelled
-            job.finished_at = now
-        elif job.status is JobStatus.running:
-            job.cancel_requested = True
-        else:
-            raise JobNotCancellable(job_id, job.status)
-        job.updated_at = now
+        _cancel(job, utcnow())
         session.flush()
         return job
+
+
+def cancel_sweep(db: Database, sweep_id: str) -> int:
+    """Cancels every job of the sweep that has not ended; returns how many it reached."""
+    now = utcnow()
+    with db.write() as session:
+        if session.get(Sweep, sweep_id) is None:
+            raise SweepNotFound(sweep_id)
+        live = session.scalars(
+            select(Job).where(Job.sweep_id == sweep_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+        ).all()
+        for job in live:
+            _cancel(job, now)
+        return len(live)
 
 
 def claim_next_job(db: Database, worker_id: str, lease_seconds: float, device: str) -> Claim | None:
@@ -175,8 +218,24 @@ def record_epoch(db: Database, claim: Claim, metrics: EpochMetrics) -> None:
         session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=utcnow(), **metrics.as_dict()))
 
 
+def begin_attempt(db: Database, claim: Claim, history: list[EpochMetrics], provenance: dict[str, Any]) -> None:
+    """Sets the job's recorded epochs to ``history`` (what the attempt resumes from; empty when it starts over)."""
+    with db.write() as session:
+        _guarded_update(session, claim, epochs_done=len(history), provenance=provenance)
+        _clear_metrics(session, claim.job_id)
+        now = utcnow()
+        for metrics in history:
+            session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=now, **metrics.as_dict()))
+
+
 def finish_job(
-    db: Database, claim: Claim, *, model_id: str, sha256: str, size_bytes: int, test_acc: float | None
+    db: Database,
+    claim: Claim,
+    *,
+    model_id: str,
+    sha256: str,
+    size_bytes: int,
+    selected: EpochMetrics | None,
 ) -> None:
     """Registers the checkpoint and marks the job succeeded, together."""
     now = utcnow()
@@ -197,7 +256,9 @@ def finish_job(
                 spec=claim.spec.model_dump(mode="json"),
                 sha256=sha256,
                 size_bytes=size_bytes,
-                test_acc=test_acc,
+                test_acc=selected.test_acc if selected else None,
+                val_acc=selected.val_acc if selected else None,
+                epoch=selected.epoch if selected else None,
                 created_at=now,
             )
         )
@@ -220,9 +281,7 @@ def retry_job(db: Database, claim: Claim, error: str) -> None:
             error=error,
             lease_expires_at=None,
             worker_id=None,
-            epochs_done=0,
         )
-        _clear_metrics(session, claim.job_id)
 
 
 def cancel_claimed_job(db: Database, claim: Claim) -> None:
@@ -241,13 +300,10 @@ def release_job(db: Database, claim: Claim) -> None:
             attempt=Job.attempt - 1,
             lease_expires_at=None,
             worker_id=None,
-            epochs_done=0,
         )
-        _clear_metrics(session, claim.job_id)
 
 
 def _clear_metrics(session: Session, job_id: str) -> None:
-    # A restarted run trains from epoch 1 again; its metrics list must hold each epoch once.
     session.query(EpochMetric).filter(EpochMetric.job_id == job_id).delete(synchronize_session=False)
 
 
@@ -286,14 +342,11 @@ def requeue_expired_leases(db: Database, now: datetime | None = None) -> tuple[l
                 updated_at=now,
                 lease_expires_at=None,
                 worker_id=None,
-                epochs_done=0,
                 error="the previous attempt's worker stopped renewing its lease",
             )
             .returning(Job.id)
             .execution_options(synchronize_session=False)
         ).all()
-        for job_id in requeued:
-            _clear_metrics(session, job_id)
     for job_id in requeued:
         log.warning("job %s: lease expired, back in the queue", job_id)
     for job_id in failed:

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.spec import TrainingSpec
+from models.presets import PresetName
+from models.spec import SpecFields, TrainingSpec
 from service.tables import Job, JobStatus
 
 
-class JobCreate(TrainingSpec):
-    """A training job: the MLP and its recipe. Every field is optional; defaults are the d2l chapter 4 recipe."""
+class JobCreate(SpecFields):
+    """A training job: the MLP and its recipe. Every field is optional; defaults are the d2l chapter 4 recipe.
+
+    With ``preset``, the preset's values replace the defaults and the fields given here override the preset.
+    """
+
+    preset: PresetName | None = Field(default=None, description="Start from a named spec: d2l-mlp or best-mlp.")
+
+    def explicit_fields(self) -> dict[str, Any]:
+        """The spec fields the caller set, without the preset."""
+        return self.model_dump(exclude_unset=True, exclude={"preset"})
 
 
 class JobProgress(BaseModel):
@@ -32,6 +43,11 @@ class JobPublic(BaseModel):
     error: str | None = Field(default=None, description="Why the job failed (or why its last attempt ended).")
     model_id: str | None = Field(default=None, description="The checkpoint this job produced, once succeeded.")
     device: str | None = Field(default=None, description="Where the job ran.")
+    preset: str | None = None
+    sweep_id: str | None = None
+    provenance: dict[str, Any] | None = Field(
+        default=None, description="torch version, device, data files' sha256 and code version of the last attempt."
+    )
     cancel_requested: bool
     created_at: datetime
     updated_at: datetime
@@ -52,6 +68,9 @@ class JobPublic(BaseModel):
             error=job.error,
             model_id=job.model_id,
             device=job.device,
+            preset=job.preset,
+            sweep_id=job.sweep_id,
+            provenance=job.provenance,
             cancel_requested=job.cancel_requested,
             created_at=job.created_at,
             updated_at=job.updated_at,
@@ -73,7 +92,9 @@ class EpochMetricsPublic(BaseModel):
     epoch: int
     train_loss: float
     train_acc: float
+    val_acc: float | None = None
     test_acc: float
+    lr: float | None = None
     seconds: float
 
 
@@ -114,3 +135,40 @@ class ReadyPublic(BaseModel):
 
 class ErrorPublic(BaseModel):
     detail: str = Field(description="What went wrong and what to change.")
+
+
+class SweepCreate(BaseModel):
+    """A grid search: one job per combination of the grid's values, each on top of ``base``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: JobCreate = Field(default_factory=JobCreate, description="The spec every grid point starts from.")
+    grid: dict[str, list[Any]] = Field(
+        description="Spec field -> values to try; the sweep runs every combination.",
+        examples=[{"hidden_layers": [[256], [1024]], "lr": [0.1, 0.5]}],
+    )
+
+
+class SweepJobPublic(BaseModel):
+    id: str
+    params: dict[str, Any] = Field(description="This grid point's values.")
+    spec: TrainingSpec
+    status: JobStatus
+    progress: JobProgress
+    val_acc: float | None = Field(description="Validation accuracy of the selected (or latest) epoch.")
+    test_acc: float | None = Field(description="Test accuracy of the selected (or latest) epoch.")
+    model_id: str | None
+
+
+class SweepPublic(BaseModel):
+    id: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    created_at: datetime
+    counts: dict[str, int] = Field(description="Jobs per status.")
+    jobs: list[SweepJobPublic] = Field(description="Best first: by validation accuracy when present, else test.")
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepPublic]
+    count: int

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest accepted image upload.")
     max_image_pixels: int = Field(default=40_000_000, ge=28 * 28, description="Largest accepted image, in pixels.")
     model_cache_size: int = Field(default=8, ge=1, description="Checkpoints kept loaded by the API.")
+    cuda_graphs: bool = Field(default=True, description="Capture training steps as CUDA graphs on a GPU.")
+    max_sweep_size: int = Field(default=64, ge=1, le=10_000, description="Most grid points one sweep may hold.")
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
@@ -48,6 +50,14 @@ class Settings(BaseSettings):
     @property
     def dataset_cache_dir(self) -> Path:
         return self.home / "datasets"
+
+    @property
+    def resume_dir(self) -> Path:
+        return self.home / "resume"
+
+    @property
+    def queue_signal_path(self) -> Path:
+        return self.home / "queue.signal"
 
 
 @lru_cache

@@ -66,6 +66,17 @@ class Base(DeclarativeBase):
     pass
 
 
+class Sweep(Base):
+    """A grid of specs submitted together; each grid point is one job."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    base: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    grid: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -87,6 +98,10 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     device: Mapped[str | None] = mapped_column(String(128))
     model_id: Mapped[str | None] = mapped_column(String(32))
+    preset: Mapped[str | None] = mapped_column(String(64))
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    # Where and with what the last attempt ran: torch version, device, data files' sha256, code version.
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -106,6 +121,8 @@ class EpochMetric(Base):
     train_loss: Mapped[float] = mapped_column(Float, nullable=False)
     train_acc: Mapped[float] = mapped_column(Float, nullable=False)
     test_acc: Mapped[float] = mapped_column(Float, nullable=False)
+    val_acc: Mapped[float | None] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float, nullable=False)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
@@ -121,6 +138,8 @@ class Model(Base):
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     test_acc: Mapped[float | None] = mapped_column(Float)
+    val_acc: Mapped[float | None] = mapped_column(Float)
+    epoch: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
 
     @property

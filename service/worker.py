@@ -1,30 +1,37 @@
 """The worker process: claims jobs from the queue and trains them on one device.
 
-Split in three: ``claim`` (queue.claim_next_job), ``run`` (models.training.train, with a lease keeper
-heartbeating beside it) and ``persist`` (checkpoint file, then queue.finish_job). The data set is loaded
-once per process, onto the training device, and reused by every job.
+Split in three: ``claim`` (queue.claim_next_job), ``run`` (a models.training.Trainer, resumed from the
+job's last finished epoch when there is one, with a lease keeper heartbeating beside it) and ``persist``
+(checkpoint file, then queue.finish_job). The data set is loaded once per process, onto the training
+device, and shared by every job and every concurrent slot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
 import torch
 
 from models.checkpoints import save_checkpoint
 from models.data import DeviceDataset, load_fashion_mnist, to_device
-from models.training import TrainingStopped, train
+from models.training import EpochMetrics, Trainer, TrainingStopped
 from service import queue
 from service.db import Database
+from service.provenance import provenance
 from service.queue import Claim, LeaseLost
+from service.resume import discard_resume_state, load_resume_state, resume_path, save_resume_state
 from service.retry import RetryPolicy
 from service.settings import Settings
+from service.wakeup import QueueSignal
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +60,37 @@ def device_label(device: torch.device) -> str:
     return "cpu"
 
 
+def configure_determinism() -> None:
+    """Same spec, seed and device give the same metrics: deterministic kernels, no TF32."""
+    # cuBLAS needs this set before it starts to be deterministic.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+class DatasetCache:
+    """The data set on the training device, loaded once per process and shared by all slots."""
+
+    def __init__(self, settings: Settings, device: torch.device) -> None:
+        self.settings, self.device = settings, device
+        self._dataset: DeviceDataset | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> DeviceDataset:
+        with self._lock:
+            if self._dataset is None:
+                started = time.perf_counter()
+                arrays = load_fashion_mnist(
+                    self.settings.data_dir, self.settings.dataset_cache_dir, download=self.settings.download
+                )
+                self._dataset = to_device(arrays, self.device)
+                log.info("data set loaded onto %s in %.2fs", self.device, time.perf_counter() - started)
+            return self._dataset
+
+
 class LeaseKeeper(threading.Thread):
-    """Renews a claim's lease in the background and raises flags the training loop reads per batch."""
+    """Renews a claim's lease in the background and raises flags the training loop reads per step."""
 
     def __init__(self, db: Database, claim: Claim, lease_seconds: float, check_seconds: float) -> None:
         super().__init__(name=f"lease-{claim.job_id[:8]}", daemon=True)
@@ -65,7 +101,6 @@ class LeaseKeeper(threading.Thread):
         self._done = threading.Event()
 
     def run(self) -> None:
-        renew_every = self.lease_seconds / 3
         last_renewal = time.monotonic()
         while not self._done.wait(self.check_seconds):
             try:
@@ -75,9 +110,9 @@ class LeaseKeeper(threading.Thread):
                 self.lost.set()
                 return
             except Exception:
-                # A passing database error: keep training while the lease has time left.
+                # A passing database error: keep training while the lease has time left, stop before it runs out.
                 log.exception("job %s: lease renewal failed", self.claim.job_id)
-                if time.monotonic() - last_renewal > self.lease_seconds - renew_every:
+                if time.monotonic() - last_renewal > self.lease_seconds * 2 / 3:
                     self.lost.set()
                     return
                 continue
@@ -91,6 +126,8 @@ class LeaseKeeper(threading.Thread):
 
 
 class Worker:
+    """One slot: claims and runs one job at a time. ``WorkerPool`` runs several on one device."""
+
     def __init__(
         self,
         settings: Settings,
@@ -99,33 +136,30 @@ class Worker:
         *,
         burst: bool = False,
         retry_policy: RetryPolicy | None = None,
+        datasets: DatasetCache | None = None,
+        shutdown: threading.Event | None = None,
+        slot: int = 0,
     ) -> None:
         self.settings, self.db, self.device, self.burst = settings, db, device, burst
         self.retry_policy = retry_policy or RetryPolicy()
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.shutdown = threading.Event()
-        self._dataset: DeviceDataset | None = None
+        self.datasets = datasets or DatasetCache(settings, device)
+        self.shutdown = shutdown or threading.Event()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{slot}"
+        self.signal = QueueSignal(settings.queue_signal_path)
+        self.cuda_graphs = settings.cuda_graphs and device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     # -- process life -----------------------------------------------------------------------------
-    def install_signal_handlers(self) -> None:
-        def _handle(signum: int, _frame: FrameType | None) -> None:
-            if self.shutdown.is_set():
-                raise KeyboardInterrupt
-            log.info("signal %s: finishing the current batch, then exiting", signal.Signals(signum).name)
-            self.shutdown.set()
-
-        signal.signal(signal.SIGTERM, _handle)
-        signal.signal(signal.SIGINT, _handle)
-
     def run(self) -> int:
         log.info("worker %s on %s (burst=%s)", self.worker_id, device_label(self.device), self.burst)
         while not self.shutdown.is_set():
+            seen = self.signal.stamp()
             if self.run_once():
                 continue
             if self.burst:
                 log.info("queue empty, burst mode: exiting")
                 break
-            self.shutdown.wait(self.settings.poll_seconds)
+            self.signal.wait(seen, self.settings.poll_seconds, self.shutdown)
         return 0
 
     def run_once(self) -> bool:
@@ -136,19 +170,23 @@ class Worker:
         )
         if claim is None:
             return False
-        self.run_job(claim)
+        with self._on_own_stream():
+            self.run_job(claim)
         return True
+
+    @contextlib.contextmanager
+    def _on_own_stream(self) -> Iterator[None]:
+        # Each slot issues its work on its own CUDA stream, so concurrent jobs overlap on the device.
+        if self.stream is None:
+            yield
+            return
+        with torch.cuda.stream(self.stream):
+            yield
+        self.stream.synchronize()
 
     # -- one job ----------------------------------------------------------------------------------
     def dataset(self) -> DeviceDataset:
-        if self._dataset is None:
-            started = time.perf_counter()
-            arrays = load_fashion_mnist(
-                self.settings.data_dir, self.settings.dataset_cache_dir, download=self.settings.download
-            )
-            self._dataset = to_device(arrays, self.device)
-            log.info("data set loaded onto %s in %.2fs", self.device, time.perf_counter() - started)
-        return self._dataset
+        return self.datasets.get()
 
     def run_job(self, claim: Claim) -> None:
         log.info("job %s: attempt %d, spec %s", claim.job_id, claim.attempt, claim.spec.model_dump_json())
@@ -156,21 +194,36 @@ class Worker:
             self.db, claim, self.settings.lease_seconds, check_seconds=min(0.5, self.settings.lease_seconds / 4)
         )
         keeper.start()
+        state_file = resume_path(self.settings.resume_dir, claim.job_id)
 
         def should_stop() -> bool:
             return keeper.cancel_requested.is_set() or keeper.lost.is_set() or self.shutdown.is_set()
 
         try:
-            result = train(
-                claim.spec,
-                self.dataset(),
-                seed=claim.seed,
-                on_epoch=lambda metrics: queue.record_epoch(self.db, claim, metrics),
-                should_stop=should_stop,
+            dataset = self.dataset()
+            trainer = Trainer(claim.spec, dataset, seed=claim.seed, cuda_graphs=self.cuda_graphs)
+            saved = load_resume_state(state_file, claim)
+            if saved is not None:
+                trainer.restore(*saved)
+                log.info("job %s: resuming after epoch %d", claim.job_id, trainer.epoch)
+            queue.begin_attempt(
+                self.db,
+                claim,
+                trainer.history,
+                {
+                    **provenance(device_label(self.device), dataset.file_sha256, trainer.use_graphs),
+                    "resumed_from_epoch": trainer.epoch,
+                },
             )
+
+            def epoch_done(metrics: EpochMetrics) -> None:
+                save_resume_state(state_file, claim, *trainer.state())
+                queue.record_epoch(self.db, claim, metrics)
+
+            result = trainer.run(on_epoch=epoch_done, should_stop=should_stop)
         except TrainingStopped as stopped:
             keeper.stop()
-            self._stopped(claim, keeper, stopped)
+            self._stopped(claim, keeper, stopped, state_file)
             return
         except LeaseLost:
             keeper.stop()
@@ -178,25 +231,26 @@ class Worker:
             return
         except Exception as error:
             keeper.stop()
-            self._failed(claim, error)
+            self._failed(claim, error, state_file)
             return
         keeper.stop()
-        self._persist(claim, result.model, result.test_acc)
+        self._persist(claim, result.model, result.selected, state_file)
 
-    def _stopped(self, claim: Claim, keeper: LeaseKeeper, stopped: TrainingStopped) -> None:
+    def _stopped(self, claim: Claim, keeper: LeaseKeeper, stopped: TrainingStopped, state_file: Path) -> None:
         try:
             if keeper.lost.is_set():
                 log.error("job %s: lease lost; abandoning it", claim.job_id)
             elif keeper.cancel_requested.is_set():
                 queue.cancel_claimed_job(self.db, claim)
+                discard_resume_state(state_file)
                 log.info("job %s: cancelled after %d epoch(s)", claim.job_id, stopped.completed_epochs)
             else:
                 queue.release_job(self.db, claim)
-                log.info("job %s: released back to the queue for shutdown", claim.job_id)
+                log.info("job %s: released to the queue after %d epoch(s)", claim.job_id, stopped.completed_epochs)
         except LeaseLost:
             log.error("job %s: lease lost before it could be stopped cleanly", claim.job_id)
 
-    def _failed(self, claim: Claim, error: Exception) -> None:
+    def _failed(self, claim: Claim, error: Exception, state_file: Path) -> None:
         decision = self.retry_policy.decide(error, claim.attempt, claim.max_attempts)
         log.error("job %s: %s", claim.job_id, decision.reason, exc_info=not isinstance(error, ValueError))
         try:
@@ -204,23 +258,69 @@ class Worker:
                 queue.retry_job(self.db, claim, decision.reason)
             else:
                 queue.fail_job(self.db, claim, decision.reason)
+                discard_resume_state(state_file)
         except LeaseLost:
             log.error("job %s: lease lost before its failure could be recorded", claim.job_id)
 
-    def _persist(self, claim: Claim, model: torch.nn.Module, test_acc: float | None) -> None:
+    def _persist(self, claim: Claim, model: torch.nn.Module, selected: EpochMetrics | None, state_file: Path) -> None:
         model_id = queue.new_id()
         path = self.settings.checkpoint_dir / f"{model_id}.safetensors"
         try:
             saved = save_checkpoint(path, model, claim.spec, extra={"job_id": claim.job_id, "seed": str(claim.seed)})
         except Exception as error:
-            self._failed(claim, error)
+            self._failed(claim, error, state_file)
             return
         try:
             queue.finish_job(
-                self.db, claim, model_id=model_id, sha256=saved.sha256, size_bytes=saved.size_bytes, test_acc=test_acc
+                self.db, claim, model_id=model_id, sha256=saved.sha256, size_bytes=saved.size_bytes, selected=selected
             )
         except LeaseLost:
             path.unlink(missing_ok=True)
             log.error("job %s: lease lost before the model could be registered; checkpoint removed", claim.job_id)
             return
-        log.info("job %s: succeeded, model %s (test_acc=%s)", claim.job_id, model_id, test_acc)
+        discard_resume_state(state_file)
+        log.info("job %s: succeeded, model %s (%s)", claim.job_id, model_id, selected)
+
+
+class WorkerPool:
+    """``concurrency`` worker slots in threads of this process, sharing one device and its data set."""
+
+    def __init__(
+        self, settings: Settings, db: Database, device: torch.device, *, concurrency: int, burst: bool
+    ) -> None:
+        self.shutdown = threading.Event()
+        datasets = DatasetCache(settings, device)
+        self.workers = [
+            Worker(settings, db, device, burst=burst, datasets=datasets, shutdown=self.shutdown, slot=slot)
+            for slot in range(concurrency)
+        ]
+        self.datasets = datasets
+
+    def install_signal_handlers(self) -> None:
+        def _handle(signum: int, _frame: FrameType | None) -> None:
+            if self.shutdown.is_set():
+                raise KeyboardInterrupt
+            log.info("signal %s: finishing the current step, then exiting", signal.Signals(signum).name)
+            self.shutdown.set()
+
+        signal.signal(signal.SIGTERM, _handle)
+        signal.signal(signal.SIGINT, _handle)
+
+    def preload(self) -> None:
+        """Loads the data set before the first claim, so a job's time is its training."""
+        try:
+            self.datasets.get()
+        except Exception as exc:  # the jobs will fail with this message; the worker keeps serving the queue
+            log.error("data set not loaded: %s", exc)
+
+    def run(self) -> int:
+        if len(self.workers) == 1:
+            return self.workers[0].run()
+        threads = [threading.Thread(target=w.run, name=f"slot-{i}") for i, w in enumerate(self.workers)]
+        for thread in threads:
+            thread.start()
+        # Join with a timeout so the main thread stays free to take signals.
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(timeout=0.2)
+        return 0

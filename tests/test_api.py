@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from models.spec import TrainingSpec
 from service import queue
 from service.api.app import create_app
 from service.db import Database
@@ -57,15 +58,13 @@ def test_submit_returns_202_with_location_and_defaults(client: TestClient) -> No
     body = response.json()
     assert body["status"] == "queued" and len(body["id"]) == 32
     assert response.headers["location"].endswith(f"/v1/jobs/{body['id']}")
-    assert body["spec"] == {
+    assert body["spec"] == TrainingSpec().model_dump(mode="json")
+    assert {key: body["spec"][key] for key in ("hidden_layers", "activation", "init_std", "lr", "batch_size")} == {
         "hidden_layers": [256],
         "activation": "relu",
         "init_std": 0.01,
-        "optimizer": "sgd",
         "lr": 0.1,
         "batch_size": 256,
-        "epochs": 10,
-        "seed": None,
     }
     assert body["progress"] == {"epoch": 0, "epochs": 10}
     assert body["attempt"] == 0 and body["error"] is None and body["model_id"] is None
@@ -168,7 +167,7 @@ def test_metrics_and_status_after_a_worker_run(client: TestClient, settings: Set
     assert done["model_id"] and done["attempt"] == 1 and done["finished_at"]
     epochs = client.get(f"/v1/jobs/{job['id']}/metrics").json()["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2]
-    assert set(epochs[0]) == {"epoch", "train_loss", "train_acc", "test_acc", "seconds"}
+    assert set(epochs[0]) == {"epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr", "seconds"}
     assert all(0 <= e["test_acc"] <= 1 and e["seconds"] > 0 for e in epochs)
 
 

@@ -11,7 +11,7 @@ from models.spec import TrainingSpec
 from models.training import EpochMetrics
 from service import queue
 from service.db import Database
-from service.jobs import get_job, get_metrics
+from service.jobs import get_job, get_metrics, get_model
 from service.queue import LeaseLost
 from service.settings import Settings
 from service.tables import JobStatus, utcnow
@@ -77,7 +77,7 @@ def test_concurrent_claims_from_several_processes_never_double_claim(db: Databas
     assert all(get_job(db, job_id).attempt == 1 for job_id in job_ids)
 
 
-def test_expired_lease_requeues_with_attempt_raised_and_metrics_cleared(db: Database) -> None:
+def test_expired_lease_requeues_with_attempt_raised_and_progress_kept(db: Database) -> None:
     job = queue.enqueue_job(db, SPEC, max_attempts=3)
     claim = queue.claim_next_job(db, "w1", 30, device="cpu")
     assert claim is not None
@@ -85,9 +85,10 @@ def test_expired_lease_requeues_with_attempt_raised_and_metrics_cleared(db: Data
     requeued, failed = queue.requeue_expired_leases(db, now=utcnow() + timedelta(seconds=31))
     assert (requeued, failed) == ([job.id], [])
     stored = get_job(db, job.id)
-    assert stored.status is JobStatus.queued and stored.attempt == 1 and stored.epochs_done == 0
+    # Progress stays: the next attempt resumes from its checkpoint and reconciles the metrics (begin_attempt).
+    assert stored.status is JobStatus.queued and stored.attempt == 1 and stored.epochs_done == 1
     assert "lease" in (stored.error or "")
-    assert get_metrics(db, job.id)[1] == []
+    assert [row.epoch for row in get_metrics(db, job.id)[1]] == [1]
     again = queue.claim_next_job(db, "w2", 30, device="cpu")
     assert again is not None and again.attempt == 2 and again.token == claim.token + 1
 
@@ -131,7 +132,8 @@ def test_a_stale_claim_can_write_nothing(db: Database) -> None:
         lambda: queue.fail_job(db, stale, "late"),
         lambda: queue.release_job(db, stale),
         lambda: queue.cancel_claimed_job(db, stale),
-        lambda: queue.finish_job(db, stale, model_id="m" * 32, sha256="0" * 64, size_bytes=1, test_acc=0.5),
+        lambda: queue.begin_attempt(db, stale, [], {}),
+        lambda: queue.finish_job(db, stale, model_id="m" * 32, sha256="0" * 64, size_bytes=1, selected=metrics(1)),
     ):
         with pytest.raises(LeaseLost):
             write()
@@ -168,10 +170,13 @@ def test_finish_registers_the_model_and_succeeds(db: Database) -> None:
     job = queue.enqueue_job(db, SPEC, max_attempts=3)
     claim = queue.claim_next_job(db, "w1", 30, device="cpu")
     assert claim is not None
-    queue.finish_job(db, claim, model_id="a" * 32, sha256="b" * 64, size_bytes=10, test_acc=0.9)
+    selected = EpochMetrics(epoch=3, train_loss=0.3, train_acc=0.9, test_acc=0.88, val_acc=0.89, seconds=1.0)
+    queue.finish_job(db, claim, model_id="a" * 32, sha256="b" * 64, size_bytes=10, selected=selected)
     stored = get_job(db, job.id)
     assert stored.status is JobStatus.succeeded and stored.model_id == "a" * 32
     assert stored.finished_at is not None and stored.lease_expires_at is None
+    model = get_model(db, "a" * 32)
+    assert (model.test_acc, model.val_acc, model.epoch, model.job_id) == (0.88, 0.89, 3, job.id)
 
 
 def test_cancel_queued_is_immediate(db: Database) -> None:
@@ -202,7 +207,7 @@ def test_cancel_of_an_ended_job_is_refused(db: Database, end: str) -> None:
         if end == "failed":
             queue.fail_job(db, claim, "boom")
         else:
-            queue.finish_job(db, claim, model_id="c" * 32, sha256="d" * 64, size_bytes=1, test_acc=None)
+            queue.finish_job(db, claim, model_id="c" * 32, sha256="d" * 64, size_bytes=1, selected=None)
     with pytest.raises(queue.JobNotCancellable, match=end):
         queue.request_cancel(db, job.id)
 
@@ -220,7 +225,25 @@ def test_release_returns_the_job_without_spending_an_attempt(db: Database) -> No
     queue.release_job(db, claim)
     stored = get_job(db, job.id)
     assert stored.status is JobStatus.queued and stored.attempt == 0 and stored.worker_id is None
-    assert get_metrics(db, job.id)[1] == []
+    assert stored.epochs_done == 1 and len(get_metrics(db, job.id)[1]) == 1
+
+
+def test_begin_attempt_replaces_the_recorded_epochs(db: Database) -> None:
+    job = queue.enqueue_job(db, SPEC, max_attempts=3)
+    claim = queue.claim_next_job(db, "w1", 30, device="cpu")
+    assert claim is not None
+    for epoch in (1, 2, 3):
+        queue.record_epoch(db, claim, metrics(epoch))
+    queue.requeue_expired_leases(db, now=utcnow() + timedelta(seconds=60))
+    again = queue.claim_next_job(db, "w2", 30, device="cpu")
+    assert again is not None
+    # The resume checkpoint held two epochs: the third is trained again and must not appear twice.
+    queue.begin_attempt(db, again, [metrics(1), metrics(2)], {"torch": "x"})
+    stored, rows = get_metrics(db, job.id)
+    assert stored.epochs_done == 2 and [row.epoch for row in rows] == [1, 2]
+    assert stored.provenance == {"torch": "x"}
+    queue.record_epoch(db, again, metrics(3))
+    assert [row.epoch for row in get_metrics(db, job.id)[1]] == [1, 2, 3]
 
 
 def test_retry_requeues_with_the_reason(db: Database) -> None:

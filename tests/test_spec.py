@@ -35,7 +35,7 @@ def test_defaults_are_the_d2l_recipe() -> None:
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        pytest.param({"dropout": 0.5}, "dropout", id="unknown-field"),
+        pytest.param({"hidden_units": [256]}, "hidden_units", id="unknown-field"),
         pytest.param({"epochs": "abc"}, "epochs", id="epochs-not-a-number"),
         pytest.param({"hidden_layers": ["wide", "narrow"]}, "hidden_layers", id="hidden-layers-strings"),
         pytest.param({"hidden_layers": "256"}, "hidden_layers", id="hidden-layers-a-string"),
@@ -55,8 +55,8 @@ def test_defaults_are_the_d2l_recipe() -> None:
         pytest.param({"batch_size": 0}, "batch_size", id="batch-size-0"),
         pytest.param({"init_std": 0}, "init_std", id="init-std-0"),
         pytest.param({"init_std": float("nan")}, "init_std", id="init-std-nan"),
-        pytest.param({"activation": "gelu"}, "activation", id="unknown-activation"),
-        pytest.param({"optimizer": "adam"}, "optimizer", id="unknown-optimizer"),
+        pytest.param({"activation": "swish"}, "activation", id="unknown-activation"),
+        pytest.param({"optimizer": "lbfgs"}, "optimizer", id="unknown-optimizer"),
         pytest.param({"seed": -1}, "seed", id="seed-negative"),
         pytest.param({"seed": 2**63}, "seed", id="seed-over-int64"),
     ],

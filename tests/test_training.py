@@ -40,7 +40,7 @@ def test_history_reports_every_epoch_in_order(synthetic_dataset: DeviceDataset) 
         assert 0.0 <= metrics.train_acc <= 1.0
         assert 0.0 <= metrics.test_acc <= 1.0
         assert metrics.seconds >= 0
-        assert set(metrics.as_dict()) == {"epoch", "train_loss", "train_acc", "test_acc", "seconds"}
+        assert set(metrics.as_dict()) == {"epoch", "train_loss", "train_acc", "test_acc", "seconds", "val_acc", "lr"}
 
 
 def test_training_learns_the_synthetic_classes(synthetic_dataset: DeviceDataset) -> None:
@@ -130,7 +130,7 @@ def test_each_activation_trains(synthetic_dataset: DeviceDataset, activation: Ac
     result = train(spec, synthetic_dataset, seed=0)
 
     assert isinstance(result.model, nn.Sequential)
-    assert type(result.model[2]).__name__.lower() == activation.value
+    assert type(result.model[2]).__name__.lower() == activation.value.replace("_", "")
     assert result.history[-1].train_loss < result.history[0].train_loss
     assert result.test_acc is not None and result.test_acc > 0.5
 

@@ -7,15 +7,19 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from models.checkpoints import file_sha256, load_checkpoint
 from models.spec import TrainingSpec
+from models.training import Trainer
 from service import queue
+from service import worker as worker_module
 from service.db import Database
 from service.jobs import get_job, get_metrics, get_model
+from service.resume import resume_path
 from service.settings import Settings
 from service.tables import JobStatus, utcnow
 from service.worker import Worker, resolve_device
@@ -110,7 +114,65 @@ def test_shutdown_releases_the_running_job_to_the_queue(settings: Settings, db: 
     worker.shutdown.set()
     thread.join(timeout=30)
     stored = get_job(db, job.id)
-    assert stored.status is JobStatus.queued and stored.attempt == 0 and stored.epochs_done == 0
+    assert stored.status is JobStatus.queued and stored.attempt == 0 and stored.epochs_done >= 1
+    assert resume_path(settings.resume_dir, job.id).is_file(), "the next attempt resumes from here"
+
+
+def test_a_released_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(settings: Settings, db: Database) -> None:
+    spec = TrainingSpec(
+        hidden_layers=[16],
+        batch_size=8,
+        epochs=6,
+        seed=5,
+        optimizer="sgd",
+        momentum=0.9,
+        lr=0.02,
+        lr_schedule="cosine",
+        dropout=0.1,
+        val_fraction=0.2,
+    )
+    reference = queue.enqueue_job(db, spec, max_attempts=3)
+    make_worker(settings, db).run_once()
+    expected = get_metrics(db, reference.id)[1]
+
+    job = queue.enqueue_job(db, spec, max_attempts=3)
+    first = make_worker(settings, db)
+    thread = run_in_thread(first)
+    wait_until(lambda: get_job(db, job.id).epochs_done >= 2)
+    first.shutdown.set()
+    thread.join(timeout=30)
+    interrupted = get_job(db, job.id)
+    assert interrupted.status is JobStatus.queued and 2 <= interrupted.epochs_done < 6
+
+    make_worker(settings, db).run_once()
+    done = get_job(db, job.id)
+    assert done.status is JobStatus.succeeded, done.error
+    assert done.provenance is not None and done.provenance["resumed_from_epoch"] == interrupted.epochs_done
+    rows = get_metrics(db, job.id)[1]
+    assert [row.epoch for row in rows] == [1, 2, 3, 4, 5, 6]
+
+    def comparable(row: Any) -> tuple[Any, ...]:
+        return (row.epoch, row.train_loss, row.train_acc, row.val_acc, row.test_acc, row.lr)
+
+    assert [comparable(row) for row in rows] == [comparable(row) for row in expected]
+    assert get_model(db, done.model_id).epoch == get_model(db, get_job(db, reference.id).model_id).epoch
+    assert not resume_path(settings.resume_dir, job.id).exists(), "removed once the job ended"
+
+
+def test_a_job_records_what_it_ran_with(settings: Settings, db: Database) -> None:
+    job = queue.enqueue_job(db, SMALL, max_attempts=3)
+    make_worker(settings, db).run_once()
+    provenance = get_job(db, job.id).provenance
+    assert provenance is not None
+    assert provenance["torch"] == torch.__version__ and provenance["device"] == "cpu"
+    assert provenance["cuda_graphs"] is False and provenance["resumed_from_epoch"] == 0
+    assert set(provenance["data_sha256"]) == {
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    }
+    assert provenance["code_version"]
 
 
 def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(settings: Settings, db: Database) -> None:
@@ -120,13 +182,14 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(settings: Setting
     wait_until(lambda: get_job(db, job.id).epochs_done >= 1)
     # As if the worker had stalled past its lease: the reaper requeues, another worker claims.
     queue.requeue_expired_leases(db, now=utcnow() + timedelta(hours=1))
+    recorded = get_job(db, job.id).epochs_done
     other = queue.claim_next_job(db, "other", 60, device="cpu")
     assert other is not None
     thread.join(timeout=30)
     assert not thread.is_alive()
     stored = get_job(db, job.id)
-    assert stored.status is JobStatus.running and stored.worker_id == "other" and stored.epochs_done == 0
-    assert get_metrics(db, job.id)[1] == []
+    assert stored.status is JobStatus.running and stored.worker_id == "other"
+    assert stored.epochs_done == recorded and len(get_metrics(db, job.id)[1]) == recorded
 
 
 def test_an_unexpected_error_fails_the_job_and_the_worker_goes_on(
@@ -136,15 +199,15 @@ def test_an_unexpected_error_fails_the_job_and_the_worker_goes_on(
     good = queue.enqueue_job(db, SMALL, max_attempts=3)
     worker = make_worker(settings, db)
     calls = {"n": 0}
-    real_train = __import__("service.worker", fromlist=["train"]).train
+    real_run = Trainer.run
 
-    def flaky_train(*args: object, **kwargs: object) -> object:
+    def flaky_run(self: Trainer, *args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("exploding gradient detector tripped")
-        return real_train(*args, **kwargs)
+        return real_run(self, *args, **kwargs)
 
-    monkeypatch.setattr("service.worker.train", flaky_train)
+    monkeypatch.setattr(Trainer, "run", flaky_run)
     assert worker.run() == 0
     failed = get_job(db, bad.id)
     assert failed.status is JobStatus.failed and failed.error == "exploding gradient detector tripped"
@@ -154,7 +217,7 @@ def test_an_unexpected_error_fails_the_job_and_the_worker_goes_on(
 def test_a_transient_error_is_retried(settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     job = queue.enqueue_job(db, SMALL, max_attempts=3)
     worker = make_worker(settings, db)
-    real_save = __import__("service.worker", fromlist=["save_checkpoint"]).save_checkpoint
+    real_save = worker_module.save_checkpoint
     calls = {"n": 0}
 
     def flaky_save(*args: object, **kwargs: object) -> object:

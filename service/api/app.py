@@ -16,19 +16,22 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.checkpoints import CheckpointError
 from models.preprocessing import CorruptImage, EmptyImage, ImageTooLarge, UnsupportedImage
-from service.api.routes import health, jobs, predict
+from service.api.routes import health, jobs, predict, sweeps
 from service.api.uploads import MULTIPART_OVERHEAD, UploadTooLarge
 from service.db import Database
 from service.jobs import ModelNotFound, NoModelYet
 from service.predictor import Predictor
-from service.queue import JobNotCancellable, JobNotFound
+from service.queue import JobNotCancellable, JobNotFound, SweepNotFound
 from service.settings import Settings, get_settings
+from service.sweeps import InvalidSpec
+from service.wakeup import QueueSignal
 
 log = logging.getLogger(__name__)
 
 # Domain error -> HTTP status. The error's message is the answer's `detail`.
 ERROR_STATUS: dict[type[Exception], int] = {
     JobNotFound: 404,
+    SweepNotFound: 404,
     ModelNotFound: 404,
     JobNotCancellable: 409,
     NoModelYet: 409,
@@ -74,7 +77,12 @@ def _register_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
+    def invalid_spec(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, InvalidSpec)
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors))}, status_code=422)
+
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(InvalidSpec, invalid_spec)
 
     def domain_error(_request: Request, exc: Exception) -> JSONResponse:
         status = next(code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind))
@@ -117,8 +125,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = Database(settings.sqlalchemy_url)
     app.state.predictor = Predictor(settings, app.state.db)
+    app.state.queue_signal = QueueSignal(settings.queue_signal_path)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(sweeps.router)
     app.include_router(predict.router)
     _register_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + MULTIPART_OVERHEAD)

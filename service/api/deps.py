@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from service.db import Database
 from service.predictor import Predictor
 from service.settings import Settings
+from service.wakeup import QueueSignal
 
 
 def get_settings(request: Request) -> Settings:
@@ -23,6 +24,11 @@ def get_predictor(request: Request) -> Predictor:
     return request.app.state.predictor  # type: ignore[no-any-return]
 
 
+def get_queue_signal(request: Request) -> QueueSignal:
+    return request.app.state.queue_signal  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+QueueSignalDep = Annotated[QueueSignal, Depends(get_queue_signal)]

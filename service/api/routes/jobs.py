@@ -6,9 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from models.spec import TrainingSpec
 from service import jobs, queue
-from service.api.deps import DatabaseDep, SettingsDep
+from service.api.deps import DatabaseDep, QueueSignalDep, SettingsDep
 from service.schemas import (
     EpochMetricsPublic,
     ErrorPublic,
@@ -17,6 +16,7 @@ from service.schemas import (
     JobPublic,
     JobsPublic,
 )
+from service.sweeps import validated_spec
 from service.tables import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -31,11 +31,17 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic, "descr
     responses={202: {"headers": {"Location": {"description": "URL of the new job", "schema": {"type": "string"}}}}},
 )
 def submit_job(
-    body: JobCreate, db: DatabaseDep, settings: SettingsDep, request: Request, response: Response
+    body: JobCreate,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    signal: QueueSignalDep,
+    request: Request,
+    response: Response,
 ) -> JobPublic:
     """Queue a training job; a worker picks it up. Poll the URL in the Location header for its status."""
-    spec = TrainingSpec.model_validate(body.model_dump())
-    job = queue.enqueue_job(db, spec, max_attempts=settings.max_attempts)
+    spec = validated_spec(body.preset, body.explicit_fields())
+    job = queue.enqueue_job(db, spec, max_attempts=settings.max_attempts, preset=body.preset)
+    signal.notify()
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
     return JobPublic.from_job(job)
 

@@ -1,0 +1,89 @@
+"""Sweeps: a grid of specs submitted, ranked and cancelled together."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from models.spec import TrainingSpec
+from service import queue
+from service.api.deps import DatabaseDep, QueueSignalDep, SettingsDep
+from service.schemas import ErrorPublic, JobProgress, SweepCreate, SweepJobPublic, SweepPublic, SweepsPublic
+from service.sweeps import expand_grid, get_sweep, list_sweeps, status_counts
+
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic, "description": "No sweep with this id."}}
+
+
+def _public(db: DatabaseDep, sweep_id: str) -> SweepPublic:
+    sweep, rows = get_sweep(db, sweep_id)
+    return SweepPublic(
+        id=sweep.id,
+        base=sweep.base,
+        grid=sweep.grid,
+        created_at=sweep.created_at,
+        counts=status_counts(rows),
+        jobs=[
+            SweepJobPublic(
+                id=row["job"].id,
+                params=row["params"],
+                spec=TrainingSpec.model_validate(row["job"].spec),
+                status=row["job"].status,
+                progress=JobProgress(epoch=row["job"].epochs_done, epochs=row["job"].spec["epochs"]),
+                val_acc=row["val_acc"],
+                test_acc=row["test_acc"],
+                model_id=row["job"].model_id,
+            )
+            for row in rows
+        ],
+    )
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=SweepPublic)
+def submit_sweep(
+    body: SweepCreate,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    signal: QueueSignalDep,
+    request: Request,
+    response: Response,
+) -> SweepPublic:
+    """Queue one job per grid point (every combination of the grid's values, on top of `base`)."""
+    base = body.base.explicit_fields()
+    points = expand_grid(body.base.preset, base, body.grid, settings.max_sweep_size)
+    sweep, _jobs = queue.enqueue_sweep(
+        db,
+        base={**base, **({"preset": body.base.preset} if body.base.preset else {})},
+        grid=body.grid,
+        specs=[spec for _params, spec in points],
+        max_attempts=settings.max_attempts,
+    )
+    signal.notify()
+    response.headers["Location"] = str(request.url_for("get_sweep_status", sweep_id=sweep.id))
+    return _public(db, sweep.id)
+
+
+@router.get("", response_model=SweepsPublic)
+def list_all(
+    db: DatabaseDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SweepsPublic:
+    """Sweeps, newest first."""
+    sweeps, total = list_sweeps(db, limit=limit, offset=offset)
+    return SweepsPublic(data=[_public(db, sweep.id) for sweep in sweeps], count=total)
+
+
+@router.get("/{sweep_id}", response_model=SweepPublic, responses=NOT_FOUND)
+def get_sweep_status(sweep_id: str, db: DatabaseDep) -> SweepPublic:
+    """A sweep's jobs, best first (by validation accuracy when present, else test accuracy)."""
+    return _public(db, sweep_id)
+
+
+@router.post("/{sweep_id}/cancel", response_model=SweepPublic, responses=NOT_FOUND)
+def cancel(sweep_id: str, db: DatabaseDep) -> SweepPublic:
+    """Cancel every job of the sweep that has not ended yet."""
+    queue.cancel_sweep(db, sweep_id)
+    return _public(db, sweep_id)
