@@ -317,3 +317,34 @@ def test_every_route_is_documented_with_a_response_model(client: TestClient) -> 
         responses = schema["paths"][path][method]["responses"]
         success = responses.get("200") or responses.get("202")
         assert "$ref" in success["content"]["application/json"]["schema"], (method, path)
+
+
+# -- presets --------------------------------------------------------------------------------------
+
+
+def test_a_preset_fills_the_spec_and_explicit_fields_override_it(client: TestClient) -> None:
+    body = client.post("/v1/jobs", json={"preset": "best-mlp", "epochs": 5, "dropout": 0.1}).json()
+    assert body["preset"] == "best-mlp"
+    spec = body["spec"]
+    assert spec["hidden_layers"] == [1024, 1024] and spec["optimizer"] == "adamw" and spec["val_fraction"] == 0.1
+    assert spec["epochs"] == 5 and spec["dropout"] == 0.1
+
+
+def test_the_d2l_preset_is_the_default_recipe(client: TestClient) -> None:
+    assert client.post("/v1/jobs", json={"preset": "d2l-mlp"}).json()["spec"] == TrainingSpec().model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    ("body", "phrase"),
+    [
+        ({"preset": "huge-mlp"}, "preset"),
+        ({"preset": "best-mlp", "val_fraction": 0, "early_stopping_patience": 3}, "val_fraction"),
+        ({"preset": "best-mlp", "warmup_epochs": 50, "epochs": 10}, "warmup_epochs"),
+        ({"hidden_layers": [8192] * 8, "epochs": 1000}, "too large"),
+        ({"nesterov": True}, "momentum"),
+    ],
+)
+def test_bad_presets_and_inconsistent_specs_are_422(client: TestClient, body: dict[str, Any], phrase: str) -> None:
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 422 and phrase in response.text
+    assert client.get("/v1/jobs").json()["count"] == 0
