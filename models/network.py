@@ -42,6 +42,22 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class SeededDropout(nn.Dropout):
+    """Inverted dropout that draws its masks from ``generator`` when one is set.
+
+    The trainer gives each run its own generator, so runs that share a process (concurrent worker slots)
+    do not share a random stream, and a run's masks follow from its seed alone.
+    """
+
+    generator: torch.Generator | None = None
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or self.generator is None:
+            return super().forward(input)
+        keep = torch.rand(input.shape, device=input.device, generator=self.generator) >= self.p
+        return input * keep / (1.0 - self.p)
+
+
 def _init_weight(weight: torch.Tensor, spec: TrainingSpec, last: bool, generator: torch.Generator | None) -> None:
     if spec.init is Init.normal:
         nn.init.normal_(weight, mean=0.0, std=spec.init_std, generator=generator)
@@ -50,7 +66,9 @@ def _init_weight(weight: torch.Tensor, spec: TrainingSpec, last: bool, generator
         nn.init.xavier_normal_(weight, gain=gain, generator=generator)
     else:
         nonlinearity = "linear" if last else _NONLINEARITY[spec.activation]
-        nn.init.kaiming_normal_(weight, nonlinearity=nonlinearity, generator=generator)  # type: ignore[arg-type]
+        # LeakyReLU's default slope, as calculate_gain assumes on the xavier path.
+        slope = 0.01 if nonlinearity == "leaky_relu" else 0.0
+        nn.init.kaiming_normal_(weight, a=slope, nonlinearity=nonlinearity, generator=generator)  # type: ignore[arg-type]
 
 
 def build_mlp(spec: TrainingSpec, generator: torch.Generator | None = None) -> nn.Sequential:
@@ -72,7 +90,7 @@ def build_mlp(spec: TrainingSpec, generator: torch.Generator | None = None) -> n
         if not last:
             layers.append(_ACTIVATIONS[spec.activation]())
             if spec.dropout > 0:
-                layers.append(nn.Dropout(spec.dropout))
+                layers.append(SeededDropout(spec.dropout))
     return nn.Sequential(*layers)
 
 

@@ -16,7 +16,7 @@ def lr_at(spec: TrainingSpec, step: int, steps_per_epoch: int) -> float:
 
     constant: lr. step: lr * gamma ** (epoch // step_epochs). cosine: lr * (1 + cos(pi t)) / 2 over the run.
     onecycle: cosine up from lr/25 to lr over the first 30% of steps, then down to lr/25e4.
-    A linear warm-up over ``warmup_epochs`` multiplies any of them.
+    A linear warm-up over ``warmup_epochs`` multiplies any of them: (step + 1) / warm-up steps, capped at 1.
     """
     total = max(spec.epochs * steps_per_epoch, 1)
     progress = min(step / total, 1.0)
@@ -36,5 +36,5 @@ def lr_at(spec: TrainingSpec, step: int, steps_per_epoch: int) -> float:
             value = end + (spec.lr - end) * 0.5 * (1.0 + math.cos(math.pi * phase))
     warmup_steps = spec.warmup_epochs * steps_per_epoch
     if warmup_steps > 0 and step < warmup_steps:
-        value *= (step + 1) / warmup_steps
+        value *= min(1.0, (step + 1) / warmup_steps)
     return value

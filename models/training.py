@@ -17,22 +17,23 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.data import DeviceDataset
-from models.network import build_mlp, input_standardizer
+from models.network import SeededDropout, build_mlp, input_standardizer
 from models.schedule import lr_at
 from models.spec import Optimizer, TrainingSpec
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 16384
-# Distinct streams for the train/validation split and for shuffling, both from the job's seed.
+# Distinct random streams for the train/validation split and for dropout, all from the job's seed.
 _SPLIT_SALT = 0x5EED_0001
+_DROPOUT_SALT = 0x5EED_0002
 
 
 @dataclass(frozen=True)
@@ -115,26 +116,52 @@ def cuda_graphs_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available()
 
 
-class Trainer:
-    """One run of a spec on a data set: model, optimizer, schedule position, RNGs and history."""
+StepMode = Literal["eager", "static", "graph"]
 
-    def __init__(self, spec: TrainingSpec, data: DeviceDataset, *, seed: int, cuda_graphs: bool | None = None) -> None:
+
+class Trainer:
+    """One run of a spec on a data set: model, optimizer, schedule position, RNGs and history.
+
+    ``step_mode``: ``eager`` is the plain loop; ``static`` runs the step that CUDA graphs capture (static
+    buffers, a device-side step counter, a fused optimizer with a tensor learning rate) without capturing
+    it, on any device; ``graph`` captures it as CUDA graphs and replays them. By default (``cuda_graphs``
+    None or True): ``graph`` on CUDA, ``eager`` elsewhere; ``cuda_graphs=False`` forces ``eager``.
+    """
+
+    def __init__(
+        self,
+        spec: TrainingSpec,
+        data: DeviceDataset,
+        *,
+        seed: int,
+        cuda_graphs: bool | None = None,
+        step_mode: StepMode | None = None,
+    ) -> None:
         self.spec, self.data, self.seed = spec, data, seed
         self.device = data.device
-        self.use_graphs = cuda_graphs_supported(self.device) if cuda_graphs is None else cuda_graphs
-        if self.use_graphs and not cuda_graphs_supported(self.device):
+        if step_mode is None:
+            step_mode = "graph" if cuda_graphs is not False and cuda_graphs_supported(self.device) else "eager"
+        if step_mode == "graph" and not cuda_graphs_supported(self.device):
             raise ValueError("CUDA graphs need a CUDA device")
-        # Dropout draws from the global generators.
-        torch.manual_seed(seed)
+        self.step_mode: StepMode = step_mode
+        self.static_step = step_mode != "eager"
+        self.use_graphs = step_mode == "graph"
         self.model = build_mlp(spec, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        self.dropout_generator = torch.Generator(device=self.device).manual_seed(seed ^ _DROPOUT_SALT)
+        self.dropouts = [m for m in self.model.modules() if isinstance(m, SeededDropout)]
+        for module in self.dropouts:
+            module.generator = self.dropout_generator
+        if self.use_graphs and self.dropouts and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+            # This torch cannot replay a graph with a generator of its own: run the same step uncaptured.
+            self.step_mode, self.use_graphs = "static", False
         self.train_index, self.val_index = self._split()
         self.n_train = len(self.train_index) if self.train_index is not None else len(data.train_x)
         self._standardize()
         self.shuffle = torch.Generator(device=self.device).manual_seed(seed)
         self.steps_per_epoch = math.ceil(self.n_train / spec.batch_size)
-        self.lr_tensor = torch.tensor(spec.lr, device=self.device) if self.use_graphs else None
+        self.lr_tensor = torch.tensor(spec.lr, device=self.device) if self.static_step else None
         self.optimizer = make_optimizer(
-            spec, self.model, self.lr_tensor if self.lr_tensor is not None else spec.lr, fused=self.use_graphs
+            spec, self.model, self.lr_tensor if self.lr_tensor is not None else spec.lr, fused=self.static_step
         )
         self.epoch = 0
         self.history: list[EpochMetrics] = []
@@ -162,7 +189,11 @@ class Trainer:
 
     # -- resume -----------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Everything needed to continue this run, as tensors and JSON-able values (no pickling)."""
+        """Everything needed to continue this run, as tensors and JSON-able values (no pickling).
+
+        The tensors are the live weights and optimizer buffers, not copies: save them (or clone them)
+        before training goes on.
+        """
         tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.best_state is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
@@ -175,9 +206,7 @@ class Trainer:
                 else:
                     scalars.setdefault(str(index), {})[name] = value
         tensors["rng.shuffle"] = self.shuffle.get_state()
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors["rng.dropout"] = self.dropout_generator.get_state()
         meta = {
             "epoch": self.epoch,
             "history": [m.as_dict() for m in self.history],
@@ -202,14 +231,12 @@ class Trainer:
         self.model.load_state_dict(prefix["model."])
         self.best_state = {k: v.to(self.device) for k, v in prefix["best."].items()} or None
         full = {"state": optimizer_state, "param_groups": self.optimizer.state_dict()["param_groups"]}
-        if self.use_graphs:
+        if self.static_step:
             self._pending_optimizer_state = full  # loaded after the graph warm-up, before capture
         else:
             self.optimizer.load_state_dict(full)
         self.shuffle.set_state(tensors["rng.shuffle"])
-        torch.set_rng_state(tensors["rng.cpu"])
-        if self.device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.dropout_generator.set_state(tensors["rng.dropout"])
         self.epoch = int(meta["epoch"])
         self.history = [EpochMetrics(**m) for m in meta["history"]]
         self.best_epoch = meta.get("best_epoch")
@@ -268,9 +295,9 @@ class Trainer:
         if self.train_index is not None:
             order = self.train_index[order]
         first_step = self.epoch * self.steps_per_epoch
-        if self.use_graphs:
+        if self.static_step:
             if self._graph_step is None:
-                self._graph_step = _GraphStep(self)
+                self._graph_step = _GraphStep(self, capture=self.use_graphs)
             return self._graph_step.run_epoch(order, first_step, should_stop, deadline)
         return self._eager_epoch(order, first_step, should_stop, deadline)
 
@@ -310,10 +337,11 @@ class _GraphStep:
     """The training step captured as CUDA graphs: one for full batches, one for the last, shorter batch.
 
     Inputs are read from static buffers the epoch fills once (the shuffled order, the learning-rate
-    table); a device-side step counter walks through them, so a step is one ``replay()``.
+    table); a device-side step counter walks through them, so a step is one ``replay()``. Without
+    ``capture`` the same step body runs eagerly (``step_mode="static"``).
     """
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: Trainer, capture: bool) -> None:
         self.trainer = trainer
         spec, device = trainer.spec, trainer.device
         self.batch = spec.batch_size
@@ -324,8 +352,12 @@ class _GraphStep:
         self.counter = torch.zeros((), dtype=torch.int64, device=device)
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
-        self.graphs: list[tuple[torch.cuda.CUDAGraph, int]] = []
-        self._capture()
+        self.capture = capture
+        self.graphs: list[tuple[torch.cuda.CUDAGraph, int, int]] = []
+        if capture:
+            self._capture()
+        else:
+            self._load_optimizer_state(trainer._pending_optimizer_state)
 
     def _body(self, size: int, offset_base: int) -> None:
         trainer, spec = self.trainer, self.trainer.spec
@@ -353,6 +385,15 @@ class _GraphStep:
             sizes.append((self.tail, self.full_steps * self.batch))
         return sizes
 
+    def _load_optimizer_state(self, state: dict[str, Any] | None) -> None:
+        trainer = self.trainer
+        if state is not None:
+            trainer.optimizer.load_state_dict(state)
+        # load_state_dict deep-copies the groups: point them back at the one learning-rate tensor the step updates.
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = trainer.lr_tensor
+        trainer._pending_optimizer_state = None
+
     def _capture(self) -> None:
         trainer = self.trainer
         assert trainer.lr_tensor is not None
@@ -369,14 +410,15 @@ class _GraphStep:
                     self._body(size, base)
         torch.cuda.current_stream(trainer.device).wait_stream(side)
         # Forget the warm-up's optimizer state: zeros are what a fresh optimizer starts from.
-        state = trainer._pending_optimizer_state or _zeroed(trainer.optimizer.state_dict())
-        trainer.optimizer.load_state_dict(state)
-        trainer._pending_optimizer_state = None
+        self._load_optimizer_state(trainer._pending_optimizer_state or _zeroed(trainer.optimizer.state_dict()))
         for size, base in self._sizes():
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            if trainer.dropouts:
+                graph.register_generator_state(trainer.dropout_generator)
+            # thread_local: other worker slots keep launching work on their own streams meanwhile.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._body(size, base)
-            self.graphs.append((graph, size))
+            self.graphs.append((graph, size, base))
 
     def run_epoch(
         self, order: torch.Tensor, first_step: int, should_stop: Callable[[], bool] | None, deadline: float
@@ -389,10 +431,14 @@ class _GraphStep:
         self.counter.zero_()
         self.loss_sum.zero_()
         self.correct.zero_()
-        for graph, size in self.graphs:
+        for size, base in self._sizes():
+            graph = next((g for g, s, _ in self.graphs if s == size), None)
             for _ in range(self.full_steps if size == self.batch else 1):
                 trainer._check(should_stop, deadline)
-                graph.replay()
+                if graph is not None:
+                    graph.replay()
+                else:
+                    self._body(size, base)
         return self.loss_sum.item(), int(self.correct.item())
 
 

@@ -28,7 +28,10 @@ def code_version() -> str:
         ).stdout.strip()
         return f"{commit}+dirty" if dirty else commit
     except (OSError, subprocess.SubprocessError):
-        return f"fmnist-service {metadata.version('fmnist-service')}"
+        try:
+            return f"fmnist-service {metadata.version('fmnist-service')}"
+        except metadata.PackageNotFoundError:
+            return "unknown"
 
 
 def provenance(device: str, data_sha256: dict[str, str], cuda_graphs: bool) -> dict[str, Any]:

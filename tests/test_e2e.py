@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from models.data import load_fashion_mnist
@@ -25,7 +25,9 @@ from tests.conftest import real_data_dir
 
 pytestmark = pytest.mark.e2e
 
-FMNIST = str(Path(sys.executable).with_name("fmnist"))
+# The installed console script; `python -m service.cli` where the project is on the path but not installed.
+_SCRIPT = Path(sys.executable).with_name("fmnist")
+FMNIST = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "service.cli"]
 
 
 def free_port() -> int:
@@ -46,11 +48,13 @@ class Stack:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([FMNIST, *args], env=self.env, capture_output=True, text=True, timeout=120)
+        return subprocess.run([*FMNIST, *args], env=self.env, capture_output=True, text=True, timeout=120)
 
     def start(self, name: str, *args: str) -> None:
         with (self.log_dir / f"{name}.log").open("wb") as log:
-            self.processes[name] = subprocess.Popen([FMNIST, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.processes[name] = subprocess.Popen(
+                [*FMNIST, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
@@ -189,10 +193,14 @@ def test_commands_refuse_an_unmigrated_database(stack: Stack) -> None:
 
 
 def test_worker_refuses_a_device_that_is_not_there(stack: Stack) -> None:
-    if shutil.which("nvidia-smi"):
-        pytest.skip("a GPU may be present")
-    result = stack.run("worker", "--device", "cuda:7")
+    result = stack.run("worker", "--device", "cuda:99")
     assert result.returncode == 2 and "device" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_device_all_without_a_gpu_says_so(stack: Stack) -> None:
+    result = stack.run("worker", "--device", "all")
+    assert result.returncode == 2 and "no CUDA device" in result.stderr
 
 
 def test_burst_worker_on_an_empty_queue_exits_zero(stack: Stack) -> None:
@@ -201,3 +209,23 @@ def test_burst_worker_on_an_empty_queue_exits_zero(stack: Stack) -> None:
     assert result.returncode == 0, result.stderr
     current = stack.run("db", "current")
     assert f"current: {migrations.head_revision()}" in current.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.real_data
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_default_recipe_on_the_gpu_through_the_api(stack: Stack) -> None:
+    if real_data_dir() is None:
+        pytest.skip("real Fashion-MNIST not available")
+    assert stack.run("db", "upgrade").returncode == 0
+    stack.start("api", "serve", "--port", str(stack.port))
+    stack.start("worker", "worker", "--device", "cuda")
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        stack.wait_ready(client)
+        job = wait_for_job(client, client.post("/v1/jobs", json={"seed": 0}).json()["id"], timeout=240)
+        epochs = client.get(f"/v1/jobs/{job['id']}/metrics").json()["epochs"]
+    assert job["status"] == "succeeded", (job, stack.log("worker"))
+    assert job["provenance"]["cuda_graphs"] is True and job["device"].startswith("cuda")
+    assert epochs[-1]["test_acc"] >= 0.84, epochs
+    assert stack.stop("worker") == 0 and stack.stop("api") == 0

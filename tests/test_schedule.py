@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -67,7 +68,7 @@ def test_cosine_runs_from_lr_through_half_to_zero() -> None:
 def test_cosine_never_rises() -> None:
     curve = _curve(_spec(lr_schedule=LRSchedule.cosine))
 
-    assert all(later < earlier for earlier, later in zip(curve, curve[1:], strict=False))
+    assert all(later < earlier for earlier, later in itertools.pairwise(curve))
 
 
 def test_onecycle_starts_low_peaks_at_30_percent_and_ends_lower_still() -> None:
@@ -94,9 +95,7 @@ def test_warmup_ramps_linearly_then_hands_over(schedule: LRSchedule) -> None:
     cold = _spec(lr_schedule=schedule)
     warmup_steps = 2 * STEPS_PER_EPOCH
 
-    assert lr_at(warm, 0, STEPS_PER_EPOCH) == pytest.approx(
-        lr_at(cold, 0, STEPS_PER_EPOCH) / warmup_steps, rel=1e-12
-    )
+    assert lr_at(warm, 0, STEPS_PER_EPOCH) == pytest.approx(lr_at(cold, 0, STEPS_PER_EPOCH) / warmup_steps, rel=1e-12)
     for step in range(warmup_steps):
         expected = lr_at(cold, step, STEPS_PER_EPOCH) * (step + 1) / warmup_steps
         assert lr_at(warm, step, STEPS_PER_EPOCH) == pytest.approx(expected, rel=1e-12), step
@@ -139,12 +138,6 @@ def test_values_stay_within_zero_and_lr(schedule: LRSchedule, warmup_epochs: flo
     assert all(math.isfinite(value) and 0 <= value <= LR for value in curve), curve
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG models/schedule.py:38-39: with a warm-up that is not a whole number of steps, the last warm-up "
-    "step multiplies by (step + 1) / warmup_steps > 1, so the learning rate overshoots the peak lr",
-)
 @pytest.mark.parametrize(
     ("warmup_epochs", "steps_per_epoch"),
     [pytest.param(0.5, 5, id="2.5-warmup-steps"), pytest.param(0.25, 235, id="58.75-warmup-steps")],

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from models.checkpoints import file_sha256, load_checkpoint
-from models.spec import TrainingSpec
 from models.training import Trainer
 from service import queue
 from service import worker as worker_module
@@ -22,11 +21,12 @@ from service.jobs import get_job, get_metrics, get_model
 from service.resume import resume_path
 from service.settings import Settings
 from service.tables import JobStatus, utcnow
-from service.worker import Worker, resolve_device
+from service.worker import Worker, WorkerPool, resolve_device
+from tests.specs import spec_of
 
-SMALL = TrainingSpec(hidden_layers=[16], batch_size=64, epochs=2, seed=3)
+SMALL = spec_of(hidden_layers=[16], batch_size=64, epochs=2, seed=3)
 # Long enough to be interrupted mid-run on the synthetic set.
-LONG = TrainingSpec(hidden_layers=[16], batch_size=8, epochs=500, seed=3)
+LONG = spec_of(hidden_layers=[16], batch_size=8, epochs=500, seed=3)
 
 
 def make_worker(settings: Settings, db: Database) -> Worker:
@@ -119,7 +119,7 @@ def test_shutdown_releases_the_running_job_to_the_queue(settings: Settings, db: 
 
 
 def test_a_released_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(settings: Settings, db: Database) -> None:
-    spec = TrainingSpec(
+    spec = spec_of(
         hidden_layers=[16],
         batch_size=8,
         epochs=6,
@@ -220,7 +220,7 @@ def test_a_transient_error_is_retried(settings: Settings, db: Database, monkeypa
     real_save = worker_module.save_checkpoint
     calls = {"n": 0}
 
-    def flaky_save(*args: object, **kwargs: object) -> object:
+    def flaky_save(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError("no space left on device")
@@ -257,3 +257,23 @@ def test_a_job_runs_on_the_gpu(settings: Settings, db: Database) -> None:
     assert stored.status is JobStatus.succeeded, stored.error
     assert stored.device is not None and stored.device.startswith("cuda")
     assert worker.dataset().train_x.is_cuda
+
+
+def test_a_pool_runs_jobs_concurrently_sharing_one_data_set(settings: Settings, db: Database) -> None:
+    ids = [queue.enqueue_job(db, LONG.model_copy(update={"epochs": 3}), max_attempts=3).id for _ in range(2)]
+    pool = WorkerPool(settings, db, torch.device("cpu"), concurrency=2, burst=True)
+    seen_running: set[int] = set()
+
+    def watch() -> None:
+        while any(get_job(db, job_id).status is not JobStatus.succeeded for job_id in ids):
+            seen_running.add(sum(get_job(db, job_id).status is JobStatus.running for job_id in ids))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert pool.run() == 0
+    watcher.join(timeout=30)
+    assert [get_job(db, job_id).status for job_id in ids] == [JobStatus.succeeded] * 2
+    assert 2 in seen_running, "the two jobs never ran at the same time"
+    assert len({w.worker_id for w in pool.workers}) == 2
+    assert all(w.datasets is pool.datasets for w in pool.workers)
