@@ -9,19 +9,17 @@ from __future__ import annotations
 import argparse
 import time
 
-import httpx
-
-from bench.common import markdown_table, service, wait_for
+from bench.common import client_for, markdown_table, service, wait_for
 
 GRID = {"hidden_layers": [[256], [1024], [256, 256]], "lr": [0.1, 0.5], "activation": ["relu", "tanh"]}
 
 
 def run_sweep(device: str, concurrency: int, epochs: int) -> tuple[float, float]:
-    with service(device, concurrency=concurrency) as running, httpx.Client(base_url=running.url, timeout=60) as client:
+    with service(device, concurrency=concurrency) as running, client_for(running) as client:
         started = time.perf_counter()
         sweep = client.post("/v1/sweeps", json={"base": {"epochs": epochs, "seed": 0}, "grid": GRID}).json()
         for job in sweep["jobs"]:
-            if wait_for(client, job["id"], poll=0.02)["status"] != "succeeded":
+            if wait_for(running, client, job["id"], poll=0.02)["status"] != "succeeded":
                 raise RuntimeError(f"sweep job {job['id']} did not succeed")
         seconds = time.perf_counter() - started
         best = client.get(f"/v1/sweeps/{sweep['id']}").json()["jobs"][0]["test_acc"]

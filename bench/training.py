@@ -15,9 +15,7 @@ import json
 import time
 from typing import Any
 
-import httpx
-
-from bench.common import markdown_table, run_variant, service, wait_for
+from bench.common import client_for, markdown_table, run_variant, service, wait_for
 
 SPECS = [[256], [1024], [1024, 512]]
 SAMPLES = 60_000
@@ -25,11 +23,11 @@ SAMPLES = 60_000
 
 def service_runs(device: str, epochs: int, env: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
-    with service(device, extra_env=env) as running, httpx.Client(base_url=running.url, timeout=60) as client:
+    with service(device, extra_env=env) as running, client_for(running) as client:
         for hidden in SPECS:
             started = time.perf_counter()
             job_id = client.post("/v1/jobs", json={"hidden_layers": hidden, "epochs": epochs, "seed": 0}).json()["id"]
-            job = wait_for(client, job_id)
+            job = wait_for(running, client, job_id)
             seconds = time.perf_counter() - started
             if job["status"] != "succeeded":
                 raise RuntimeError(f"service job failed: {job}")

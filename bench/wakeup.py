@@ -14,9 +14,7 @@ import argparse
 import statistics
 from datetime import datetime
 
-import httpx
-
-from bench.common import markdown_table, service, wait_for
+from bench.common import client_for, markdown_table, service, wait_for
 from models.spec import TrainingSpec
 from service import queue
 from service.db import Database
@@ -41,14 +39,14 @@ def main() -> None:
     parser.add_argument("--reference-n", type=int, default=20)
     args = parser.parse_args()
     results: dict[str, list[float]] = {"API submit (wake-up signal)": [], "database insert only (poll)": []}
-    with service("cpu") as running, httpx.Client(base_url=running.url, timeout=60) as client:
+    with service("cpu") as running, client_for(running) as client:
         for _ in range(args.n):
             job_id = client.post("/v1/jobs", json=TINY).json()["id"]
-            results["API submit (wake-up signal)"].append(latency_ms(wait_for(client, job_id, poll=0.01)))
+            results["API submit (wake-up signal)"].append(latency_ms(wait_for(running, client, job_id, poll=0.01)))
         db = Database(running.env.get("FMNIST_DATABASE_URL") or f"sqlite:///{running.home / 'fmnist.db'}")
         for _ in range(args.reference_n):
             job = queue.enqueue_job(db, TrainingSpec(**TINY), max_attempts=3)  # type: ignore[arg-type]
-            results["database insert only (poll)"].append(latency_ms(wait_for(client, job.id, poll=0.01)))
+            results["database insert only (poll)"].append(latency_ms(wait_for(running, client, job.id, poll=0.01)))
         db.dispose()
     rows = [
         [

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ from models.spec import Optimizer, TrainingSpec
 log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 16384
+_CAPTURE_LOCK = threading.Lock()
 # Distinct random streams for the train/validation split and for dropout, all from the job's seed.
 _SPLIT_SALT = 0x5EED_0001
 _DROPOUT_SALT = 0x5EED_0002
@@ -88,12 +90,14 @@ class TimeLimitExceeded(RuntimeError):
 def make_optimizer(
     spec: TrainingSpec, model: nn.Module, lr: float | torch.Tensor, fused: bool
 ) -> torch.optim.Optimizer:
-    params = model.parameters()
+    params = list(model.parameters())
     options: dict[str, Any] = {"fused": True} if fused else {}
     if spec.optimizer is Optimizer.sgd:
         return torch.optim.SGD(
             params, lr=lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay, **options
         )
+    if fused and params[0].is_cuda:
+        options["capturable"] = True  # Adam's step counter stays on the device, so the step can be captured
     if spec.optimizer is Optimizer.adam:
         return torch.optim.Adam(params, lr=lr, weight_decay=spec.weight_decay, **options)
     return torch.optim.AdamW(params, lr=lr, weight_decay=spec.weight_decay, **options)
@@ -348,6 +352,10 @@ class _GraphStep:
         self.full_steps = trainer.n_train // self.batch
         self.tail = trainer.n_train - self.full_steps * self.batch
         self.order = torch.zeros(trainer.n_train, dtype=torch.int64, device=device)
+        # Row k holds full batch k's indices: a view of ``order``, so filling ``order`` fills it.
+        self.batches = self.order[: self.full_steps * self.batch].view(self.full_steps, self.batch)
+        # Constant learning rate: the tensor keeps spec.lr and no step copies it (one kernel fewer per step).
+        self.varying_lr = spec.lr_schedule != "constant" or spec.warmup_epochs > 0
         self.lr_table = torch.zeros(trainer.steps_per_epoch, device=device)
         self.counter = torch.zeros((), dtype=torch.int64, device=device)
         self.loss_sum = torch.zeros((), device=device)
@@ -362,12 +370,13 @@ class _GraphStep:
     def _body(self, size: int, offset_base: int) -> None:
         trainer, spec = self.trainer, self.trainer.spec
         assert trainer.lr_tensor is not None
+        # Few kernels around the model's own: on a small MLP each one costs about as much as a matmul.
         if size == self.batch:
-            start = self.counter * self.batch
-            index = self.order.index_select(0, start + torch.arange(size, device=self.order.device))
+            index = self.batches.index_select(0, self.counter.view(1)).view(-1)
         else:
             index = self.order[offset_base:]
-        trainer.lr_tensor.copy_(self.lr_table.index_select(0, self.counter.view(1)).view(()))
+        if self.varying_lr:
+            trainer.lr_tensor.copy_(self.lr_table.index_select(0, self.counter.view(1)).view(()))
         inputs = trainer.data.train_x.index_select(0, index)
         labels = trainer.data.train_y.index_select(0, index)
         logits = trainer.model(inputs)
@@ -375,7 +384,7 @@ class _GraphStep:
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trainer.optimizer.step()
-        self.loss_sum.add_(loss.detach() * size)
+        self.loss_sum.add_(loss.detach(), alpha=size)
         self.correct.add_((logits.argmax(dim=1) == labels).sum())
         self.counter.add_(1)
 
@@ -400,6 +409,7 @@ class _GraphStep:
         trainer.model.train()
         # Warm up on a side stream (lazy cuBLAS and optimizer-state set-up) with lr 0, so the weights stay put.
         self.lr_table.zero_()
+        trainer.lr_tensor.fill_(0.0)
         self.order.copy_(torch.arange(trainer.n_train, device=trainer.device))
         side = torch.cuda.Stream(trainer.device)
         side.wait_stream(torch.cuda.current_stream(trainer.device))
@@ -409,16 +419,27 @@ class _GraphStep:
                     self.counter.zero_()
                     self._body(size, base)
         torch.cuda.current_stream(trainer.device).wait_stream(side)
+        trainer.lr_tensor.fill_(trainer.spec.lr)
         # Forget the warm-up's optimizer state: zeros are what a fresh optimizer starts from.
         self._load_optimizer_state(trainer._pending_optimizer_state or _zeroed(trainer.optimizer.state_dict()))
-        for size, base in self._sizes():
-            graph = torch.cuda.CUDAGraph()
-            if trainer.dropouts:
-                graph.register_generator_state(trainer.dropout_generator)
-            # thread_local: other worker slots keep launching work on their own streams meanwhile.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._body(size, base)
-            self.graphs.append((graph, size, base))
+        # Not torch.cuda.graph(): it synchronises the whole device and empties the cache on entry, which
+        # would break a capture running in another worker slot. Captures take turns; "thread_local" lets the
+        # other slots keep training on their own streams meanwhile.
+        capture_stream = torch.cuda.Stream(trainer.device)
+        with _CAPTURE_LOCK:
+            for size, base in self._sizes():
+                graph = torch.cuda.CUDAGraph()
+                if trainer.dropouts:
+                    graph.register_generator_state(trainer.dropout_generator)
+                capture_stream.wait_stream(torch.cuda.current_stream(trainer.device))
+                with torch.cuda.stream(capture_stream):
+                    graph.capture_begin(capture_error_mode="thread_local")
+                    try:
+                        self._body(size, base)
+                    finally:
+                        graph.capture_end()
+                torch.cuda.current_stream(trainer.device).wait_stream(capture_stream)
+                self.graphs.append((graph, size, base))
 
     def run_epoch(
         self, order: torch.Tensor, first_step: int, should_stop: Callable[[], bool] | None, deadline: float

@@ -23,6 +23,7 @@ import torch
 
 from models.checkpoints import save_checkpoint
 from models.data import DeviceDataset, load_fashion_mnist, to_device
+from models.spec import INPUT_FEATURES
 from models.training import EpochMetrics, Trainer, TrainingStopped
 from service import queue
 from service.db import Database
@@ -150,8 +151,18 @@ class Worker:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     # -- process life -----------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Initialises the device's libraries (cuBLAS, the caching allocator) for this slot's thread and
+        stream, so the first job does not pay for it."""
+        if self.device.type != "cuda":
+            return
+        with self._on_own_stream():
+            layer = torch.nn.Linear(INPUT_FEATURES, 16).to(self.device)
+            layer(torch.zeros(8, INPUT_FEATURES, device=self.device)).sum().backward()
+
     def run(self) -> int:
         log.info("worker %s on %s (burst=%s)", self.worker_id, device_label(self.device), self.burst)
+        self.warm_up()
         while not self.shutdown.is_set():
             seen = self.signal.stamp()
             if self.run_once():

@@ -157,14 +157,20 @@ def test_concurrent_graph_runs_on_their_own_streams_match_sequential(cuda_datase
     specs = [SPECS[0], SPECS[1], SPECS[3]]
     sequential = [comparable(Trainer(spec, cuda_dataset, seed=5).run().history) for spec in specs]
     results: list[Any] = [None] * len(specs)
+    errors: list[BaseException] = []
 
     def run(index: int) -> None:
-        with torch.cuda.stream(torch.cuda.Stream()):
-            results[index] = comparable(Trainer(specs[index], cuda_dataset, seed=5).run().history)
+        try:
+            with torch.cuda.stream(torch.cuda.Stream()):
+                results[index] = comparable(Trainer(specs[index], cuda_dataset, seed=5).run().history)
+        except BaseException as exc:
+            errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(specs))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise errors[0]
     assert results == sequential
