@@ -6,7 +6,6 @@ and the weights are loaded into that module strictly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -18,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from models.files import file_sha256
 from models.network import build_mlp
 from models.spec import TrainingSpec
 
@@ -33,14 +33,6 @@ class SavedCheckpoint:
     path: Path
     sha256: str
     size_bytes: int
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_tensors(

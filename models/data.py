@@ -6,7 +6,6 @@ training step is an index into memory the device already owns, never a DataLoade
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -16,6 +15,8 @@ from pathlib import Path
 import torch
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import extract_archive
+
+from models.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,6 @@ def _materialise_raw(files: dict[str, Path], digests: dict[str, str], cache_dir:
     return cache_dir
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _missing_message(data_dir: Path | None) -> str:
     where = f"in {data_dir} (flat or under FashionMNIST/raw)" if data_dir else "(FMNIST_DATA_DIR is not set)"
     return (
@@ -121,14 +114,14 @@ def load_fashion_mnist(data_dir: Path | None, cache_dir: Path, download: bool = 
         raise DatasetUnavailable(_missing_message(data_dir))
     try:
         if files is not None:
-            sha = {name: _sha256(path) for name, path in sorted(files.items())}
+            sha = {name: file_sha256(path) for name, path in sorted(files.items())}
             root = _materialise_raw(files, sha, cache_dir)
         else:
             root = cache_dir
         train = FashionMNIST(str(root), train=True, download=files is None)
         test = FashionMNIST(str(root), train=False, download=False)
         if files is None:
-            sha = {name: _sha256(path) for name, path in sorted((locate_idx_files(root) or {}).items())}
+            sha = {name: file_sha256(path) for name, path in sorted((locate_idx_files(root) or {}).items())}
     except (RuntimeError, OSError, EOFError, AssertionError, ValueError) as exc:
         reason = str(exc).strip() or f"{type(exc).__name__} (not an IDX file?)"
         raise DatasetUnavailable(f"Fashion-MNIST files in {data_dir or cache_dir} could not be read: {reason}") from exc
