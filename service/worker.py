@@ -86,6 +86,9 @@ class DatasetCache:
                     self.settings.data_dir, self.settings.dataset_cache_dir, download=self.settings.download
                 )
                 self._dataset = to_device(arrays, self.device)
+                if self.device.type == "cuda":
+                    # Slots read it from their own streams: the copies and scaling must be done first.
+                    torch.cuda.synchronize(self.device)
                 log.info("data set loaded onto %s in %.2fs", self.device, time.perf_counter() - started)
             return self._dataset
 
