@@ -1,4 +1,4 @@
-"""Read-side queries over jobs, their metrics and the models they produced."""
+"""Read-side queries over jobs and their metrics."""
 
 from __future__ import annotations
 
@@ -8,17 +8,7 @@ from sqlalchemy import func, select
 
 from service.db import Database
 from service.queue import JobNotFound
-from service.tables import EpochMetric, Job, JobStatus, Model
-
-
-class ModelNotFound(LookupError):
-    def __init__(self, model_id: str) -> None:
-        super().__init__(f"no model with id {model_id!r}")
-
-
-class NoModelYet(LookupError):
-    def __init__(self) -> None:
-        super().__init__("no trained model yet: submit a training job (POST /v1/jobs) and wait for it to succeed")
+from service.tables import EpochMetric, Job, JobStatus
 
 
 def get_job(db: Database, job_id: str) -> Job:
@@ -51,17 +41,3 @@ def get_metrics(db: Database, job_id: str) -> tuple[Job, Sequence[EpochMetric]]:
             select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)
         ).all()
     return job, rows
-
-
-def get_model(db: Database, model_id: str | None) -> Model:
-    """The model with this id; without an id, the newest one."""
-    with db.read() as session:
-        if model_id is not None:
-            model = session.get(Model, model_id)
-            if model is None:
-                raise ModelNotFound(model_id)
-            return model
-        model = session.scalars(select(Model).order_by(Model.created_at.desc(), Model.id.desc()).limit(1)).first()
-    if model is None:
-        raise NoModelYet()
-    return model

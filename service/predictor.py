@@ -12,7 +12,7 @@ from torch import nn
 from models.checkpoints import load_checkpoint
 from models.data import CLASS_NAMES, images_to_inputs
 from service.db import Database
-from service.jobs import get_model
+from service.registry import get_model
 from service.settings import Settings
 
 
@@ -72,7 +72,8 @@ class Predictor:
 
     @torch.inference_mode()
     def predict(self, images: list[torch.Tensor], model_id: str | None, top_k: int) -> tuple[str, list[Prediction]]:
-        """Classifies (28, 28) uint8 images with the given model, or the newest one."""
+        """Classifies (28, 28) uint8 images with the model ``model_id`` names (an id or an alias), else the
+        ``production`` alias, else the newest model."""
         resolved_id, module = self._load(model_id)
         probabilities = torch.softmax(module(images_to_inputs(torch.stack(images))), dim=1)
         values, indices = probabilities.topk(min(top_k, len(CLASS_NAMES)), dim=1)

@@ -172,3 +172,44 @@ class SweepPublic(BaseModel):
 class SweepsPublic(BaseModel):
     data: list[SweepPublic]
     count: int
+
+
+class ModelPublic(BaseModel):
+    id: str
+    job_id: str
+    summary: str = Field(description="The architecture and recipe in one line, e.g. '784-256-10 relu, sgd lr 0.1'.")
+    spec: TrainingSpec
+    parameters: int
+    test_acc: float | None = Field(description="Test accuracy of the kept epoch.")
+    val_acc: float | None = Field(description="Validation accuracy of the kept epoch, when the job held some out.")
+    epoch: int | None = Field(description="The epoch whose weights the checkpoint holds.")
+    size_bytes: int
+    sha256: str
+    aliases: list[str]
+    created_at: datetime
+
+
+class ModelsPublic(BaseModel):
+    models: list[ModelPublic]
+    count: int
+
+
+class AliasSet(BaseModel):
+    """Point an alias at a model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = Field(min_length=1, max_length=64, description="A model id, or another alias to copy.")
+
+
+class AliasPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    model_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class AliasesPublic(BaseModel):
+    aliases: list[AliasPublic]

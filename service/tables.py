@@ -145,3 +145,14 @@ class Model(Base):
     @property
     def filename(self) -> str:
         return f"{self.id}.safetensors"
+
+
+class Alias(Base):
+    """A name (``production``, ``staging``...) pointing at a model; moving it switches what /predict serves."""
+
+    __tablename__ = "aliases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), nullable=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -11,8 +11,9 @@ from models.spec import TrainingSpec
 from models.training import EpochMetrics
 from service import queue
 from service.db import Database
-from service.jobs import get_job, get_metrics, get_model
+from service.jobs import get_job, get_metrics
 from service.queue import LeaseLost
+from service.registry import get_model
 from service.settings import Settings
 from service.tables import JobStatus, utcnow
 

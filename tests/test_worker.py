@@ -17,7 +17,8 @@ from models.training import Trainer
 from service import queue
 from service import worker as worker_module
 from service.db import Database
-from service.jobs import get_job, get_metrics, get_model
+from service.jobs import get_job, get_metrics
+from service.registry import get_model
 from service.resume import resume_path
 from service.settings import Settings
 from service.tables import JobStatus, utcnow

@@ -16,12 +16,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.checkpoints import CheckpointError
 from models.preprocessing import CorruptImage, EmptyImage, ImageTooLarge, UnsupportedImage
-from service.api.routes import health, jobs, predict, sweeps
+from service.api.routes import health, jobs, models, predict, sweeps
 from service.api.uploads import MULTIPART_OVERHEAD, UploadTooLarge
 from service.db import Database
-from service.jobs import ModelNotFound, NoModelYet
 from service.predictor import Predictor
 from service.queue import JobNotCancellable, JobNotFound, SweepNotFound
+from service.registry import AliasNotFound, InvalidAliasName, ModelInUse, ModelNotFound, NoModelYet
 from service.settings import Settings, get_settings
 from service.sweeps import InvalidSpec
 from service.wakeup import QueueSignal
@@ -33,6 +33,9 @@ ERROR_STATUS: dict[type[Exception], int] = {
     JobNotFound: 404,
     SweepNotFound: 404,
     ModelNotFound: 404,
+    AliasNotFound: 404,
+    InvalidAliasName: 422,
+    ModelInUse: 409,
     JobNotCancellable: 409,
     NoModelYet: 409,
     EmptyImage: 400,
@@ -129,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(sweeps.router)
+    app.include_router(models.router)
     app.include_router(predict.router)
     _register_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + MULTIPART_OVERHEAD)

@@ -1,0 +1,120 @@
+"""The model registry and its aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response, status
+from fastapi.responses import FileResponse
+
+from models.spec import TrainingSpec
+from service import registry
+from service.api.deps import DatabaseDep, SettingsDep
+from service.schemas import AliasesPublic, AliasPublic, AliasSet, ErrorPublic, ModelPublic, ModelsPublic
+from service.tables import Model
+
+router = APIRouter(prefix="/v1", tags=["models"])
+
+MODEL_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic, "description": "No such model."}}
+ALIAS_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic, "description": "No such alias."}}
+AliasName = Annotated[str, Path(max_length=64, description="Lowercase letters, digits, '-' and '_'.")]
+
+
+def summarise(spec: TrainingSpec) -> str:
+    layers = "-".join(str(width) for width in spec.layer_sizes)
+    return f"{layers} {spec.activation.value}, {spec.optimizer.value} lr {spec.lr:g}, {spec.epochs} epochs"
+
+
+def public(model: Model, aliases: list[str]) -> ModelPublic:
+    spec = TrainingSpec.model_validate(model.spec)
+    return ModelPublic(
+        id=model.id,
+        job_id=model.job_id,
+        summary=summarise(spec),
+        spec=spec,
+        parameters=spec.parameter_count,
+        test_acc=model.test_acc,
+        val_acc=model.val_acc,
+        epoch=model.epoch,
+        size_bytes=model.size_bytes,
+        sha256=model.sha256,
+        aliases=aliases,
+        created_at=model.created_at,
+    )
+
+
+@router.get("/models", response_model=ModelsPublic)
+def list_models(
+    db: DatabaseDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ModelsPublic:
+    """Trained models, newest first, with the aliases that point at each."""
+    models, total, aliases = registry.list_models(db, limit=limit, offset=offset)
+    return ModelsPublic(models=[public(m, aliases.get(m.id, [])) for m in models], count=total)
+
+
+@router.get("/models/{model_ref}", response_model=ModelPublic, responses=MODEL_NOT_FOUND)
+def get_model(model_ref: str, db: DatabaseDep) -> ModelPublic:
+    """One model, by id or by alias."""
+    model = registry.get_model(db, model_ref)
+    return public(model, registry.aliases_of(db, model.id))
+
+
+@router.delete(
+    "/models/{model_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**MODEL_NOT_FOUND, 409: {"model": ErrorPublic, "description": "An alias points at it."}},
+)
+def delete_model(model_id: str, db: DatabaseDep, settings: SettingsDep) -> Response:
+    """Delete a model and its checkpoint; refused while an alias points at it."""
+    registry.delete_model(db, model_id, settings.checkpoint_dir)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/models/{model_ref}/download",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **MODEL_NOT_FOUND},
+)
+def download_model(model_ref: str, db: DatabaseDep, settings: SettingsDep) -> FileResponse:
+    """The checkpoint: a safetensors file whose header carries the spec (see the README to load it)."""
+    model = registry.get_model(db, model_ref)
+    return FileResponse(
+        settings.checkpoint_dir / model.filename,
+        media_type="application/octet-stream",
+        filename=f"fmnist-{model.id}.safetensors",
+        headers={"X-Checkpoint-SHA256": model.sha256},
+    )
+
+
+@router.get("/aliases", response_model=AliasesPublic)
+def list_aliases(db: DatabaseDep) -> AliasesPublic:
+    """Every alias and the model it points at."""
+    return AliasesPublic(aliases=[AliasPublic.model_validate(alias) for alias in registry.list_aliases(db)])
+
+
+@router.get("/aliases/{name}", response_model=AliasPublic, responses=ALIAS_NOT_FOUND)
+def get_alias(name: AliasName, db: DatabaseDep) -> AliasPublic:
+    """Where one alias points."""
+    return AliasPublic.model_validate(registry.get_alias(db, name))
+
+
+@router.put(
+    "/aliases/{name}",
+    response_model=AliasPublic,
+    responses={201: {"model": AliasPublic, "description": "Alias created."}, **MODEL_NOT_FOUND},
+)
+def set_alias(name: AliasName, body: AliasSet, db: DatabaseDep, response: Response) -> AliasPublic:
+    """Point an alias at a model; the next /v1/predict that names it gets the new model, no restart needed."""
+    alias, created = registry.set_alias(db, name, body.model_id)
+    if created:
+        response.status_code = status.HTTP_201_CREATED
+    return AliasPublic.model_validate(alias)
+
+
+@router.delete("/aliases/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=ALIAS_NOT_FOUND)
+def delete_alias(name: AliasName, db: DatabaseDep) -> Response:
+    """Remove an alias (the model stays)."""
+    registry.delete_alias(db, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,154 @@
+"""The model registry: trained checkpoints, and aliases that name the one to serve.
+
+A prediction asks for a model by id or by alias; without either it gets the ``production`` alias when
+that is set, else the newest model.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.db import Database
+from service.tables import Alias, Model, utcnow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALIAS = "production"
+ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_MODEL_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class ModelNotFound(LookupError):
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"no model or alias named {ref!r}")
+
+
+class NoModelYet(LookupError):
+    def __init__(self) -> None:
+        super().__init__("no trained model yet: submit a training job (POST /v1/jobs) and wait for it to succeed")
+
+
+class AliasNotFound(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no alias named {name!r}")
+
+
+class InvalidAliasName(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"alias {name!r} is not a valid name: use 1-64 lowercase letters, digits, '-' or '_', "
+            "starting with a letter"
+        )
+
+
+class ModelInUse(RuntimeError):
+    def __init__(self, model_id: str, aliases: Sequence[str]) -> None:
+        super().__init__(
+            f"model {model_id} is served by alias(es) {', '.join(sorted(aliases))}: move or delete them first"
+        )
+
+
+def get_model(db: Database, ref: str | None) -> Model:
+    """The model ``ref`` names (an id or an alias); without one, ``production`` or else the newest model."""
+    with db.read() as session:
+        if ref is not None:
+            model = session.get(Model, ref) if _MODEL_ID.match(ref) else None
+            if model is None:
+                alias = session.get(Alias, ref)
+                model = session.get(Model, alias.model_id) if alias is not None else None
+            if model is None:
+                raise ModelNotFound(ref)
+            return model
+        alias = session.get(Alias, DEFAULT_ALIAS)
+        if alias is not None:
+            model = session.get(Model, alias.model_id)
+            if model is not None:
+                return model
+        newest = session.scalars(select(Model).order_by(Model.created_at.desc(), Model.id.desc()).limit(1)).first()
+    if newest is None:
+        raise NoModelYet()
+    return newest
+
+
+def list_models(db: Database, limit: int, offset: int) -> tuple[Sequence[Model], int, dict[str, list[str]]]:
+    """Models newest first, the total, and each listed model's aliases."""
+    with db.read() as session:
+        models = session.scalars(
+            select(Model).order_by(Model.created_at.desc(), Model.id.desc()).limit(limit).offset(offset)
+        ).all()
+        total = session.scalar(select(func.count()).select_from(Model)) or 0
+        aliases = _aliases_of(session, [model.id for model in models])
+    return models, total, aliases
+
+
+def aliases_of(db: Database, model_id: str) -> list[str]:
+    with db.read() as session:
+        return _aliases_of(session, [model_id]).get(model_id, [])
+
+
+def _aliases_of(session: Session, model_ids: list[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for alias in session.scalars(select(Alias).where(Alias.model_id.in_(model_ids)).order_by(Alias.name)):
+        found.setdefault(alias.model_id, []).append(alias.name)
+    return found
+
+
+def delete_model(db: Database, model_id: str, checkpoint_dir: Path) -> None:
+    """Removes the model and its checkpoint file; refused while an alias points at it."""
+    with db.write() as session:
+        model = session.get(Model, model_id) if _MODEL_ID.match(model_id) else None
+        if model is None:
+            raise ModelNotFound(model_id)
+        pointing = session.scalars(select(Alias.name).where(Alias.model_id == model_id)).all()
+        if pointing:
+            raise ModelInUse(model_id, pointing)
+        filename = model.filename
+        session.delete(model)
+    # The row is gone first: a reader never finds a registered model without its file.
+    (checkpoint_dir / filename).unlink(missing_ok=True)
+    log.info("model %s deleted", model_id)
+
+
+def set_alias(db: Database, name: str, model_ref: str) -> tuple[Alias, bool]:
+    """Points ``name`` at a model (by id or by another alias); returns the alias and whether it is new."""
+    if not ALIAS_PATTERN.match(name) or _MODEL_ID.match(name):
+        raise InvalidAliasName(name)
+    target = get_model(db, model_ref)
+    now = utcnow()
+    with db.write() as session:
+        alias = session.get(Alias, name)
+        created = alias is None
+        if alias is None:
+            alias = Alias(name=name, model_id=target.id, created_at=now, updated_at=now)
+            session.add(alias)
+        else:
+            alias.model_id, alias.updated_at = target.id, now
+        session.flush()
+        return alias, created
+
+
+def list_aliases(db: Database) -> Sequence[Alias]:
+    with db.read() as session:
+        return session.scalars(select(Alias).order_by(Alias.name)).all()
+
+
+def get_alias(db: Database, name: str) -> Alias:
+    with db.read() as session:
+        alias = session.get(Alias, name)
+    if alias is None:
+        raise AliasNotFound(name)
+    return alias
+
+
+def delete_alias(db: Database, name: str) -> None:
+    with db.write() as session:
+        alias = session.get(Alias, name)
+        if alias is None:
+            raise AliasNotFound(name)
+        session.delete(alias)
