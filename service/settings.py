@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=100, description="Claims a job gets before it fails for good.")
     poll_seconds: float = Field(default=0.5, gt=0.0, le=60.0, description="Idle worker's wait between queue polls.")
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest accepted image upload.")
+    max_predict_files: int = Field(default=64, ge=1, le=1024, description="Most images in one /v1/predict request.")
+    max_request_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Largest request body (all of a request's uploads together)."
+    )
     max_image_pixels: int = Field(default=40_000_000, ge=28 * 28, description="Largest accepted image, in pixels.")
     model_cache_size: int = Field(default=8, ge=1, description="Checkpoints kept loaded by the API.")
     cuda_graphs: bool = Field(default=True, description="Capture training steps as CUDA graphs on a GPU.")

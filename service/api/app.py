@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from models.checkpoints import CheckpointError
 from models.preprocessing import CorruptImage, EmptyImage, ImageTooLarge, UnsupportedImage
 from service.api.routes import health, jobs, models, predict, sweeps
+from service.api.routes.predict import ImageCountError
 from service.api.uploads import MULTIPART_OVERHEAD, UploadTooLarge
 from service.db import Database
 from service.predictor import Predictor
@@ -43,6 +44,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     UnsupportedImage: 415,
     ImageTooLarge: 413,
     UploadTooLarge: 413,
+    ImageCountError: 422,
 }
 
 
@@ -135,5 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(predict.router)
     _register_error_handlers(app)
-    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(
+        BodySizeLimit, limit=max(settings.max_request_bytes, settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    )
     return app
