@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from models.checkpoints import load_checkpoint
-from models.data import CLASS_NAMES, images_to_inputs
+from models.data import CLASS_NAMES
+from models.spec import INPUT_FEATURES
+from service.batching import MicroBatcher
 from service.db import Database
 from service.registry import get_model
 from service.settings import Settings
@@ -59,6 +61,10 @@ class Predictor:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings, self.db = settings, db
         self.cache = ModelCache(settings.model_cache_size)
+        self.batcher = MicroBatcher(settings.predict_max_batch, settings.predict_max_wait_ms / 1000)
+
+    def close(self) -> None:
+        self.batcher.close()
 
     def _load(self, model_id: str | None) -> tuple[str, nn.Module]:
         record = get_model(self.db, model_id)
@@ -67,15 +73,16 @@ class Predictor:
             module, _spec = load_checkpoint(
                 self.settings.checkpoint_dir / record.filename, expected_sha256=record.sha256
             )
+            with torch.inference_mode():  # warm: the first request should not pay for lazy set-up
+                module(torch.zeros(1, INPUT_FEATURES))
             self.cache.put(record.id, module)
         return record.id, module
 
-    @torch.inference_mode()
     def predict(self, images: list[torch.Tensor], model_id: str | None, top_k: int) -> tuple[str, list[Prediction]]:
         """Classifies (28, 28) uint8 images with the model ``model_id`` names (an id or an alias), else the
         ``production`` alias, else the newest model."""
         resolved_id, module = self._load(model_id)
-        probabilities = torch.softmax(module(images_to_inputs(torch.stack(images))), dim=1)
+        probabilities = self.batcher.probabilities(resolved_id, module, torch.stack(images))
         values, indices = probabilities.topk(min(top_k, len(CLASS_NAMES)), dim=1)
         predictions = [
             Prediction(

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="Largest request body (all of a request's uploads together)."
     )
+    predict_max_batch: int = Field(
+        default=256, ge=1, le=65536, description="Most images one batched forward pass takes (micro-batching)."
+    )
+    predict_max_wait_ms: float = Field(
+        default=0.0, ge=0.0, le=1000.0, description="How long a forward pass waits for more requests to join it."
+    )
     max_image_pixels: int = Field(default=40_000_000, ge=28 * 28, description="Largest accepted image, in pixels.")
     model_cache_size: int = Field(default=8, ge=1, description="Checkpoints kept loaded by the API.")
     cuda_graphs: bool = Field(default=True, description="Capture training steps as CUDA graphs on a GPU.")

@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        app.state.predictor.close()
         app.state.db.dispose()
 
     app = FastAPI(
