@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,18 +21,13 @@ from PIL import Image
 from models.data import load_fashion_mnist
 from service import migrations
 from tests.conftest import real_data_dir
+from tests.servers import free_port, wait_ready
 
 pytestmark = pytest.mark.e2e
 
 # The installed console script; `python -m service.cli` where the project is on the path but not installed.
 _SCRIPT = Path(sys.executable).with_name("fmnist")
 FMNIST = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "service.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Stack:
@@ -60,17 +54,10 @@ class Stack:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
     def wait_ready(self, client: httpx.Client, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.processes["api"].poll() is not None:
-                raise AssertionError(f"API exited early:\n{self.log('api')}")
-            time.sleep(0.1)
-        raise AssertionError(f"API not ready in {timeout}s:\n{self.log('api')}")
+        try:
+            wait_ready(client, self.processes["api"], timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.log('api')}") from exc
 
     def stop(self, name: str, sig: int = signal.SIGINT, timeout: float = 30) -> int:
         process = self.processes[name]

@@ -29,6 +29,7 @@ from service.db import Database
 from service.settings import Settings
 from service.worker import Worker
 from tests.idx import synthetic_split
+from tests.servers import free_port, wait_ready
 
 TINY = {"hidden_layers": [16], "batch_size": 64, "epochs": 2}
 
@@ -178,7 +179,7 @@ def test_moving_the_production_alias_under_load_fails_no_request(
         first = train(setup, settings, db, seed=1)
         second = train(setup, settings, db, seed=2)
         setup.put("/v1/aliases/production", json={"model_id": first})
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FMNIST_HOME": str(settings.home), "FMNIST_DATA_DIR": str(settings.data_dir)}
     server = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level", "warning"],
@@ -198,7 +199,7 @@ def test_moving_the_production_alias_under_load_fails_no_request(
 
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            _wait_ready(http)
+            wait_ready(http, server)
             threads = [threading.Thread(target=hammer) for _ in range(4)]
             for thread in threads:
                 thread.start()
@@ -217,26 +218,6 @@ def test_moving_the_production_alias_under_load_fails_no_request(
     before = {model for at, _, model in results if at < switched - 0.5}
     after = {model for at, _, model in results if at > switched + 0.2}
     assert before == {first} and after == {second}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(http: httpx.Client) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if http.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server not ready")
 
 
 def test_png_of_a_test_image_predicts_like_the_tensor(client: TestClient, settings: Settings, db: Database) -> None:
