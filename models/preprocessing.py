@@ -29,19 +29,19 @@ class ImageRejected(ValueError):
 
 
 class EmptyImage(ImageRejected):
-    pass
+    """The upload has no bytes."""
 
 
 class UnsupportedImage(ImageRejected):
-    pass
+    """Not a PNG or JPEG."""
 
 
 class CorruptImage(ImageRejected):
-    pass
+    """A PNG or JPEG that is truncated or damaged."""
 
 
 class ImageTooLarge(ImageRejected):
-    pass
+    """More pixels than the configured limit."""
 
 
 def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

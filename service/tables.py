@@ -63,7 +63,7 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    pass
+    """The tables' common base; Alembic compares its metadata with the migrations."""
 
 
 class Sweep(Base):
