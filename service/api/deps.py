@@ -1,4 +1,8 @@
-"""Typed dependencies for routes: the app's settings, database and predictor."""
+"""Typed dependencies for routes: the app's settings, database and predictor.
+
+They are `async` because they only read app state: FastAPI runs a plain `def` dependency in its thread
+pool, which would cost every request a thread hand-off per dependency.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +16,19 @@ from service.settings import Settings
 from service.wakeup import QueueSignal
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     return request.app.state.db  # type: ignore[no-any-return]
 
 
-def get_predictor(request: Request) -> Predictor:
+async def get_predictor(request: Request) -> Predictor:
     return request.app.state.predictor  # type: ignore[no-any-return]
 
 
-def get_queue_signal(request: Request) -> QueueSignal:
+async def get_queue_signal(request: Request) -> QueueSignal:
     return request.app.state.queue_signal  # type: ignore[no-any-return]
 
 
