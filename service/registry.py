@@ -14,6 +14,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from models.checkpoints import load_checkpoint
+from models.export import export_onnx
 from service.db import Database
 from service.tables import Alias, Model, utcnow
 
@@ -112,7 +114,18 @@ def delete_model(db: Database, model_id: str, checkpoint_dir: Path) -> None:
         session.delete(model)
     # The row is gone first: a reader never finds a registered model without its file.
     (checkpoint_dir / filename).unlink(missing_ok=True)
+    (checkpoint_dir / f"{model_id}.onnx").unlink(missing_ok=True)
     log.info("model %s deleted", model_id)
+
+
+def onnx_file(model: Model, checkpoint_dir: Path) -> Path:
+    """The model's ONNX file, exported from its checkpoint on first request and kept beside it."""
+    path = checkpoint_dir / f"{model.id}.onnx"
+    if not path.is_file():
+        module, _spec = load_checkpoint(checkpoint_dir / model.filename, expected_sha256=model.sha256)
+        export_onnx(module, path)
+        log.info("model %s exported to ONNX", model.id)
+    return path
 
 
 def set_alias(db: Database, name: str, model_ref: str) -> tuple[Alias, bool]:

@@ -88,6 +88,18 @@ def download_model(model_ref: str, db: DatabaseDep, settings: SettingsDep) -> Fi
     )
 
 
+@router.get(
+    "/models/{model_ref}/onnx",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **MODEL_NOT_FOUND},
+)
+def download_onnx(model_ref: str, db: DatabaseDep, settings: SettingsDep) -> FileResponse:
+    """The model as ONNX: input `images` float32 (batch, 28, 28) in [0, 1], output `logits` (batch, 10)."""
+    model = registry.get_model(db, model_ref)
+    path = registry.onnx_file(model, settings.checkpoint_dir)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"fmnist-{model.id}.onnx")
+
+
 @router.get("/aliases", response_model=AliasesPublic)
 def list_aliases(db: DatabaseDep) -> AliasesPublic:
     """Every alias and the model it points at."""
