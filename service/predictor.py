@@ -14,8 +14,9 @@ from models.data import CLASS_NAMES
 from models.spec import INPUT_FEATURES
 from service.batching import MicroBatcher
 from service.db import Database
-from service.registry import get_model
+from service.registry import current_version, get_model
 from service.settings import Settings
+from service.tables import Model
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,29 @@ class Predictor:
         self.settings, self.db = settings, db
         self.cache = ModelCache(settings.model_cache_size)
         self.batcher = MicroBatcher(settings.predict_max_batch, settings.predict_max_wait_ms / 1000)
+        self._resolved: dict[str | None, Model] = {}
+        self._resolved_version: int | None = None
+        self._resolved_lock = threading.Lock()
 
     def close(self) -> None:
         self.batcher.close()
 
+    def _resolve(self, ref: str | None) -> Model:
+        """The model ``ref`` names, from a cache that holds while the registry's version does not move."""
+        version = current_version(self.db)
+        with self._resolved_lock:
+            if version != self._resolved_version:
+                self._resolved, self._resolved_version = {}, version
+            record = self._resolved.get(ref)
+        if record is None:
+            record = get_model(self.db, ref)
+            with self._resolved_lock:
+                if version == self._resolved_version:
+                    self._resolved[ref] = record
+        return record
+
     def _load(self, model_id: str | None) -> tuple[str, nn.Module]:
-        record = get_model(self.db, model_id)
+        record = self._resolve(model_id)
         module = self.cache.get(record.id)
         if module is None:
             module, _spec = load_checkpoint(

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from models.spec import TrainingSpec
 from models.training import EpochMetrics
 from service.db import Database
-from service.tables import EpochMetric, Job, JobStatus, Model, Sweep, utcnow
+from service.tables import EpochMetric, Job, JobStatus, Model, RegistryState, Sweep, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +262,8 @@ def finish_job(
                 created_at=now,
             )
         )
+        # A new model changes what "the newest model" resolves to.
+        session.execute(update(RegistryState).where(RegistryState.id == 1).values(version=RegistryState.version + 1))
 
 
 def fail_job(db: Database, claim: Claim, error: str) -> None:

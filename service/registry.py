@@ -11,13 +11,13 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models.checkpoints import load_checkpoint
 from models.export import export_onnx
 from service.db import Database
-from service.tables import Alias, Model, utcnow
+from service.tables import Alias, Model, RegistryState, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,20 @@ class ModelInUse(RuntimeError):
         super().__init__(
             f"model {model_id} is served by alias(es) {', '.join(sorted(aliases))}: move or delete them first"
         )
+
+
+def bump_version(session: Session) -> None:
+    """Marks, inside the caller's transaction, that model references may resolve differently now."""
+    session.execute(update(RegistryState).where(RegistryState.id == 1).values(version=RegistryState.version + 1))
+
+
+def current_version(db: Database) -> int:
+    """The registry's version: a cheap read that tells a server whether its cached resolutions still hold."""
+    with db.engine.connect() as connection:
+        return int(connection.execute(_VERSION_QUERY).scalar_one())
+
+
+_VERSION_QUERY = select(RegistryState.version).where(RegistryState.id == 1)
 
 
 def get_model(db: Database, ref: str | None) -> Model:
@@ -112,6 +126,7 @@ def delete_model(db: Database, model_id: str, checkpoint_dir: Path) -> None:
             raise ModelInUse(model_id, pointing)
         filename = model.filename
         session.delete(model)
+        bump_version(session)
     # The row is gone first: a reader never finds a registered model without its file.
     (checkpoint_dir / filename).unlink(missing_ok=True)
     (checkpoint_dir / f"{model_id}.onnx").unlink(missing_ok=True)
@@ -142,6 +157,7 @@ def set_alias(db: Database, name: str, model_ref: str) -> tuple[Alias, bool]:
             session.add(alias)
         else:
             alias.model_id, alias.updated_at = target.id, now
+        bump_version(session)
         session.flush()
         return alias, created
 
@@ -165,3 +181,4 @@ def delete_alias(db: Database, name: str) -> None:
         if alias is None:
             raise AliasNotFound(name)
         session.delete(alias)
+        bump_version(session)

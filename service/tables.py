@@ -156,3 +156,13 @@ class Alias(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), nullable=False, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class RegistryState(Base):
+    """One row whose version goes up with every change to what a model reference resolves to (a model
+    registered or deleted, an alias set or removed), so servers can cache resolutions safely."""
+
+    __tablename__ = "registry_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)

@@ -237,3 +237,17 @@ def test_png_of_a_test_image_predicts_like_the_tensor(client: TestClient, settin
         assert served["class_id"] == int(direct.argmax())
         for entry in served["top_k"]:
             assert entry["probability"] == pytest.approx(float(direct[entry["class_id"]]), abs=1e-6)
+
+
+def test_cached_resolutions_follow_every_registry_change(client: TestClient, settings: Settings, db: Database) -> None:
+    first = train(client, settings, db, seed=1)
+    assert predict_model(client) == first
+    second = train(client, settings, db, seed=2)  # registered by the worker, outside the API
+    assert predict_model(client) == second, "a new model is the new default"
+    client.put("/v1/aliases/production", json={"model_id": first})
+    assert predict_model(client) == first
+    client.put("/v1/aliases/production", json={"model_id": second})
+    assert predict_model(client) == second
+    client.delete("/v1/aliases/production")
+    client.delete(f"/v1/models/{second}")
+    assert predict_model(client) == first, "the deleted model is no longer served"
