@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from models.spec import TrainingSpec
 from models.training import EpochMetrics
 from service.db import Database
-from service.tables import EpochMetric, Job, JobStatus, Model, RegistryState, Sweep, utcnow
+from service.registry import bump_version
+from service.tables import EpochMetric, Job, JobStatus, Model, Sweep, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def finish_job(
             )
         )
         # A new model changes what "the newest model" resolves to.
-        session.execute(update(RegistryState).where(RegistryState.id == 1).values(version=RegistryState.version + 1))
+        bump_version(session)
 
 
 def fail_job(db: Database, claim: Claim, error: str) -> None:

@@ -124,18 +124,18 @@ def delete_model(db: Database, model_id: str, checkpoint_dir: Path) -> None:
         pointing = session.scalars(select(Alias.name).where(Alias.model_id == model_id)).all()
         if pointing:
             raise ModelInUse(model_id, pointing)
-        filename = model.filename
+        filenames = (model.filename, model.onnx_filename)
         session.delete(model)
         bump_version(session)
     # The row is gone first: a reader never finds a registered model without its file.
-    (checkpoint_dir / filename).unlink(missing_ok=True)
-    (checkpoint_dir / f"{model_id}.onnx").unlink(missing_ok=True)
+    for filename in filenames:
+        (checkpoint_dir / filename).unlink(missing_ok=True)
     log.info("model %s deleted", model_id)
 
 
 def onnx_file(model: Model, checkpoint_dir: Path) -> Path:
     """The model's ONNX file, exported from its checkpoint on first request and kept beside it."""
-    path = checkpoint_dir / f"{model.id}.onnx"
+    path = checkpoint_dir / model.onnx_filename
     if not path.is_file():
         module, _spec = load_checkpoint(checkpoint_dir / model.filename, expected_sha256=model.sha256)
         export_onnx(module, path)

@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from models.presets import resolve_spec
 from models.spec import SpecFields, TrainingSpec
@@ -101,8 +101,6 @@ def get_sweep(db: Database, sweep_id: str) -> tuple[Sweep, list[dict[str, Any]]]
 
 
 def list_sweeps(db: Database, limit: int, offset: int) -> tuple[list[Sweep], int]:
-    from sqlalchemy import func
-
     with db.read() as session:
         sweeps = session.scalars(select(Sweep).order_by(Sweep.created_at.desc()).limit(limit).offset(offset)).all()
         total = session.scalar(select(func.count()).select_from(Sweep)) or 0

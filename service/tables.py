@@ -146,6 +146,11 @@ class Model(Base):
     def filename(self) -> str:
         return f"{self.id}.safetensors"
 
+    @property
+    def onnx_filename(self) -> str:
+        """Its ONNX export, made on first request and kept beside the checkpoint."""
+        return f"{self.id}.onnx"
+
 
 class Alias(Base):
     """A name (``production``, ``staging``...) pointing at a model; moving it switches what /predict serves."""
