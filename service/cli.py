@@ -46,6 +46,7 @@ def _require_current_schema() -> None:
 @app.command()
 def serve(host: HostOption = "127.0.0.1", port: PortOption = 8000, log_level: LogLevelOption = "info") -> None:
     """Run the HTTP API."""
+    import torch
     import uvicorn
 
     from service.api.app import create_app
@@ -53,7 +54,9 @@ def serve(host: HostOption = "127.0.0.1", port: PortOption = 8000, log_level: Lo
 
     configure_logging(log_level)
     _require_current_schema()
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level.lower())
+    settings = get_settings()
+    torch.set_num_threads(settings.predict_threads)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level.lower())
 
 
 @app.command()
@@ -66,9 +69,10 @@ def worker(
     log_level: LogLevelOption = "info",
 ) -> None:
     """Run a worker: claims queued jobs and trains them. --device all runs one worker per visible GPU."""
+    from models.devices import resolve_device
     from service.db import Database
     from service.logs import configure_logging
-    from service.worker import WorkerPool, configure_determinism, resolve_device
+    from service.worker import WorkerPool, configure_determinism
 
     configure_logging(log_level)
     if device == "all":

@@ -34,10 +34,22 @@ class Settings(BaseSettings):
         default=256, ge=1, le=65536, description="Most images one batched forward pass takes (micro-batching)."
     )
     predict_max_wait_ms: float = Field(
-        default=0.0, ge=0.0, le=1000.0, description="How long a forward pass waits for more requests to join it."
+        default=2.0,
+        ge=0.0,
+        le=1000.0,
+        description="How long a batch waits for more requests to join it, while requests arrive together.",
     )
     max_image_pixels: int = Field(default=40_000_000, ge=28 * 28, description="Largest accepted image, in pixels.")
     model_cache_size: int = Field(default=8, ge=1, description="Checkpoints kept loaded by the API.")
+    predict_threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="CPU threads per forward pass in the API (more only pay off for large models and batches).",
+    )
+    predict_device: str = Field(
+        default="auto", description="Where the API runs predictions: auto (the first GPU, else the CPU), cpu, cuda:N."
+    )
     cuda_graphs: bool = Field(default=True, description="Capture training steps as CUDA graphs on a GPU.")
     max_sweep_size: int = Field(default=64, ge=1, le=10_000, description="Most grid points one sweep may hold.")
 

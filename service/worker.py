@@ -23,6 +23,7 @@ import torch
 
 from models.checkpoints import save_checkpoint
 from models.data import DeviceDataset, load_fashion_mnist, to_device
+from models.devices import device_label
 from models.spec import INPUT_FEATURES
 from models.training import EpochMetrics, Trainer, TrainingStopped
 from service import queue
@@ -35,30 +36,6 @@ from service.settings import Settings
 from service.wakeup import QueueSignal
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is the first GPU when there is one, else the CPU; ``cuda:N`` must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but no CUDA device is available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
-    elif device.type != "cpu":
-        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device}: {torch.cuda.get_device_name(device)}"
-    return "cpu"
 
 
 def configure_determinism() -> None:

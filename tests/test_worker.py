@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from models.checkpoints import file_sha256, load_checkpoint
+from models.devices import resolve_device
 from models.training import Trainer
 from service import queue
 from service import worker as worker_module
@@ -22,7 +23,7 @@ from service.registry import get_model
 from service.resume import resume_path
 from service.settings import Settings
 from service.tables import JobStatus, utcnow
-from service.worker import Worker, WorkerPool, resolve_device
+from service.worker import Worker, WorkerPool
 from tests.specs import spec_of
 
 SMALL = spec_of(hidden_layers=[16], batch_size=64, epochs=2, seed=3)

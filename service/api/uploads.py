@@ -13,9 +13,10 @@ class UploadTooLarge(ValueError):
         super().__init__(f"the upload is larger than the limit of {limit} bytes (FMNIST_MAX_UPLOAD_BYTES)")
 
 
-def read_upload(file: UploadFile, limit: int) -> bytes:
-    """The uploaded file's bytes; raises UploadTooLarge past ``limit`` without reading the rest."""
-    data = file.file.read(limit + 1)
+async def read_upload(file: UploadFile, limit: int) -> bytes:
+    """The uploaded file's bytes; raises UploadTooLarge past ``limit`` without reading the rest.
+    (Starlette keeps small uploads in memory and reads spooled ones in its thread pool.)"""
+    data = await file.read(limit + 1)
     if len(data) > limit:
         raise UploadTooLarge(limit)
     return data
