@@ -1,8 +1,9 @@
 """Turns an uploaded PNG or JPEG into what the network was trained on.
 
 Fashion-MNIST was made from product photos on white: trimmed to the object, the longest edge resized to
-28 pixels, centred, converted to grey and negated. So an upload becomes a light object on a black
-background, cropped to the object with its aspect ratio kept, centred in 28x28. An image that already is
+28 pixels, centred, converted to grey and negated, every image spanning the full 0-255 range. So an
+upload becomes a light object on a black background, cropped to the object with its aspect ratio kept,
+centred in 28x28, its brightest pixel at 255. An image that already is
 28x28 on a dark background (a Fashion-MNIST image saved as a file) passes through pixel for pixel.
 """
 
@@ -114,10 +115,22 @@ def _border_level(pixels: np.ndarray) -> float:
     return float(frame[middle]) if len(frame) % 2 else float(frame[middle - 1] + frame[middle]) / 2
 
 
+def _dark_on_light(pixels: np.ndarray) -> bool:
+    """A light background (the frame brighter than mid-grey) around a middle no lighter than it: a product
+    photo on white, to be negated. A light garment that fills the whole frame, lighter still in its middle
+    (a few Fashion-MNIST images are like that), is already light on dark and stays as it is."""
+    border = _border_level(pixels)
+    if border <= 127:
+        return False
+    height, width = pixels.shape
+    middle = pixels[height // 4 : height - height // 4, width // 4 : width - width // 4]
+    return float(np.median(middle)) <= border
+
+
 def preprocess_image(image: Image.Image) -> torch.Tensor:
     """A decoded image to a (28, 28) uint8 tensor: light object on black, centred, aspect ratio kept."""
     pixels = _to_grey(image)
-    if _border_level(pixels) > 127:
+    if _dark_on_light(pixels):
         pixels = 255.0 - pixels
     if pixels.shape == (SIZE, SIZE):
         return torch.from_numpy(np.rint(pixels).astype(np.uint8))
@@ -134,7 +147,13 @@ def preprocess_image(image: Image.Image) -> torch.Tensor:
     resized = cropped.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     canvas = Image.new("L", (SIZE, SIZE), 0)
     canvas.paste(resized, ((SIZE - new_size[0]) // 2, (SIZE - new_size[1]) // 2))
-    return torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy())
+    result = np.asarray(canvas, dtype=np.float64)
+    brightest = result.max()
+    if brightest > OBJECT_THRESHOLD:
+        # Every Fashion-MNIST image spans the full range (its brightest pixel is 250-255): so must an upload,
+        # whose garment may be a mid-tone colour that comes out grey, or a photo short of contrast.
+        result *= 255.0 / brightest
+    return torch.from_numpy(np.rint(result).astype(np.uint8))
 
 
 def preprocess_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
