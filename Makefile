@@ -20,8 +20,16 @@ install: $(STAMP)
 run: install
 	$(BIN)/fmnist up
 
+# The whole suite on SQLite; then, when a PostgreSQL server answers (FMNIST_TEST_POSTGRES_URL, default
+# postgres@127.0.0.1:5432), the database tests again on a throwaway database there.
 test: install
 	$(BIN)/python -m pytest
+	@if $(BIN)/python -m tests.postgres; then \
+		echo "PostgreSQL answers: the database tests (-m db) again, on PostgreSQL"; \
+		FMNIST_TEST_DATABASE=postgresql $(BIN)/python -m pytest -m db; \
+	else \
+		echo "PostgreSQL pass SKIPPED: no PostgreSQL server answered (see above); only SQLite was tested"; \
+	fi
 
 lint: install
 	$(BIN)/ruff check .

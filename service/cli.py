@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -11,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 app = typer.Typer(
     help="fmnist-service: train MLPs on Fashion-MNIST over HTTP and serve their predictions.",
@@ -20,6 +21,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(help="API keys (stored hashed in the database).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 log = logging.getLogger("service.cli")
 
@@ -57,7 +60,34 @@ def serve(host: HostOption = "127.0.0.1", port: PortOption = 8000, log_level: Lo
 
     configure_logging(log_level)
     _require_current_schema()
+    _refuse_open_network(host, settings)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level.lower())
+
+
+def _refuse_open_network(host: str, settings: Settings) -> None:
+    """Beyond this machine only with API keys: a stranger must not be able to spend the GPUs."""
+    from service import auth
+    from service.db import Database
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return
+    db = Database(settings.sqlalchemy_url)
+    try:
+        protected = auth.has_active_key(db, settings.environment_api_keys)
+    finally:
+        db.dispose()
+    if not protected:
+        typer.echo(
+            f"error: refusing to listen on {host} with no API key: anyone who can reach it could train and "
+            "predict. Create one with `fmnist keys create --name NAME --scope admin` or set FMNIST_API_KEYS; "
+            "or listen on 127.0.0.1.",
+            err=True,
+        )
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -160,6 +190,65 @@ def up(
                 worker_process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 worker_process.kill()
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    scope: Annotated[list[str], typer.Option(help="train, predict or admin (admin: everything); repeat for several.")],
+) -> None:
+    """Create an API key. It is printed once: store it now; only its hash is kept."""
+    from service import auth
+    from service.db import Database
+
+    _require_current_schema()
+    db = Database(get_settings().sqlalchemy_url)
+    try:
+        row, key = auth.create_key(db, name, scope)
+    except auth.InvalidKeyRequest as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        db.dispose()
+    typer.echo(f"created key {row.id} ({row.name}; scopes: {', '.join(row.scopes)}). Store it now:", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (never the keys themselves)."""
+    from service import auth
+    from service.db import Database
+
+    _require_current_schema()
+    db = Database(get_settings().sqlalchemy_url)
+    try:
+        rows = auth.list_keys(db)
+    finally:
+        db.dispose()
+    typer.echo(f"{'id':<14} {'name':<24} {'scopes':<22} {'created':<20} revoked")
+    for row in rows:
+        revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if row.revoked_at else "-"
+        created = row.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"{row.id:<14} {row.name:<24} {','.join(row.scopes):<22} {created:<20} {revoked}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `fmnist keys list`).")]) -> None:
+    """Revoke an API key: servers refuse it within two seconds."""
+    from service import auth
+    from service.db import Database
+
+    _require_current_schema()
+    db = Database(get_settings().sqlalchemy_url)
+    try:
+        row = auth.revoke_key(db, key_id)
+    except auth.KeyNotFound as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        db.dispose()
+    typer.echo(f"revoked key {row.id} ({row.name})")
 
 
 @db_app.command("upgrade")

@@ -6,14 +6,14 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, select
 
-from service.db import Database
+from service.db import Database, valid_key
 from service.queue import JobNotFound
 from service.tables import EpochMetric, Job, JobStatus
 
 
 def get_job(db: Database, job_id: str) -> Job:
     with db.read() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id) if valid_key(job_id) else None
     if job is None:
         raise JobNotFound(job_id)
     return job
@@ -34,7 +34,7 @@ def list_jobs(db: Database, status: JobStatus | None, limit: int, offset: int) -
 
 def get_metrics(db: Database, job_id: str) -> tuple[Job, Sequence[EpochMetric]]:
     with db.read() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id) if valid_key(job_id) else None
         if job is None:
             raise JobNotFound(job_id)
         rows = session.scalars(

@@ -10,22 +10,26 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.spec import TrainingSpec
 from models.training import EpochMetrics
-from service.db import Database
+from service.db import Database, db_now, valid_key
 from service.registry import bump_version
 from service.tables import EpochMetric, Job, JobStatus, Model, Sweep, utcnow
 
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**31 - 1
+
+T = TypeVar("T")
 
 
 class JobNotFound(LookupError):
@@ -45,6 +49,39 @@ class SweepNotFound(LookupError):
 
 class LeaseLost(RuntimeError):
     """The worker's claim on a job is no longer valid; it must stop working on it and write nothing more."""
+
+
+class IdempotencyConflict(RuntimeError):
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used for a different request; send a new key for a new request"
+        )
+
+
+class QueueLimitReached(RuntimeError):
+    def __init__(self, limit: int, queued: int, adding: int) -> None:
+        super().__init__(
+            f"this key has {queued} jobs queued and the limit is {limit} (FMNIST_MAX_QUEUED_PER_KEY); "
+            f"{adding} more would pass it: wait for some to start, or cancel some"
+        )
+
+
+@dataclass(frozen=True)
+class Submitter:
+    """Who submits, for idempotency and per-key limits. The defaults: anonymous, no key, no limit."""
+
+    owner: str | None = None  # the API key's id
+    idempotency_key: str | None = None
+    request_sha256: str | None = None
+    max_queued: int | None = None
+
+    @property
+    def scoped_key(self) -> str | None:
+        """Idempotency keys are per owner: two clients may both use 'order-1'."""
+        return None if self.idempotency_key is None else f"{self.owner or '-'}:{self.idempotency_key}"
+
+    def stamp(self) -> dict[str, Any]:
+        return {"owner": self.owner, "idempotency_key": self.scoped_key, "request_sha256": self.request_sha256}
 
 
 @dataclass(frozen=True)
@@ -88,27 +125,105 @@ def _new_job(spec: TrainingSpec, max_attempts: int, now: datetime, **extra: Any)
 
 def enqueue_job(db: Database, spec: TrainingSpec, max_attempts: int, preset: str | None = None) -> Job:
     """Stores a new queued job; the seed is fixed now (the spec's, or a random one) so the run is reproducible."""
-    job = _new_job(spec, max_attempts, utcnow(), preset=preset)
-    with db.write() as session:
+    return submit_job(db, spec, max_attempts, preset=preset)[0]
+
+
+def submit_job(
+    db: Database,
+    spec: TrainingSpec,
+    max_attempts: int,
+    *,
+    preset: str | None = None,
+    submitter: Submitter = Submitter(),
+) -> tuple[Job, bool]:
+    """``enqueue_job`` for a client: the job, and whether it is new. A repeated Idempotency-Key with the
+    same request gets the job it created before; with another request, IdempotencyConflict. Past the
+    submitter's limit of queued jobs, QueueLimitReached. Checks and insert share one write transaction."""
+
+    def add(session: Session) -> tuple[Job, bool]:
+        existing = _idempotent_match(session, Job, submitter)
+        if existing is not None:
+            return existing, False
+        _check_queue_limit(session, submitter, adding=1)
+        job = _new_job(spec, max_attempts, utcnow(), preset=preset, **submitter.stamp())
         session.add(job)
-    return job
+        return job, True
+
+    return _submit(db, submitter, add, lambda session: (_idempotent_match(session, Job, submitter), False))
 
 
 def enqueue_sweep(
-    db: Database, base: dict[str, Any], grid: dict[str, Any], specs: list[TrainingSpec], max_attempts: int
-) -> tuple[Sweep, list[Job]]:
-    """Stores a sweep and one queued job per grid point, all in one transaction."""
-    now = utcnow()
-    sweep = Sweep(id=new_id(), base=base, grid=grid, created_at=now)
-    # Distinct creation times keep the grid order in the queue (claims take the oldest first).
-    jobs = [
-        _new_job(spec, max_attempts, now + timedelta(microseconds=i), sweep_id=sweep.id) for i, spec in enumerate(specs)
-    ]
-    with db.write() as session:
+    db: Database,
+    base: dict[str, Any],
+    grid: dict[str, Any],
+    specs: list[TrainingSpec],
+    max_attempts: int,
+    submitter: Submitter = Submitter(),
+) -> tuple[Sweep, list[Job], bool]:
+    """Stores a sweep and one queued job per grid point, all in one transaction; whether it is new, as
+    ``submit_job`` (idempotency, the submitter's limit) says."""
+
+    def existing_sweep(session: Session) -> tuple[Sweep, list[Job], bool] | None:
+        sweep = _idempotent_match(session, Sweep, submitter)
+        if sweep is None:
+            return None
+        jobs = session.scalars(select(Job).where(Job.sweep_id == sweep.id).order_by(Job.created_at)).all()
+        return sweep, list(jobs), False
+
+    def add(session: Session) -> tuple[Sweep, list[Job], bool]:
+        found = existing_sweep(session)
+        if found is not None:
+            return found
+        _check_queue_limit(session, submitter, adding=len(specs))
+        now = utcnow()
+        sweep = Sweep(id=new_id(), base=base, grid=grid, created_at=now, **submitter.stamp())
+        # Distinct creation times keep the grid order in the queue (claims take the oldest first).
+        jobs = [
+            _new_job(spec, max_attempts, now + timedelta(microseconds=i), sweep_id=sweep.id, owner=submitter.owner)
+            for i, spec in enumerate(specs)
+        ]
         session.add(sweep)
         session.flush()
         session.add_all(jobs)
-    return sweep, jobs
+        return sweep, jobs, True
+
+    return _submit(db, submitter, add, existing_sweep)
+
+
+def _submit(db: Database, submitter: Submitter, add: Callable[[Session], T], existing: Callable[[Session], Any]) -> T:
+    try:
+        with db.write() as session:
+            return add(session)
+    except IntegrityError:
+        # Two requests with one Idempotency-Key at once (PostgreSQL): the other one's insert won the unique
+        # constraint, so this one answers with what it stored.
+        if submitter.scoped_key is None:
+            raise
+        with db.read() as session:
+            found = existing(session)
+            if found is None or found[0] is None:
+                raise
+            return found  # type: ignore[no-any-return]
+
+
+def _idempotent_match(session: Session, table: type[Job] | type[Sweep], submitter: Submitter) -> Any:
+    if submitter.scoped_key is None:
+        return None
+    row = session.scalars(select(table).where(table.idempotency_key == submitter.scoped_key)).one_or_none()
+    if row is not None and getattr(row, "request_sha256", None) != submitter.request_sha256:
+        raise IdempotencyConflict(submitter.idempotency_key or "")
+    return row
+
+
+def _check_queue_limit(session: Session, submitter: Submitter, adding: int) -> None:
+    if submitter.max_queued is None:
+        return
+    if session.get_bind().dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE already serialises writers
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"fmnist-queue:{submitter.owner}"))))
+    owner = Job.owner.is_(None) if submitter.owner is None else Job.owner == submitter.owner
+    queued = session.scalar(select(func.count()).select_from(Job).where(owner, Job.status == JobStatus.queued)) or 0
+    if queued + adding > submitter.max_queued:
+        raise QueueLimitReached(submitter.max_queued, queued, adding)
 
 
 def _cancel(job: Job, now: datetime) -> None:
@@ -125,22 +240,26 @@ def _cancel(job: Job, now: datetime) -> None:
 def request_cancel(db: Database, job_id: str) -> Job:
     """A queued job is cancelled at once; a running one is flagged and its worker stops at the next batch."""
     with db.write() as session:
-        job = session.get(Job, job_id)
+        # FOR UPDATE: on PostgreSQL a worker may be claiming or ending the job right now; decide on its latest state.
+        job = session.get(Job, job_id, with_for_update=True) if valid_key(job_id) else None
         if job is None:
             raise JobNotFound(job_id)
-        _cancel(job, utcnow())
+        _cancel(job, db_now(session))
         session.flush()
         return job
 
 
 def cancel_sweep(db: Database, sweep_id: str) -> int:
     """Cancels every job of the sweep that has not ended; returns how many it reached."""
-    now = utcnow()
     with db.write() as session:
-        if session.get(Sweep, sweep_id) is None:
+        if not valid_key(sweep_id) or session.get(Sweep, sweep_id) is None:
             raise SweepNotFound(sweep_id)
+        now = db_now(session)
         live = session.scalars(
-            select(Job).where(Job.sweep_id == sweep_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+            select(Job)
+            .where(Job.sweep_id == sweep_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+            .order_by(Job.id)  # one lock order for every canceller
+            .with_for_update()
         ).all()
         for job in live:
             _cancel(job, now)
@@ -151,8 +270,8 @@ def claim_next_job(db: Database, worker_id: str, lease_seconds: float, device: s
     """Atomically takes the oldest queued job: one UPDATE ... RETURNING, so no two workers get the same one.
 
     On SQLite the write transaction begins IMMEDIATE; on PostgreSQL the subquery locks with SKIP LOCKED.
+    The lease runs on the database's clock, which every worker and the reaper share.
     """
-    now = utcnow()
     oldest_queued = (
         select(Job.id)
         .where(Job.status == JobStatus.queued)
@@ -161,23 +280,24 @@ def claim_next_job(db: Database, worker_id: str, lease_seconds: float, device: s
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    statement = (
-        update(Job)
-        .where(Job.id == oldest_queued, Job.status == JobStatus.queued)
-        .values(
-            status=JobStatus.running,
-            attempt=Job.attempt + 1,
-            lease_token=Job.lease_token + 1,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            worker_id=worker_id,
-            device=device,
-            started_at=now,
-            updated_at=now,
-        )
-        .returning(Job.id, Job.spec, Job.seed, Job.attempt, Job.max_attempts, Job.lease_token, Job.epochs_done)
-        .execution_options(synchronize_session=False)
-    )
     with db.write() as session:
+        now = db_now(session)
+        statement = (
+            update(Job)
+            .where(Job.id == oldest_queued, Job.status == JobStatus.queued)
+            .values(
+                status=JobStatus.running,
+                attempt=Job.attempt + 1,
+                lease_token=Job.lease_token + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                worker_id=worker_id,
+                device=device,
+                started_at=now,
+                updated_at=now,
+            )
+            .returning(Job.id, Job.spec, Job.seed, Job.attempt, Job.max_attempts, Job.lease_token, Job.epochs_done)
+            .execution_options(synchronize_session=False)
+        )
         row = session.execute(statement).one_or_none()
     if row is None:
         return None
@@ -192,12 +312,15 @@ def claim_next_job(db: Database, worker_id: str, lease_seconds: float, device: s
     )
 
 
-def _guarded_update(session: Session, claim: Claim, **values: Any) -> None:
-    """Updates the claimed job only while the claim still holds; raises LeaseLost otherwise."""
+def _guarded_update(session: Session, claim: Claim, now: datetime | None = None, **values: Any) -> None:
+    """Updates the claimed job only while the claim still holds; raises LeaseLost otherwise.
+
+    ``now`` is the database's clock, read here unless the caller has read it already.
+    """
     result = session.execute(
         update(Job)
         .where(Job.id == claim.job_id, Job.lease_token == claim.token, Job.status == JobStatus.running)
-        .values(updated_at=utcnow(), **values)
+        .values(updated_at=now or db_now(session), **values)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -207,7 +330,8 @@ def _guarded_update(session: Session, claim: Claim, **values: Any) -> None:
 def renew_lease(db: Database, claim: Claim, lease_seconds: float) -> LeaseState:
     """Extends the lease (the heartbeat) and reports whether a cancel was asked for."""
     with db.write() as session:
-        _guarded_update(session, claim, lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        now = db_now(session)
+        _guarded_update(session, claim, now, lease_expires_at=now + timedelta(seconds=lease_seconds))
         cancel = session.scalar(select(Job.cancel_requested).where(Job.id == claim.job_id))
     return LeaseState(cancel_requested=bool(cancel))
 
@@ -215,8 +339,9 @@ def renew_lease(db: Database, claim: Claim, lease_seconds: float) -> LeaseState:
 def record_epoch(db: Database, claim: Claim, metrics: EpochMetrics) -> None:
     """Stores one epoch's metrics and moves the progress counter, in one transaction."""
     with db.write() as session:
-        _guarded_update(session, claim, epochs_done=metrics.epoch)
-        session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=utcnow(), **metrics.as_dict()))
+        now = db_now(session)
+        _guarded_update(session, claim, now, epochs_done=metrics.epoch)
+        session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=now, **metrics.as_dict()))
 
 
 def begin_attempt(db: Database, claim: Claim, history: list[EpochMetrics], provenance: dict[str, Any]) -> None:
@@ -239,11 +364,12 @@ def finish_job(
     selected: EpochMetrics | None,
 ) -> None:
     """Registers the checkpoint and marks the job succeeded, together."""
-    now = utcnow()
     with db.write() as session:
+        now = db_now(session)
         _guarded_update(
             session,
             claim,
+            now,
             status=JobStatus.succeeded,
             finished_at=now,
             model_id=model_id,
@@ -269,8 +395,9 @@ def finish_job(
 
 def fail_job(db: Database, claim: Claim, error: str) -> None:
     with db.write() as session:
+        now = db_now(session)
         _guarded_update(
-            session, claim, status=JobStatus.failed, finished_at=utcnow(), error=error, lease_expires_at=None
+            session, claim, now, status=JobStatus.failed, finished_at=now, error=error, lease_expires_at=None
         )
 
 
@@ -290,7 +417,8 @@ def retry_job(db: Database, claim: Claim, error: str) -> None:
 def cancel_claimed_job(db: Database, claim: Claim) -> None:
     """Ends a running job whose cancel was requested; the epochs it finished stay recorded."""
     with db.write() as session:
-        _guarded_update(session, claim, status=JobStatus.cancelled, finished_at=utcnow(), lease_expires_at=None)
+        now = db_now(session)
+        _guarded_update(session, claim, now, status=JobStatus.cancelled, finished_at=now, lease_expires_at=None)
 
 
 def release_job(db: Database, claim: Claim) -> None:
@@ -314,12 +442,13 @@ def requeue_expired_leases(db: Database, now: datetime | None = None) -> tuple[l
     """Jobs whose worker stopped renewing go back to the queue, or fail once out of attempts.
 
     A job whose cancel was asked for while its worker was gone ends cancelled instead.
-    Returns (requeued ids, failed ids).
+    Returns (requeued ids, failed ids). "Now" is the database's clock, the one the leases were given on;
+    tests pass their own.
     """
-    now = now or utcnow()
-    expired = (Job.status == JobStatus.running) & (Job.lease_expires_at < now)
-    ended = {"finished_at": now, "updated_at": now, "lease_expires_at": None}
     with db.write() as session:
+        now = now or db_now(session)
+        expired = (Job.status == JobStatus.running) & (Job.lease_expires_at < now)
+        ended = {"finished_at": now, "updated_at": now, "lease_expires_at": None}
         session.execute(
             update(Job)
             .where(expired, Job.cancel_requested.is_(True))

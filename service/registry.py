@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from models.checkpoints import load_checkpoint
 from models.export import export_onnx
-from service.db import Database
+from service.db import Database, valid_key
 from service.tables import Alias, Model, RegistryState, utcnow
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class InvalidAliasName(ValueError):
     def __init__(self, name: str) -> None:
         super().__init__(
             f"alias {name!r} is not a valid name: use 1-64 lowercase letters, digits, '-' or '_', "
-            "starting with a letter"
+            "starting with a letter, and not a model id (32 hex digits)"
         )
 
 
@@ -57,7 +57,12 @@ class ModelInUse(RuntimeError):
 
 
 def bump_version(session: Session) -> None:
-    """Marks, inside the caller's transaction, that model references may resolve differently now."""
+    """Marks, inside the caller's transaction, that model references may resolve differently now.
+
+    Alias and model changes call it first: the row lock it takes makes them one at a time on PostgreSQL,
+    as BEGIN IMMEDIATE does on SQLite, so that what they read (is the alias there? does an alias name this
+    model?) still holds when they write.
+    """
     session.execute(update(RegistryState).where(RegistryState.id == 1).values(version=RegistryState.version + 1))
 
 
@@ -75,7 +80,7 @@ def get_model(db: Database, ref: str | None) -> Model:
     with db.read() as session:
         if ref is not None:
             model = session.get(Model, ref) if _MODEL_ID.match(ref) else None
-            if model is None:
+            if model is None and valid_key(ref):
                 alias = session.get(Alias, ref)
                 model = session.get(Model, alias.model_id) if alias is not None else None
             if model is None:
@@ -118,6 +123,7 @@ def _aliases_of(session: Session, model_ids: list[str]) -> dict[str, list[str]]:
 def delete_model(db: Database, model_id: str, checkpoint_dir: Path) -> None:
     """Removes the model and its checkpoint file; refused while an alias points at it."""
     with db.write() as session:
+        bump_version(session)
         model = session.get(Model, model_id) if _MODEL_ID.match(model_id) else None
         if model is None:
             raise ModelNotFound(model_id)
@@ -126,7 +132,6 @@ def delete_model(db: Database, model_id: str, checkpoint_dir: Path) -> None:
             raise ModelInUse(model_id, pointing)
         filenames = (model.filename, model.onnx_filename)
         session.delete(model)
-        bump_version(session)
     # The row is gone first: a reader never finds a registered model without its file.
     for filename in filenames:
         (checkpoint_dir / filename).unlink(missing_ok=True)
@@ -143,13 +148,22 @@ def onnx_file(model: Model, checkpoint_dir: Path) -> Path:
     return path
 
 
-def set_alias(db: Database, name: str, model_ref: str) -> tuple[Alias, bool]:
-    """Points ``name`` at a model (by id or by another alias); returns the alias and whether it is new."""
+def check_alias_name(name: str) -> str:
+    """``name`` if it can name an alias, else InvalidAliasName (a ValueError, so it serves as a pydantic validator)."""
     if not ALIAS_PATTERN.match(name) or _MODEL_ID.match(name):
         raise InvalidAliasName(name)
+    return name
+
+
+def set_alias(db: Database, name: str, model_ref: str) -> tuple[Alias, bool]:
+    """Points ``name`` at a model (by id or by another alias); returns the alias and whether it is new."""
+    check_alias_name(name)
     target = get_model(db, model_ref)
     now = utcnow()
     with db.write() as session:
+        bump_version(session)
+        if session.get(Model, target.id) is None:  # deleted since it was resolved
+            raise ModelNotFound(model_ref)
         alias = session.get(Alias, name)
         created = alias is None
         if alias is None:
@@ -157,7 +171,6 @@ def set_alias(db: Database, name: str, model_ref: str) -> tuple[Alias, bool]:
             session.add(alias)
         else:
             alias.model_id, alias.updated_at = target.id, now
-        bump_version(session)
         session.flush()
         return alias, created
 
@@ -169,7 +182,7 @@ def list_aliases(db: Database) -> Sequence[Alias]:
 
 def get_alias(db: Database, name: str) -> Alias:
     with db.read() as session:
-        alias = session.get(Alias, name)
+        alias = session.get(Alias, name) if valid_key(name) else None
     if alias is None:
         raise AliasNotFound(name)
     return alias
@@ -177,8 +190,8 @@ def get_alias(db: Database, name: str) -> Alias:
 
 def delete_alias(db: Database, name: str) -> None:
     with db.write() as session:
-        alias = session.get(Alias, name)
+        bump_version(session)
+        alias = session.get(Alias, name) if valid_key(name) else None
         if alias is None:
             raise AliasNotFound(name)
         session.delete(alias)
-        bump_version(session)

@@ -137,6 +137,18 @@ class ErrorPublic(BaseModel):
     detail: str = Field(description="What went wrong and what to change.")
 
 
+class ValidationErrorPublic(BaseModel):
+    loc: list[str | int] = Field(description="Where: `body`, `query` or `path`, then the field.")
+    msg: str
+    type: str
+
+
+class ValidationErrorsPublic(BaseModel):
+    """A request that does not fit the schema: one entry per problem (FastAPI's 422 form)."""
+
+    detail: list[ValidationErrorPublic]
+
+
 class SweepCreate(BaseModel):
     """A grid search: one job per combination of the grid's values, each on top of ``base``."""
 

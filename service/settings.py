@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,6 +52,26 @@ class Settings(BaseSettings):
     )
     cuda_graphs: bool = Field(default=True, description="Capture training steps as CUDA graphs on a GPU.")
     max_sweep_size: int = Field(default=64, ge=1, le=10_000, description="Most grid points one sweep may hold.")
+
+    api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Comma-separated admin API keys from the environment (bootstrap); more with `fmnist keys create`.",
+    )
+    max_queued_per_key: int = Field(
+        default=100, ge=1, description="Most queued jobs one API key may have; past it, 429 with Retry-After."
+    )
+    queue_retry_after_seconds: int = Field(default=30, ge=1, description="Retry-After sent with that 429.")
+    cors_origins: str = Field(
+        default="", description="Comma-separated origins allowed to call the API from a browser; none by default."
+    )
+
+    @property
+    def environment_api_keys(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from models.presets import resolve_spec
 from models.spec import SpecFields, TrainingSpec
-from service.db import Database
+from service.db import Database, valid_key
 from service.queue import SweepNotFound
 from service.tables import EpochMetric, Job, Model, Sweep
 
@@ -80,7 +80,7 @@ def _score(val_acc: float | None, test_acc: float | None) -> tuple[int, float]:
 def get_sweep(db: Database, sweep_id: str) -> tuple[Sweep, list[dict[str, Any]]]:
     """The sweep and its jobs' rows (job, params, val_acc, test_acc), best first."""
     with db.read() as session:
-        sweep = session.get(Sweep, sweep_id)
+        sweep = session.get(Sweep, sweep_id) if valid_key(sweep_id) else None
         if sweep is None:
             raise SweepNotFound(sweep_id)
         jobs = session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.created_at)).all()

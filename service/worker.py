@@ -9,6 +9,7 @@ device, and shared by every job and every concurrent slot.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -163,7 +164,16 @@ class Worker:
             return False
         with self._on_own_stream():
             self.run_job(claim)
+        self._release_device_memory()
         return True
+
+    def _release_device_memory(self) -> None:
+        """Hands the ended job's cached blocks back to the driver: a cancelled, failed (out of memory
+        included) or finished job leaves the GPU with only the data set on it, for the next job and for
+        other processes."""
+        if self.device.type == "cuda":
+            gc.collect()  # a reference cycle through a traceback or a closure would keep tensors alive
+            torch.cuda.empty_cache()
 
     @contextlib.contextmanager
     def _on_own_stream(self) -> Iterator[None]:

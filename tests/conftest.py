@@ -1,4 +1,8 @@
-"""Shared fixtures: a fresh SQLite database per test, synthetic and real Fashion-MNIST, settings."""
+"""Shared fixtures: a fresh database per test, synthetic and real Fashion-MNIST, settings.
+
+The database is SQLite in the test's temporary folder, or with FMNIST_TEST_DATABASE=postgresql a throwaway
+PostgreSQL database (tests/postgres.py) on the server at FMNIST_TEST_POSTGRES_URL.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from service import migrations
 from service.db import Database
 from service.settings import Settings
 from tests.idx import write_synthetic_fashion_mnist
+from tests.postgres import SHOWN_URL, MigratedDatabase, PostgresServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "fashion-mnist"
@@ -52,14 +57,85 @@ def real_dataset(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> D
     return to_device(arrays, torch.device("cpu"))
 
 
+TEST_DATABASES = ("sqlite", "postgresql")
+TEST_DATABASE = os.environ.get("FMNIST_TEST_DATABASE", "sqlite")
+ON_POSTGRES = TEST_DATABASE == "postgresql"
+# Fixtures through which a test reaches the database: its tests are marked `db`.
+DATABASE_FIXTURES = {"db", "settings"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if TEST_DATABASE not in TEST_DATABASES:
+        raise pytest.UsageError(f"FMNIST_TEST_DATABASE={TEST_DATABASE!r}: use one of {', '.join(TEST_DATABASES)}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
+        if ON_POSTGRES and item.get_closest_marker("sqlite_only"):
+            item.add_marker(pytest.mark.skip(reason="SQLite-specific; this run is on PostgreSQL"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.check()
+    except Exception as exc:
+        server.dispose()
+        pytest.fail(f"FMNIST_TEST_DATABASE=postgresql, but no PostgreSQL answers at {SHOWN_URL}: {exc}", pytrace=False)
+    yield server
+    server.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres: PostgresServer) -> Iterator[MigratedDatabase]:
+    """One database, migrated once, for the session; dropped at its end."""
+    with postgres.database() as url:
+        database = MigratedDatabase(url)
+        yield database
+        database.dispose()
+
+
 @pytest.fixture
-def settings(tmp_path: Path, synthetic_data_dir: Path) -> Settings:
-    return Settings(home=tmp_path / "home", data_dir=synthetic_data_dir, lease_seconds=5, poll_seconds=0.05)
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None for SQLite (Settings puts it in FMNIST_HOME). On PostgreSQL: the shared migrated database for
+    tests that use ``db``, and for the others an empty database of their own, as a fresh SQLite file is."""
+    if not ON_POSTGRES:
+        yield None
+    elif "db" in request.fixturenames:
+        migrated: MigratedDatabase = request.getfixturevalue("migrated_postgres")
+        migrated.reset()
+        yield migrated.url
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        with server.database("fmnist_empty") as url:
+            yield url
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, synthetic_data_dir: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    # Processes the test starts (a server, a worker) inherit the environment: the same database.
+    if database_url is None:
+        monkeypatch.delenv("FMNIST_DATABASE_URL", raising=False)
+    else:
+        monkeypatch.setenv("FMNIST_DATABASE_URL", database_url)
+    return Settings(
+        home=tmp_path / "home",
+        database_url=database_url,
+        data_dir=synthetic_data_dir,
+        lease_seconds=5,
+        poll_seconds=0.05,
+    )
 
 
 @pytest.fixture
 def db(settings: Settings) -> Iterator[Database]:
-    migrations.upgrade(settings.sqlalchemy_url)
+    if not ON_POSTGRES:  # on PostgreSQL, database_url has migrated (once) and reset it
+        migrations.upgrade(settings.sqlalchemy_url)
     database = Database(settings.sqlalchemy_url)
     yield database
     database.dispose()

@@ -20,6 +20,8 @@ from service.settings import Settings
 from service.worker import Worker
 from tests.idx import synthetic_split
 
+pytestmark = pytest.mark.db
+
 TINY = {"hidden_layers": [16], "batch_size": 64, "epochs": 2, "seed": 1}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
@@ -10,6 +11,8 @@ from service import migrations
 from service.db import create_db_engine
 from service.settings import Settings
 from service.tables import Base
+
+pytestmark = pytest.mark.db
 
 
 def test_upgrade_creates_the_tables_and_matches_the_models(settings: Settings) -> None:
@@ -54,6 +57,7 @@ def test_an_empty_database_is_reported_out_of_date(settings: Settings) -> None:
         engine.dispose()
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(settings: Settings) -> None:
     engine = create_db_engine(settings.sqlalchemy_url)
     try:

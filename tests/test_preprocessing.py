@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +20,7 @@ from models.preprocessing import (
     ImageRejected,
     ImageTooLarge,
     UnsupportedImage,
+    open_upload,
     preprocess_upload,
 )
 
@@ -238,6 +241,52 @@ def test_exif_orientation_is_applied(orientation: int, heavy_end: str) -> None:
     assert width <= 12  # ignoring the tag would give a wide bar
     top, bottom = result[:14].sum(), result[14:].sum()
     assert (top > bottom) == (heavy_end == "top")
+
+
+def _with_broken_exif(fmt: str) -> bytes:
+    """The garment with an EXIF block whose TIFF header is damaged (found by tests/test_fuzz_images.py)."""
+    data = _encode(Image.fromarray(_garment()), fmt, exif=_exif_block(6))
+    tiff_header = data.index(b"II*\x00") if b"II*\x00" in data else data.index(b"MM\x00*")
+    broken = data[:tiff_header] + b"LM" + data[tiff_header + 2 :]
+    if fmt == "PNG":  # the eXIf chunk's CRC made right again, so that Pillow reads the chunk
+        start = broken.index(b"eXIf") - 4
+        (length,) = struct.unpack(">I", broken[start : start + 4])
+        end = start + 8 + length
+        crc = struct.pack(">I", zlib.crc32(broken[start + 4 : end]))
+        broken = broken[:end] + crc + broken[end + 4 :]
+    return broken
+
+
+def _exif_block(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_an_unreadable_exif_block_is_ignored_not_an_error(fmt: str) -> None:
+    """It raised SyntaxError from the EXIF parser: a 500 through the API."""
+    result = _preprocess(_with_broken_exif(fmt))
+
+    assert np.array_equal(result, _preprocess(_encode(Image.fromarray(_garment()), fmt))), "stored as is: upright"
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG header declaring ``width`` x ``height``, with almost no data behind it."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_max_pixels_above_pillows_own_bomb_limit_applies() -> None:
+    """Pillow's process-wide limit (89M pixels) refused a 100M-pixel image that max_pixels=200M allows, saying
+    "more than 200000000 pixels"; found by tests/test_fuzz_images.py."""
+    assert open_upload(_png_declaring(10_000, 10_000), max_pixels=200_000_000).size == (10_000, 10_000)
+    with pytest.raises(ImageTooLarge, match="10000x10000 pixels; the limit is 99999999 pixels"):
+        open_upload(_png_declaring(10_000, 10_000), max_pixels=99_999_999)
 
 
 def _gif() -> bytes:

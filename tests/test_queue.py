@@ -17,6 +17,8 @@ from service.registry import get_model
 from service.settings import Settings
 from service.tables import JobStatus, utcnow
 
+pytestmark = pytest.mark.db
+
 SPEC = TrainingSpec(hidden_layers=[8], epochs=3)
 
 
@@ -254,3 +256,18 @@ def test_retry_requeues_with_the_reason(db: Database) -> None:
     queue.retry_job(db, claim, "disk hiccup")
     stored = get_job(db, job.id)
     assert stored.status is JobStatus.queued and stored.attempt == 1 and stored.error == "disk hiccup"
+
+
+def test_leases_run_on_the_database_clock_not_the_workers(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = queue.enqueue_job(db, SPEC, max_attempts=3)
+    # This host's clock is an hour off; the database's is right.
+    monkeypatch.setattr(queue, "utcnow", lambda: utcnow() - timedelta(hours=1))
+    claim = queue.claim_next_job(db, "w1", 30, device="cpu")
+    assert claim is not None
+    expires = get_job(db, job.id).lease_expires_at
+    assert expires is not None and abs(expires - (utcnow() + timedelta(seconds=30))) < timedelta(seconds=5)
+    monkeypatch.setattr(queue, "utcnow", lambda: utcnow() + timedelta(hours=1))
+    assert queue.requeue_expired_leases(db) == ([], []), "a live lease was taken for expired"
+    queue.renew_lease(db, claim, 60)
+    renewed = get_job(db, job.id).lease_expires_at
+    assert renewed is not None and abs(renewed - (utcnow() + timedelta(seconds=60))) < timedelta(seconds=5)

@@ -24,12 +24,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from models.spec import TrainingSpec
 from service.api.app import create_app
 from service.db import Database
 from service.settings import Settings
 from service.worker import Worker
 from tests.idx import synthetic_split
 from tests.servers import free_port, wait_ready
+
+pytestmark = pytest.mark.db
 
 TINY = {"hidden_layers": [16], "batch_size": 64, "epochs": 2}
 
@@ -251,3 +254,35 @@ def test_cached_resolutions_follow_every_registry_change(client: TestClient, set
     client.delete("/v1/aliases/production")
     client.delete(f"/v1/models/{second}")
     assert predict_model(client) == first, "the deleted model is no longer served"
+
+
+def test_concurrent_writers_of_one_alias_all_succeed(db: Database) -> None:
+    """PostgreSQL does not serialise writers as SQLite's BEGIN IMMEDIATE does: two first PUTs of one alias
+    must not both try to insert it."""
+    from service import queue, registry
+
+    model_ids = []
+    for _ in range(2):
+        queue.enqueue_job(db, TrainingSpec(hidden_layers=[8], epochs=1), max_attempts=1)
+        claim = queue.claim_next_job(db, "w", 30, device="cpu")
+        assert claim is not None
+        model_ids.append(claim.job_id)
+        queue.finish_job(db, claim, model_id=claim.job_id, sha256="0" * 64, size_bytes=1, selected=None)
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def point(index: int) -> None:
+        try:
+            start.wait()
+            for round_ in range(20):
+                registry.set_alias(db, f"canary-{round_}", model_ids[index % 2])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=point, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert {alias.name for alias in registry.list_aliases(db)} == {f"canary-{i}" for i in range(20)}

@@ -16,6 +16,8 @@ from service.settings import Settings
 from service.tables import JobStatus
 from service.worker import Worker
 
+pytestmark = pytest.mark.db
+
 BASE = {"hidden_layers": [16], "batch_size": 64, "epochs": 2, "seed": 1}
 
 

@@ -26,6 +26,8 @@ from service.tables import JobStatus, utcnow
 from service.worker import Worker, WorkerPool
 from tests.specs import spec_of
 
+pytestmark = pytest.mark.db
+
 SMALL = spec_of(hidden_layers=[16], batch_size=64, epochs=2, seed=3)
 # Long enough to be interrupted mid-run on the synthetic set.
 LONG = spec_of(hidden_layers=[16], batch_size=8, epochs=500, seed=3)

@@ -8,27 +8,33 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from models.checkpoints import CheckpointError
 from models.preprocessing import CorruptImage, EmptyImage, ImageTooLarge, UnsupportedImage
+from service import auth
 from service.api.routes import health, jobs, models, predict, sweeps
 from service.api.routes.predict import ImageCountError
 from service.api.uploads import MULTIPART_OVERHEAD, UploadTooLarge
-from service.db import Database
+from service.auth import KeyStore, MissingScope, Unauthenticated
+from service.db import Database, means_unavailable
 from service.predictor import Predictor
-from service.queue import JobNotCancellable, JobNotFound, SweepNotFound
+from service.queue import IdempotencyConflict, JobNotCancellable, JobNotFound, QueueLimitReached, SweepNotFound
 from service.registry import AliasNotFound, InvalidAliasName, ModelInUse, ModelNotFound, NoModelYet
 from service.settings import Settings, get_settings
 from service.sweeps import InvalidSpec
 from service.wakeup import QueueSignal
 
 log = logging.getLogger(__name__)
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 # Domain error -> HTTP status. The error's message is the answer's `detail`.
 ERROR_STATUS: dict[type[Exception], int] = {
@@ -46,25 +52,9 @@ ERROR_STATUS: dict[type[Exception], int] = {
     ImageTooLarge: 413,
     UploadTooLarge: 413,
     ImageCountError: 422,
+    MissingScope: 403,
+    IdempotencyConflict: 409,
 }
-
-
-class BodySizeLimit:
-    """Refuses a request whose declared Content-Length is over the limit before its body is read."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.limit:
-                response = JSONResponse(
-                    {"detail": f"the request body is larger than the limit of {self.limit} bytes"}, status_code=413
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def _json_safe(value: object) -> object:
@@ -78,7 +68,18 @@ def _json_safe(value: object) -> object:
     return value
 
 
-def _register_error_handlers(app: FastAPI) -> None:
+def not_utf8(error: UnicodeDecodeError) -> dict[str, object]:
+    """A body that is not UTF-8, as a validation error like FastAPI's for invalid JSON."""
+    return {
+        "type": "json_invalid",
+        "loc": ("body", error.start),
+        "msg": "JSON decode error",
+        "input": {},
+        "ctx": {"error": f"the body is not UTF-8: byte {error.start} cannot be decoded"},
+    }
+
+
+def _register_error_handlers(app: FastAPI, settings: Settings) -> None:
     def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
@@ -101,7 +102,10 @@ def _register_error_handlers(app: FastAPI) -> None:
         log.error("checkpoint problem: %s", exc)
         return JSONResponse({"detail": f"the model could not be loaded: {exc}"}, status_code=500)
 
-    def database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DBAPIError)
+        if not means_unavailable(exc):
+            return unexpected(request, exc)
         log.error("database error: %s", exc)
         return JSONResponse({"detail": "the database is unavailable or not migrated; see /readyz"}, status_code=503)
 
@@ -109,8 +113,47 @@ def _register_error_handlers(app: FastAPI) -> None:
         log.error("unhandled error", exc_info=exc)
         return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
 
+    def unauthenticated(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="fmnist"'}
+        )
+
+    def queue_full(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)},
+            status_code=429,
+            headers={"Retry-After": str(settings.queue_retry_after_seconds)},
+        )
+
+    def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 413:
+            limit = request.app.max_body_size
+            detail = f"the request body is larger than the limit of {limit} bytes"
+            return JSONResponse({"detail": detail}, status_code=413)
+        if exc.status_code == 405:
+            return method_not_allowed(request)
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's JSON reading fails this way, with a bare 400, where invalid JSON gets a 422.
+            return invalid_request(request, RequestValidationError([not_utf8(exc.__cause__)]))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    def method_not_allowed(request: Request) -> JSONResponse:
+        # Starlette's Allow lists the methods of the first route on the path; a path may have several.
+        routes = request.app.router.routes
+        methods = [
+            method
+            for method in HTTP_METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+        ]
+        detail = f"{request.method} is not allowed here; use {', '.join(methods)}"
+        return JSONResponse({"detail": detail}, status_code=405, headers={"Allow": ", ".join(methods)})
+
+    app.add_exception_handler(Unauthenticated, unauthenticated)
+    app.add_exception_handler(QueueLimitReached, queue_full)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(CheckpointError, checkpoint_error)
-    app.add_exception_handler(OperationalError, database_unavailable)
+    app.add_exception_handler(DBAPIError, database_unavailable)
     app.add_exception_handler(Exception, unexpected)
 
 
@@ -128,6 +171,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db.dispose()
 
     app = FastAPI(
+        # Counted while the body streams in, chunked or not: 413 before more than this is read.
+        max_body_size=max(settings.max_request_bytes, settings.max_upload_bytes + MULTIPART_OVERHEAD),
         title="fmnist-service",
         version="0.1.0",
         summary="Train multilayer perceptrons on Fashion-MNIST and serve their predictions.",
@@ -137,13 +182,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.db = Database(settings.sqlalchemy_url)
     app.state.predictor = Predictor(settings, app.state.db)
     app.state.queue_signal = QueueSignal(settings.queue_signal_path)
-    app.include_router(health.router)
-    app.include_router(jobs.router)
-    app.include_router(sweeps.router)
-    app.include_router(models.router)
-    app.include_router(predict.router)
-    _register_error_handlers(app)
-    app.add_middleware(
-        BodySizeLimit, limit=max(settings.max_request_bytes, settings.max_upload_bytes + MULTIPART_OVERHEAD)
-    )
+    app.state.keys = KeyStore(app.state.db, settings.environment_api_keys)
+    app.include_router(health.router)  # open: load balancers and orchestrators probe it
+    app.include_router(jobs.router, dependencies=[Depends(auth.TRAIN)])
+    app.include_router(sweeps.router, dependencies=[Depends(auth.TRAIN)])
+    app.include_router(models.router, dependencies=[Depends(auth.models_scope)])
+    app.include_router(predict.router, dependencies=[Depends(auth.PREDICT)])
+    _register_error_handlers(app, settings)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Location", "Retry-After"],
+        )
     return app

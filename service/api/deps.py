@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from service.db import Database
 from service.predictor import Predictor
@@ -36,3 +36,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 QueueSignalDep = Annotated[QueueSignal, Depends(get_queue_signal)]
+
+# Past the databases' 64-bit integers an offset is a driver error, not an empty page.
+MAX_OFFSET = 2**63 - 1
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")]

@@ -7,7 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 
 from service import jobs, queue
-from service.api.deps import DatabaseDep, QueueSignalDep, SettingsDep
+from service.api.deps import DatabaseDep, Offset, QueueSignalDep, SettingsDep
+from service.api.idempotency import IdempotencyKey, idempotent_responses, submitter
+from service.auth import TrainCaller
 from service.schemas import (
     EpochMetricsPublic,
     ErrorPublic,
@@ -24,24 +26,45 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic, "description": "No job with this id."}}
 
 
+LOCATION = {"Location": {"description": "URL of the job", "schema": {"type": "string"}}}
+
+
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
-    responses={202: {"headers": {"Location": {"description": "URL of the new job", "schema": {"type": "string"}}}}},
+    responses={
+        202: {"headers": LOCATION},
+        **idempotent_responses(JobPublic, "job"),
+    },
 )
 def submit_job(
     body: JobCreate,
     db: DatabaseDep,
     settings: SettingsDep,
     signal: QueueSignalDep,
+    caller: TrainCaller,
     request: Request,
     response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
-    """Queue a training job; a worker picks it up. Poll the URL in the Location header for its status."""
+    """Queue a training job; a worker picks it up. Poll the URL in the Location header for its status.
+
+    With an `Idempotency-Key` header a retried request (a lost connection, a timeout) cannot queue the
+    job twice: the same key and body return the first request's job, with 200.
+    """
     spec = validated_spec(body.preset, body.explicit_fields())
-    job = queue.enqueue_job(db, spec, max_attempts=settings.max_attempts, preset=body.preset)
-    signal.notify()
+    job, created = queue.submit_job(
+        db,
+        spec,
+        settings.max_attempts,
+        preset=body.preset,
+        submitter=submitter(caller, idempotency_key, body, settings),
+    )
+    if created:
+        signal.notify()
+    else:
+        response.status_code = status.HTTP_200_OK
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
     return JobPublic.from_job(job)
 
@@ -51,7 +74,7 @@ def list_jobs(
     db: DatabaseDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status", description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
-    offset: Annotated[int, Query(ge=0, description="Jobs to skip.")] = 0,
+    offset: Offset = 0,
 ) -> JobsPublic:
     """List jobs, newest first."""
     rows, total = jobs.list_jobs(db, status_filter, limit=limit, offset=offset)

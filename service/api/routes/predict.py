@@ -8,13 +8,19 @@ import numpy as np
 import torch
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import PredictorDep
 from service.api.uploads import read_upload
 from service.predictor import Prediction
-from service.schemas import ClassProbabilityPublic, ErrorPublic, PredictionPublic, PredictPublic
+from service.schemas import (
+    ClassProbabilityPublic,
+    ErrorPublic,
+    PredictionPublic,
+    PredictPublic,
+    ValidationErrorsPublic,
+)
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
@@ -34,6 +40,27 @@ ModelQuery = Annotated[
     Query(max_length=64, description="Model id or alias; default: the `production` alias, else the newest model."),
 ]
 TopKQuery = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="How many classes to list per image.")]
+
+# A multipart field is a file or absent, never null: document it so (FastAPI would write `anyOf: [file, null]`
+# for the optional parameter, which tells a client, or a fuzzer, to send a plain `null` text field).
+BINARY: dict[str, Any] = {"type": "string", "contentMediaType": "application/octet-stream"}
+ImageFile = Annotated[
+    UploadFile | None,
+    File(description="A PNG or JPEG image: any size, grey, RGB or RGBA."),
+    WithJsonSchema(BINARY),
+]
+ImageFiles = Annotated[
+    list[UploadFile] | None,
+    File(description="Several images in one request (FMNIST_MAX_PREDICT_FILES at most)."),
+    WithJsonSchema({"type": "array", "items": BINARY, "minItems": 1}),
+]
+# One of the two fields, at least, carries the images.
+IMAGES_REQUIRED: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {"anyOf": [{"required": ["file"]}, {"required": ["files"]}]}}},
+    }
+}
 
 Row = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=28, max_length=28)]
 PixelImage = Annotated[list[Row], Field(min_length=28, max_length=28)]
@@ -85,14 +112,19 @@ def parse_pixels(body: bytes) -> torch.Tensor:
 
 
 @router.post(
-    "/predict", response_model=PredictPublic, responses={**ERRORS, 422: {"description": "No image, or too many."}}
+    "/predict",
+    response_model=PredictPublic,
+    responses={
+        **ERRORS,
+        # `detail` is a sentence for no image or too many, FastAPI's list of errors for a bad parameter.
+        422: {"model": ErrorPublic | ValidationErrorsPublic, "description": "No image, too many, or a bad parameter."},
+    },
+    openapi_extra=IMAGES_REQUIRED,
 )
 async def predict(
     predictor: PredictorDep,
-    file: Annotated[UploadFile | None, File(description="A PNG or JPEG image: any size, grey, RGB or RGBA.")] = None,
-    files: Annotated[
-        list[UploadFile] | None, File(description="Several images in one request (FMNIST_MAX_PREDICT_FILES at most).")
-    ] = None,
+    file: ImageFile = None,
+    files: ImageFiles = None,
     model: ModelQuery = None,
     top_k: TopKQuery = 3,
 ) -> PredictPublic:
@@ -116,7 +148,10 @@ async def predict(
 @router.post(
     "/predict/pixels",
     response_model=PredictPublic,
-    responses={**ERRORS, 422: {"description": "Not 1 to 256 arrays of 28x28 integers in 0..255."}},
+    responses={
+        **ERRORS,
+        422: {"model": ValidationErrorsPublic, "description": "Not 1 to 256 arrays of 28x28 integers in 0..255."},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,

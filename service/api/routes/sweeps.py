@@ -8,7 +8,9 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from models.spec import TrainingSpec
 from service import queue
-from service.api.deps import DatabaseDep, QueueSignalDep, SettingsDep
+from service.api.deps import DatabaseDep, Offset, QueueSignalDep, SettingsDep
+from service.api.idempotency import IdempotencyKey, idempotent_responses, submitter
+from service.auth import TrainCaller
 from service.schemas import ErrorPublic, JobProgress, SweepCreate, SweepJobPublic, SweepPublic, SweepsPublic
 from service.sweeps import expand_grid, get_sweep, list_sweeps, status_counts
 
@@ -41,26 +43,41 @@ def _public(db: DatabaseDep, sweep_id: str) -> SweepPublic:
     )
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=SweepPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SweepPublic,
+    responses={
+        **idempotent_responses(SweepPublic, "sweep"),
+    },
+)
 def submit_sweep(
     body: SweepCreate,
     db: DatabaseDep,
     settings: SettingsDep,
     signal: QueueSignalDep,
+    caller: TrainCaller,
     request: Request,
     response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> SweepPublic:
-    """Queue one job per grid point (every combination of the grid's values, on top of `base`)."""
+    """Queue one job per grid point (every combination of the grid's values, on top of `base`).
+
+    `Idempotency-Key` works as for `POST /v1/jobs`: a retry returns the first request's sweep."""
     base = body.base.explicit_fields()
     points = expand_grid(body.base.preset, base, body.grid, settings.max_sweep_size)
-    sweep, _jobs = queue.enqueue_sweep(
+    sweep, _jobs, created = queue.enqueue_sweep(
         db,
         base={**base, **({"preset": body.base.preset} if body.base.preset else {})},
         grid=body.grid,
         specs=[spec for _params, spec in points],
         max_attempts=settings.max_attempts,
+        submitter=submitter(caller, idempotency_key, body, settings),
     )
-    signal.notify()
+    if created:
+        signal.notify()
+    else:
+        response.status_code = status.HTTP_200_OK
     response.headers["Location"] = str(request.url_for("get_sweep_status", sweep_id=sweep.id))
     return _public(db, sweep.id)
 
@@ -69,7 +86,7 @@ def submit_sweep(
 def list_all(
     db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> SweepsPublic:
     """Sweeps, newest first."""
     sweeps, total = list_sweeps(db, limit=limit, offset=offset)
