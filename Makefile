@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy service models
+
+# The Docker image's dependencies, exact and hashed (requirements.lock), at the versions installed (and tested)
+# here, resolved for the image's platform. Run it after changing the dependencies in pyproject.toml.
+lock: install
+	$(BIN)/python -m pip install --quiet 'uv>=0.4'
+	$(BIN)/python -m pip freeze --exclude-editable > $(VENV)/tested-versions.txt
+	printf 'setuptools>=69\n' | $(BIN)/python -m uv pip compile pyproject.toml - --quiet --generate-hashes \
+		--constraint $(VENV)/tested-versions.txt --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--custom-compile-command 'make lock' --output-file requirements.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

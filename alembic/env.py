@@ -28,16 +28,19 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = create_db_engine(_url())
+    # SQLite alters a table by building a new one and dropping the old: with foreign keys enforced, dropping
+    # `jobs` fails (or cascades into its metrics). Off while migrating, and checked once it is done.
+    engine = create_db_engine(_url(), foreign_keys=False)
     try:
         with engine.connect() as connection:
-            context.configure(
-                connection=connection,
-                target_metadata=target_metadata,
-                render_as_batch=connection.dialect.name == "sqlite",
-            )
+            sqlite = connection.dialect.name == "sqlite"
+            context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=sqlite)
             with context.begin_transaction():
                 context.run_migrations()
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the migration left rows whose references are gone: {broken[:10]}")
     finally:
         engine.dispose()
 

@@ -118,8 +118,9 @@ def median(values: list[float]) -> float:
     return float(np.median(values))
 
 
-def prepare(home: Path) -> tuple[Settings, Path, Path, Path]:
-    """A trained model (2 epochs of the default spec) and the three request bodies."""
+def trained_service_home(home: Path) -> tuple[Settings, np.ndarray, list[bytes]]:
+    """A service home with one trained model (2 epochs of the default spec); 256 test images as arrays
+    and the first 64 as PNG files."""
     settings = Settings(home=home / "home", data_dir=data_dir())
     migrations.upgrade(settings.sqlalchemy_url)
     db = Database(settings.sqlalchemy_url)
@@ -132,6 +133,12 @@ def prepare(home: Path) -> tuple[Settings, Path, Path, Path]:
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")
         pngs.append(buffer.getvalue())
+    return settings, test, pngs
+
+
+def prepare(home: Path) -> tuple[Settings, Path, Path, Path]:
+    """A trained model and the three request bodies, as wrk scripts."""
+    settings, test, pngs = trained_service_home(home)
     content_type = f"multipart/form-data; boundary={BOUNDARY}"
     single = lua_script(home, "single", multipart([("file", pngs[0])]), content_type)
     files64 = lua_script(home, "files64", multipart([("files", png) for png in pngs]), content_type)

@@ -13,15 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.datasets import FashionMNIST
-from torchvision.datasets.utils import extract_archive
 
 from models.files import file_sha256
 
 log = logging.getLogger(__name__)
 
-CLASS_NAMES: tuple[str, ...] = tuple(FashionMNIST.classes)
-IDX_FILES: tuple[str, ...] = tuple(Path(url).stem for url, _ in FashionMNIST.resources)
+# torchvision's FashionMNIST.classes and resource names (a test holds them equal). torchvision itself is
+# imported only to read the files: importing it loads all of torchvision.models, seconds of start-up for
+# every process that only needs these names.
+CLASS_NAMES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+IDX_FILES: tuple[str, ...] = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+)  # fmt: skip
 # torchvision's own layout below a root folder.
 TORCHVISION_RAW = Path("FashionMNIST") / "raw"
 
@@ -77,6 +82,8 @@ def _materialise_raw(files: dict[str, Path], digests: dict[str, str], cache_dir:
     ``.sha256`` file beside it); each file lands by an atomic rename, so two workers preparing the same
     cache never see half a file.
     """
+    from torchvision.datasets.utils import extract_archive
+
     raw = cache_dir / TORCHVISION_RAW
     raw.mkdir(parents=True, exist_ok=True)
     for name, source in files.items():
@@ -109,6 +116,8 @@ def load_fashion_mnist(data_dir: Path | None, cache_dir: Path, download: bool = 
     ``data_dir`` is searched first; without the files there, ``download`` lets torchvision fetch the
     official ones into ``cache_dir``. Raises DatasetUnavailable with a message that says what to set.
     """
+    from torchvision.datasets import FashionMNIST
+
     files = locate_idx_files(data_dir) if data_dir else None
     if files is None and not download:
         raise DatasetUnavailable(_missing_message(data_dir))

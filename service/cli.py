@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import signal
 import subprocess
 import sys
-from typing import Annotated
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from service import cli_remote
 from service.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from service.logs import LogFormat
 
 app = typer.Typer(
     help="fmnist-service: train MLPs on Fashion-MNIST over HTTP and serve their predictions.",
@@ -23,6 +29,7 @@ db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_he
 app.add_typer(db_app, name="db")
 keys_app = typer.Typer(help="API keys (stored hashed in the database).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+cli_remote.register(app)  # submit, jobs, wait, predict...: the commands that call a server over HTTP
 
 log = logging.getLogger("service.cli")
 
@@ -30,6 +37,21 @@ HostOption = Annotated[str, typer.Option(help="Address to bind.")]
 PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
 DeviceOption = Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")]
 LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+
+
+class LogFormatName(StrEnum):
+    text = "text"
+    json = "json"
+
+
+LogFormatOption = Annotated[
+    LogFormatName | None,
+    typer.Option(help="Log lines as text or as JSON objects with request and job ids (default: FMNIST_LOG_FORMAT)."),
+]
+
+
+def _log_format(option: LogFormatName | None) -> LogFormat:
+    return "json" if (option or get_settings().log_format) == "json" else "text"
 
 
 def _require_current_schema() -> None:
@@ -47,7 +69,12 @@ def _require_current_schema() -> None:
 
 
 @app.command()
-def serve(host: HostOption = "127.0.0.1", port: PortOption = 8000, log_level: LogLevelOption = "info") -> None:
+def serve(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = None,
+) -> None:
     """Run the HTTP API."""
     settings = get_settings()
     # Before torch loads: OpenMP reads it for every thread (torch.set_num_threads reaches only the caller's),
@@ -56,12 +83,20 @@ def serve(host: HostOption = "127.0.0.1", port: PortOption = 8000, log_level: Lo
     import uvicorn
 
     from service.api.app import create_app
+    from service.api.routes.events import StreamClosingServer
     from service.logs import configure_logging
 
-    configure_logging(log_level)
+    configure_logging(log_level, _log_format(log_format))
     _require_current_schema()
     _refuse_open_network(host, settings)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level.lower())
+    app = create_app(settings)
+    # log_config=None: uvicorn's own lines, the access log included, go through the handler set up above.
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), log_config=None)
+    server = StreamClosingServer(config, app.state.event_streams)  # uvicorn.run, but open event streams end on Ctrl-C
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the signal again once it has stopped
+        server.run()
+    if not server.started:
+        raise typer.Exit(3)  # as uvicorn.run does: the port is taken, or the app did not start
 
 
 def _refuse_open_network(host: str, settings: Settings) -> None:
@@ -98,6 +133,7 @@ def worker(
         int, typer.Option(min=1, max=64, help="Jobs run at once on the device (small MLPs share a GPU well).")
     ] = 1,
     log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run a worker: claims queued jobs and trains them. --device all runs one worker per visible GPU."""
     from models.devices import resolve_device
@@ -105,9 +141,13 @@ def worker(
     from service.logs import configure_logging
     from service.worker import WorkerPool, configure_determinism
 
-    configure_logging(log_level)
+    configure_logging(log_level, _log_format(log_format))
     if device == "all":
-        raise typer.Exit(_worker_per_gpu(burst=burst, concurrency=concurrency, log_level=log_level))
+        raise typer.Exit(
+            _worker_per_gpu(
+                burst=burst, concurrency=concurrency, log_level=log_level, log_format=_log_format(log_format)
+            )
+        )
     configure_determinism()
     try:
         resolved = resolve_device(device)
@@ -127,7 +167,7 @@ def worker(
     raise typer.Exit(code)
 
 
-def _worker_per_gpu(*, burst: bool, concurrency: int, log_level: str) -> int:
+def _worker_per_gpu(*, burst: bool, concurrency: int, log_level: str, log_format: LogFormat) -> int:
     """Starts ``fmnist worker --device cuda:N`` for every visible GPU and waits for them all."""
     import torch
 
@@ -145,6 +185,8 @@ def _worker_per_gpu(*, burst: bool, concurrency: int, log_level: str) -> int:
         str(concurrency),
         "--log-level",
         log_level,
+        "--log-format",
+        log_format,
     ]
     children = [
         subprocess.Popen(
@@ -170,6 +212,7 @@ def up(
     port: PortOption = 8000,
     device: DeviceOption = "auto",
     log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = None,
 ) -> None:
     """Migrate the database, then run the API and one worker together; Ctrl-C stops both."""
     from service import migrations
@@ -177,12 +220,15 @@ def up(
     settings = get_settings()
     migrations.upgrade(settings.sqlalchemy_url)
     worker_process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "worker", "--device", device, "--log-level", log_level],
+        [
+            *[sys.executable, "-m", "service.cli", "worker", "--device", device],
+            *["--log-level", log_level, "--log-format", _log_format(log_format)],
+        ],
         # Its own session: a terminal's Ctrl-C reaches only this process, which then stops the worker once.
         start_new_session=True,
     )
     try:
-        serve(host=host, port=port, log_level=log_level)
+        serve(host=host, port=port, log_level=log_level, log_format=log_format)
     finally:
         if worker_process.poll() is None:
             worker_process.send_signal(signal.SIGTERM)

@@ -10,7 +10,7 @@ first, where such requests run side by side; they then come back for the shared 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +58,7 @@ class PredictRequest:
     encoded: list[bytes] = field(default_factory=list)
     images: torch.Tensor | None = None
     inline_only: bool = True  # cleared once the slow parts have been done in the thread pool
+    loaded_model: bool = False  # its model was not in the cache: the thread pool loaded it (a cache miss)
 
     @property
     def count(self) -> int:
@@ -83,6 +84,9 @@ class ModelCache:
                 self._models.move_to_end(model_id)
             return module
 
+    def __len__(self) -> int:
+        return len(self._models)
+
     def put(self, model_id: str, module: nn.Module) -> None:
         with self._lock:
             self._models[model_id] = module
@@ -107,6 +111,11 @@ class Predictor:
         self._resolved: dict[str | None, Model] = {}
         self._resolved_version: int | None = None
         self._resolved_lock = threading.Lock()
+        # For GET /metrics; only the batching thread writes them. Cache lookups count once per request that
+        # reached its forward pass; forward_sizes counts forward passes by their number of images.
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.forward_sizes: Counter[int] = Counter()
 
     def close(self) -> None:
         self.batcher.close()
@@ -134,7 +143,10 @@ class Predictor:
         """The slow parts, in the thread pool: decode every upload, load the model into the cache."""
         if request.images is None:
             request.images = self._decode(request.encoded, inline_only=False)
-        self._module(self._resolve(current_version(self.db), request.model))
+        record = self._resolve(current_version(self.db), request.model)
+        if self.cache.get(record.id) is None:
+            self._module(record)
+            request.loaded_model = True
 
     def _decode(self, encoded: list[bytes], *, inline_only: bool) -> torch.Tensor:
         images = []
@@ -186,6 +198,10 @@ class Predictor:
                 outcomes[index] = exc
                 continue
             groups.setdefault(record.id, (module, []))[1].append(index)
+            if request.loaded_model:
+                self.cache_misses += 1
+            else:
+                self.cache_hits += 1
         for model_id, (module, indices) in groups.items():
             try:
                 answers = self._forward(module, [requests[index] for index in indices])
@@ -195,6 +211,7 @@ class Predictor:
                 continue
             for index, answer in zip(indices, answers, strict=True):
                 outcomes[index] = (model_id, answer)
+            self.forward_sizes[sum(requests[index].count for index in indices)] += 1
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
 

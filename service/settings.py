@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +62,15 @@ class Settings(BaseSettings):
         default=100, ge=1, description="Most queued jobs one API key may have; past it, 429 with Retry-After."
     )
     queue_retry_after_seconds: int = Field(default=30, ge=1, description="Retry-After sent with that 429.")
+    events_poll_seconds: float = Field(
+        default=0.5, gt=0.0, le=60.0, description="How often a live event stream looks at its job in the database."
+    )
+    max_event_streams: int = Field(
+        default=100, ge=1, le=100_000, description="Most live event streams one API process holds open (503 past it)."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as text, or one JSON object per line (with request and job ids)."
+    )
     cors_origins: str = Field(
         default="", description="Comma-separated origins allowed to call the API from a browser; none by default."
     )

@@ -29,6 +29,7 @@ from models.spec import INPUT_FEATURES
 from models.training import EpochMetrics, Trainer, TrainingStopped
 from service import queue
 from service.db import Database
+from service.logs import job_context
 from service.provenance import provenance
 from service.queue import Claim, LeaseLost
 from service.resume import discard_resume_state, load_resume_state, resume_path, save_resume_state
@@ -83,6 +84,10 @@ class LeaseKeeper(threading.Thread):
         self._done = threading.Event()
 
     def run(self) -> None:
+        with job_context(self.claim.job_id, self.claim.attempt):  # a thread starts with a context of its own
+            self._renew_until_stopped()
+
+    def _renew_until_stopped(self) -> None:
         last_renewal = time.monotonic()
         while not self._done.wait(self.check_seconds):
             try:
@@ -162,7 +167,7 @@ class Worker:
         )
         if claim is None:
             return False
-        with self._on_own_stream():
+        with self._on_own_stream(), job_context(claim.job_id, claim.attempt):
             self.run_job(claim)
         self._release_device_memory()
         return True
@@ -173,6 +178,11 @@ class Worker:
         other processes."""
         if self.device.type == "cuda":
             gc.collect()  # a reference cycle through a traceback or a closure would keep tensors alive
+            # cuBLAS keeps a workspace per handle and stream in PyTorch's allocator (32 MiB or more each);
+            # empty_cache() does not drop them.
+            clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+            if clear_workspaces is not None:
+                clear_workspaces()
             torch.cuda.empty_cache()
 
     @contextlib.contextmanager
@@ -214,6 +224,7 @@ class Worker:
                 {
                     **provenance(device_label(self.device), dataset.file_sha256, trainer.use_graphs),
                     "resumed_from_epoch": trainer.epoch,
+                    "train_samples": trainer.n_train,  # for samples/s (GET /metrics): an epoch's seconds are stored
                 },
             )
 

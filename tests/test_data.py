@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision.datasets.utils
 
-import models.data
 from models.data import (
     CLASS_NAMES,
     IDX_FILES,
@@ -109,7 +109,7 @@ def test_second_load_reuses_the_cached_raw_files(tmp_path: Path, monkeypatch: py
     def no_extraction(*args: object, **kwargs: object) -> str:
         raise AssertionError("the cached raw files should have been reused")
 
-    monkeypatch.setattr(models.data, "extract_archive", no_extraction)
+    monkeypatch.setattr(torchvision.datasets.utils, "extract_archive", no_extraction)
     second = load_fashion_mnist(root, cache)
 
     assert {name: (cache / TORCHVISION_RAW / name).stat().st_ino for name in IDX_FILES} == cached
@@ -128,13 +128,13 @@ def test_cache_is_refreshed_when_a_source_is_newer(tmp_path: Path, monkeypatch: 
     future = (cache / TORCHVISION_RAW / "train-labels-idx1-ubyte").stat().st_mtime + 10
     os.utime(labels_gz, (future, future))
     extracted: list[str] = []
-    real_extract = models.data.extract_archive
+    real_extract = torchvision.datasets.utils.extract_archive
 
     def counting_extract(source: str, *args: object, **kwargs: object) -> str:
         extracted.append(Path(source).name)
         return real_extract(source, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(models.data, "extract_archive", counting_extract)
+    monkeypatch.setattr(torchvision.datasets.utils, "extract_archive", counting_extract)
     arrays = load_fashion_mnist(root, cache)
 
     assert extracted == ["train-labels-idx1-ubyte.gz"]
@@ -289,3 +289,10 @@ def test_real_files_are_the_expected_fashion_mnist(real_data: Path, tmp_path: Pa
     assert arrays.file_sha256["train-images-idx3-ubyte"] == REAL_TRAIN_IMAGES_SHA256
     assert torch.bincount(arrays.train_labels, minlength=10).tolist() == [6000] * 10
     assert torch.bincount(arrays.test_labels, minlength=10).tolist() == [1000] * 10
+
+
+def test_the_names_kept_here_are_torchvisions() -> None:
+    from torchvision.datasets import FashionMNIST
+
+    assert tuple(FashionMNIST.classes) == CLASS_NAMES
+    assert tuple(Path(url).stem for url, _ in FashionMNIST.resources) == IDX_FILES

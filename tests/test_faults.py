@@ -44,8 +44,8 @@ FMNIST = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "service
 
 # ~0.5 s per epoch of the synthetic data on one CPU thread: long enough to land a kill inside one.
 SLOW_EPOCHS = TrainingSpec(hidden_layers=[1024, 1024], batch_size=4)
-# The claim line the worker logs (service.worker.Worker.run_job), with the logging format's [pid].
-CLAIM_LINE = re.compile(r"\[(\d+)\] job ([0-9a-f]{32}): attempt (\d+), spec")
+# The claim line the worker logs (Worker.run_job): "... [pid] job_id=… attempt=N job <id>: attempt N, spec".
+CLAIM_LINE = re.compile(r"\[(\d+)\][^\n]*? job ([0-9a-f]{32}): attempt (\d+), spec")
 DEADLINE = 120.0
 
 T = TypeVar("T")
@@ -298,9 +298,9 @@ def test_four_workers_racing_over_fifty_jobs_claim_each_attempt_once(fleet: Flee
 
 
 # -- kill -9 the API ------------------------------------------------------------------------------------
-# 200 submissions in waves of 20, 50 ms apart (one burst of 200 makes the client, not the server, the
+# 200 submissions in waves of 20, 150 ms apart (one burst of 200 makes the client, not the server, the
 # bottleneck: it reads no answer until it has sent everything); the kill lands at the 50th answer.
-SUBMISSIONS, WAVE, WAVE_SECONDS, KILL_AFTER_ACKS = 200, 20, 0.05, 50
+SUBMISSIONS, WAVE, WAVE_SECONDS, KILL_AFTER_ACKS = 200, 20, 0.15, 50
 
 
 async def submit_concurrently(url: str, count: int, on_ack: Callable[[str], None]) -> list[int | None]:

@@ -144,6 +144,9 @@ RESPONSE_CHECKS = [
         ("GET", "/v1/aliases/{name}", {"name": "production"}, 200),
         ("GET", "/v1/jobs/{job_id}", {"job_id": "<job>"}, 200),
         ("GET", "/v1/jobs/{job_id}/metrics", {"job_id": "<job>"}, 200),
+        ("GET", "/v1/jobs/{job_id}/curves.svg", {"job_id": "<job>"}, 200),
+        ("GET", "/v1/jobs/{job_id}/curves.png", {"job_id": "<job>"}, 200),
+        ("GET", "/v1/models/{model_ref}/samples.svg", {"model_ref": "production"}, 200),
         ("POST", "/v1/jobs/{job_id}/cancel", {"job_id": "<job>"}, 409),  # it has ended
         ("GET", "/v1/sweeps/{sweep_id}", {"sweep_id": "<sweep>"}, 200),
         ("POST", "/v1/sweeps/{sweep_id}/cancel", {"sweep_id": "<sweep>"}, 200),

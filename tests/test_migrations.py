@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
-from service import migrations
-from service.db import create_db_engine
+from service import migrations, queue
+from service.db import Database, create_db_engine
+from service.jobs import get_job
 from service.settings import Settings
-from service.tables import Base
+from service.tables import Base, JobStatus
+from service.worker import Worker
+from tests.specs import spec_of
 
 pytestmark = pytest.mark.db
 
@@ -67,3 +71,32 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(settings: Settings) -> None
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         engine.dispose()
+
+
+def _row_counts(url: str) -> dict[str, int]:
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {
+                table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+                for table in ("jobs", "epoch_metrics", "models")
+            }
+    finally:
+        engine.dispose()
+
+
+def test_every_migration_keeps_the_rows_there_both_ways(settings: Settings, db: Database) -> None:
+    """Table rebuilds (SQLite's batch mode) must not cascade into, or trip over, the rows that refer to them."""
+    from alembic import command
+
+    job = queue.enqueue_job(db, spec_of(hidden_layers=[8], epochs=1), max_attempts=1)
+    assert Worker(settings, db, torch.device("cpu"), burst=True).run_once()
+    assert get_job(db, job.id).status is JobStatus.succeeded
+    before = _row_counts(settings.sqlalchemy_url)
+    assert before == {"jobs": 1, "epoch_metrics": 1, "models": 1}
+    config = migrations.alembic_config(settings.sqlalchemy_url)
+    command.downgrade(config, "0003")  # back past every migration that rebuilds jobs
+    assert _row_counts(settings.sqlalchemy_url) == before
+    migrations.upgrade(settings.sqlalchemy_url)
+    assert _row_counts(settings.sqlalchemy_url) == before
+    assert get_job(db, job.id).model_id is not None

@@ -19,12 +19,14 @@ from starlette.routing import Match
 
 from models.checkpoints import CheckpointError
 from models.preprocessing import CorruptImage, EmptyImage, ImageTooLarge, UnsupportedImage
-from service import auth
-from service.api.routes import health, jobs, models, predict, sweeps
+from service import auth, metrics
+from service.api.routes import dashboard, events, health, jobs, models, plots, predict, sweeps
 from service.api.routes.predict import ImageCountError
 from service.api.uploads import MULTIPART_OVERHEAD, UploadTooLarge
 from service.auth import KeyStore, MissingScope, Unauthenticated
 from service.db import Database, means_unavailable
+from service.logs import RequestIdMiddleware, request_id_header
+from service.metrics import ApiMetrics, PredictLatencyMiddleware
 from service.predictor import Predictor
 from service.queue import IdempotencyConflict, JobNotCancellable, JobNotFound, QueueLimitReached, SweepNotFound
 from service.registry import AliasNotFound, InvalidAliasName, ModelInUse, ModelNotFound, NoModelYet
@@ -111,7 +113,12 @@ def _register_error_handlers(app: FastAPI, settings: Settings) -> None:
 
     def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+        # Sent from outside the request-id middleware: the id the log line carries goes back here.
+        return JSONResponse(
+            {"detail": "internal error; the server log has the details"},
+            status_code=500,
+            headers=request_id_header(),
+        )
 
     def unauthenticated(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(
@@ -174,6 +181,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Counted while the body streams in, chunked or not: 413 before more than this is read.
         max_body_size=max(settings.max_request_bytes, settings.max_upload_bytes + MULTIPART_OVERHEAD),
         title="fmnist-service",
+        # /docs and /redoc come from service/api/routes/dashboard.py, on local assets instead of a CDN.
+        docs_url=None,
+        redoc_url=None,
         version="0.1.0",
         summary="Train multilayer perceptrons on Fashion-MNIST and serve their predictions.",
         lifespan=lifespan,
@@ -183,11 +193,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predictor = Predictor(settings, app.state.db)
     app.state.queue_signal = QueueSignal(settings.queue_signal_path)
     app.state.keys = KeyStore(app.state.db, settings.environment_api_keys)
+    app.state.event_streams = events.EventStreams(settings.max_event_streams)
+    app.state.metrics = ApiMetrics(app.state.db, app.state.predictor)
     app.include_router(health.router)  # open: load balancers and orchestrators probe it
+    # Routes are matched in order, each router costing microseconds: the busiest path goes first.
+    app.include_router(predict.router, dependencies=[Depends(auth.PREDICT)])
+    app.include_router(metrics.router)  # open like /healthz, for Prometheus; keep it off the public network
     app.include_router(jobs.router, dependencies=[Depends(auth.TRAIN)])
+    app.include_router(events.router, dependencies=[Depends(auth.TRAIN)])
     app.include_router(sweeps.router, dependencies=[Depends(auth.TRAIN)])
     app.include_router(models.router, dependencies=[Depends(auth.models_scope)])
-    app.include_router(predict.router, dependencies=[Depends(auth.PREDICT)])
+    app.include_router(plots.train_router, dependencies=[Depends(auth.TRAIN)])
+    app.include_router(plots.predict_router, dependencies=[Depends(auth.PREDICT)])
+    # The dashboard's pages and the docs: open like /docs, since a page holds no data; its JavaScript calls /v1.
+    app.include_router(dashboard.router)
+    dashboard.mount_assets(app)
     _register_error_handlers(app, settings)
     if settings.cors_origin_list:
         app.add_middleware(
@@ -197,4 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["Location", "Retry-After"],
         )
+    # Added last, so outermost: the id is set before anything else logs, and the latency includes CORS.
+    app.add_middleware(PredictLatencyMiddleware, histogram=app.state.metrics.predict_latency)
+    app.add_middleware(RequestIdMiddleware)
     return app
