@@ -220,6 +220,10 @@ def test_cors_is_off_unless_configured(settings: Settings, db: Database) -> None
         assert response.headers["access-control-allow-origin"] == "https://dash.example"
         other = client.options("/v1/jobs", headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+        # A page on the allowed origin can read the request id, to quote it in a bug report.
+        answer = client.get("/healthz", headers={"Origin": "https://dash.example"})
+        assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
+        assert answer.headers["x-request-id"]
 
 
 def test_a_body_over_the_limit_is_refused_while_it_streams(settings: Settings, db: Database) -> None:

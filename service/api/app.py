@@ -25,7 +25,7 @@ from service.api.routes.predict import ImageCountError
 from service.api.uploads import MULTIPART_OVERHEAD, UploadTooLarge
 from service.auth import KeyStore, MissingScope, Unauthenticated
 from service.db import Database, means_unavailable
-from service.logs import RequestIdMiddleware, request_id_header
+from service.logs import REQUEST_ID_HEADER, RequestIdMiddleware, request_id_header
 from service.metrics import ApiMetrics, PredictLatencyMiddleware
 from service.predictor import Predictor
 from service.queue import IdempotencyConflict, JobNotCancellable, JobNotFound, QueueLimitReached, SweepNotFound
@@ -214,8 +214,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
-            expose_headers=["Location", "Retry-After"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER],
+            expose_headers=["Location", "Retry-After", REQUEST_ID_HEADER],
         )
     # Added last, so outermost: the id is set before anything else logs, and the latency includes CORS.
     app.add_middleware(PredictLatencyMiddleware, histogram=app.state.metrics.predict_latency)
