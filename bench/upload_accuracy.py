@@ -2,10 +2,13 @@
 
 Trains the default recipe (d2l's 784-256-10 MLP, 10 epochs) on the real data, then turns each of the
 first N test images into the files people really upload: a dark garment on a white page photographed
-large and saved as JPEG (light and heavy compression), an RGBA cut-out on a transparent background, the
-garment off-centre on a wide canvas, a phone photo stored sideways with an EXIF orientation tag, palette
-and 16-bit PNGs. Every file goes through the service's own preprocessing (models/preprocessing.py); the
-table shows accuracy, and how often the prediction agrees with the one for the original tensor.
+large and saved as JPEG (light and heavy compression) or WebP, RGBA cut-outs of a dark and of a light
+garment on a transparent background, a white image whose alpha channel is the garment, the garment
+off-centre on a wide canvas, a phone photo stored sideways with an EXIF orientation tag, palette, GIF and
+16-bit PNGs, and images that use only part of their range: a 28x28 PNG at a quarter of its brightness,
+12-bit data in a 16-bit PNG, 8-bit values in a 16-bit PNG. Every file goes through the service's own
+preprocessing (models/preprocessing.py); the table shows accuracy, and how often the prediction agrees with
+the one for the original tensor. An upload refused as having no object counts as wrong.
 
     .venv/bin/python -m bench.upload_accuracy [--images 2000] [--epochs 10]
 """
@@ -25,7 +28,7 @@ from PIL import Image
 
 from bench.common import data_dir, markdown_table
 from models.data import images_to_inputs, load_fashion_mnist, to_device
-from models.preprocessing import preprocess_upload
+from models.preprocessing import NoObjectFound, preprocess_upload
 from models.spec import TrainingSpec
 from models.training import Trainer
 
@@ -69,6 +72,40 @@ def cut_out(image: np.ndarray) -> bytes:
     return encode(garment, "PNG")
 
 
+def light_cut_out(image: np.ndarray) -> bytes:
+    """RGBA, 200x200: a light garment (grey 190-254, lighter where the data set's pixel is) on a fully
+    transparent background, as a white or pastel product with its background removed."""
+    pixels = np.asarray(Image.fromarray(image).resize((200, 200), Image.Resampling.BICUBIC), dtype=np.float64)
+    grey = np.rint(190 + pixels * (64 / 255)).astype(np.uint8)
+    alpha = np.where(pixels > 10, 255, 0).astype(np.uint8)
+    return encode(Image.fromarray(np.stack([grey, grey, grey, alpha], axis=-1), "RGBA"), "PNG")
+
+
+def alpha_only(image: np.ndarray) -> bytes:
+    """LA, 28x28: every pixel white, the garment drawn only by the alpha channel."""
+    return encode(Image.fromarray(np.stack([np.full_like(image, WHITE), image], axis=-1), "LA"), "PNG")
+
+
+def dim(image: np.ndarray) -> bytes:
+    """The 28x28 test image at a quarter of its brightness (0-63)."""
+    return encode(Image.fromarray((image // 4).astype(np.uint8)), "PNG")
+
+
+def twelve_bit(image: np.ndarray) -> bytes:
+    """A 160x160 page in a 16-bit PNG whose values only reach 4095, as a 12-bit camera or scanner writes."""
+    grey = np.asarray(page(on_white(image, 112), (160, 160), (24, 24)), dtype=np.uint16) * 16
+    return encode(Image.fromarray(grey), "PNG")
+
+
+def eight_bit_in_sixteen(image: np.ndarray) -> bytes:
+    """The 28x28 image's 8-bit values (0-255) written unscaled into a 16-bit PNG (range 0-65535)."""
+    return encode(Image.fromarray(image.astype(np.uint16)), "PNG")
+
+
+def photo_webp(image: np.ndarray) -> bytes:
+    return encode(tinted(page(on_white(image, 224), (320, 320), (48, 48))), "WEBP", quality=80)
+
+
 def off_centre(image: np.ndarray) -> bytes:
     return encode(tinted(page(on_white(image, 200), (900, 400), (60, 150))), "PNG")
 
@@ -100,6 +137,13 @@ VARIANTS: dict[str, Callable[[np.ndarray], bytes]] = {
     "sideways JPEG with EXIF orientation 6": exif_sideways,
     "palette PNG (P mode)": palette,
     "16-bit grey PNG": sixteen_bit,
+    "dark on white, 320x320 RGB WebP q80": photo_webp,
+    "28x28 GIF of the test image": lambda image: encode(Image.fromarray(image), "GIF"),
+    "light garment (190-254) cut-out, 200x200 RGBA": light_cut_out,
+    "28x28 LA: white, the garment only in the alpha": alpha_only,
+    "28x28 PNG at a quarter of the brightness": dim,
+    "16-bit PNG with 12-bit data (0-4095)": twelve_bit,
+    "28x28 16-bit PNG holding 8-bit values (0-255)": eight_bit_in_sixteen,
 }
 
 
@@ -123,26 +167,35 @@ def main() -> None:
     model = result.model.eval()
     images, labels = arrays.test_images[: args.images], arrays.test_labels[: args.images]
     original = classify(model, images)
-    rows = [["the test tensors themselves", f"{(original == labels).float().mean():.4f}", "1.0000", "-"]]
+    rows = [["the test tensors themselves", f"{(original == labels).float().mean():.4f}", "-", "1.0000", "0", "-"]]
+    plain_accuracy = None
     for name, make in VARIANTS.items():
         started = time.perf_counter()
-        uploads = [preprocess_upload(make(image.numpy())) for image in images]
+        uploads, refused = [], []
+        for index, image in enumerate(images):
+            try:
+                uploads.append(preprocess_upload(make(image.numpy())))
+            except NoObjectFound:  # counted as a wrong answer: the garment was there
+                uploads.append(torch.zeros(28, 28, dtype=torch.uint8))
+                refused.append(index)
         seconds = time.perf_counter() - started
-        predicted = classify(model, torch.stack(uploads))
+        predicted = classify(model, torch.stack(uploads)).clone()  # a plain tensor, to mark the refused
+        predicted[refused] = -1
+        accuracy = float((predicted == labels).float().mean())
+        plain_accuracy = accuracy if plain_accuracy is None else plain_accuracy  # the first row: the 28x28 PNG
         rows.append(
             [
                 name,
-                f"{(predicted == labels).float().mean():.4f}",
+                f"{accuracy:.4f}",
+                f"{accuracy - plain_accuracy:+.4f}",
                 f"{(predicted == original).float().mean():.4f}",
+                str(len(refused)),
                 f"{seconds / len(images) * 1000:.2f}",
             ]
         )
     print(f"first {len(images)} test images")
-    print(
-        markdown_table(
-            ["upload", "accuracy", "agrees with the tensor's prediction", "make + preprocess ms/image"], rows
-        )
-    )
+    header = ["upload", "accuracy", "vs the 28x28 PNG", "agrees with the tensor's prediction", "no object found"]
+    print(markdown_table([*header, "make + preprocess ms/image"], rows))
 
 
 if __name__ == "__main__":

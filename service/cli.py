@@ -136,6 +136,8 @@ def worker(
     log_format: LogFormatOption = None,
 ) -> None:
     """Run a worker: claims queued jobs and trains them. --device all runs one worker per visible GPU."""
+    if device != "all":
+        _start_trainer_fork_server()
     from models.devices import resolve_device
     from service.db import Database
     from service.logs import configure_logging
@@ -165,6 +167,16 @@ def worker(
     finally:
         db.dispose()
     raise typer.Exit(code)
+
+
+def _start_trainer_fork_server() -> None:
+    """Starts the fork server the trainer process will come from (service/trainer_process.py) and returns at
+    once: its import of torch then runs beside this process's own, instead of after it."""
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["service.trainer_process"])
+    multiprocessing.forkserver.ensure_running()
 
 
 def _worker_per_gpu(*, burst: bool, concurrency: int, log_level: str, log_format: LogFormat) -> int:

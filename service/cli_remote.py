@@ -13,6 +13,7 @@ import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum, IntEnum
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
@@ -35,7 +36,14 @@ from service.client import (
     Unauthorized,
     WaitTimeout,
 )
-from service.schemas import EpochMetricsPublic, JobPublic, SweepPublic
+from service.schemas import (
+    EpochMetricsPublic,
+    JobPublic,
+    PredictionFailedPublic,
+    PredictionPublic,
+    SweepPublic,
+    image_location,
+)
 from service.tables import JobStatus
 
 
@@ -50,9 +58,9 @@ class ExitCode(IntEnum):
 
 
 EXIT_CODES = (
-    "Exit codes: 0 ok; 1 the job (or a job of the sweep) ended failed or cancelled; 2 usage error or "
-    "invalid request; 3 not found; 4 missing or refused API key; 5 server unreachable or server error; "
-    "6 --timeout passed first."
+    "Exit codes: 0 ok; 1 the job (or a job of the sweep) ended failed or cancelled; 2 usage error, "
+    "invalid request, or (predict) an image the server could not use; 3 not found; 4 missing or refused API "
+    "key; 5 server unreachable or server error; 6 --timeout passed first."
 )
 
 UrlOption = Annotated[
@@ -125,6 +133,21 @@ def titled_table(title: str, columns: tuple[str, ...], no_wrap: tuple[str, ...] 
     for column in columns:
         table.add_column(column, no_wrap=column in no_wrap, **options)
     return table
+
+
+def _reason(item: PredictionFailedPublic) -> str:
+    """An image's error without the server's naming of the image, which the error line replaces with its path."""
+    location = image_location(item.index, item.filename) + ": "
+    detail = item.error.detail
+    return detail[len(location) :] if detail.startswith(location) else detail
+
+
+def _phrase(status: int) -> str:
+    """A status code's reason phrase (`415` -> `Unsupported Media Type`), as error lines show it."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -488,27 +511,39 @@ def metrics(
 
 
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files.", exists=True, dir_okay=False)],
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG...).", exists=True, dir_okay=False)],
     model: Annotated[str | None, typer.Option("--model", help="Model id or alias; default: the server's.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=10, help="Classes to list per image.")] = 3,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Classify images with a trained model."""
+    """Classify images with a trained model: a table of the predictions, and one error line per image the
+    server could not use (then exit 2, or 5 if the server failed on one)."""
     with connected(url, api_key) as client:
         result = client.predict(list(images), model=model, top_k=top_k)
+    failures = [item for item in result.predictions if isinstance(item, PredictionFailedPublic)]
     if as_json:
         body = result.model_dump(mode="json")
-        for path, prediction in zip(images, body["predictions"], strict=True):
-            prediction["image"] = str(path)
+        for path, entry in zip(images, body["predictions"], strict=True):
+            entry["image"] = str(path)
         _print_json(body)
-        return
-    table = titled_table(f"model {result.model_id}", ("image", "class", "probability", f"top {top_k}"), overflow="fold")
-    for path, prediction in zip(images, result.predictions, strict=True):
-        ranked = ", ".join(f"{entry.class_name} {entry.probability:.2f}" for entry in prediction.top_k)
-        table.add_row(str(path), prediction.class_name, f"{prediction.probability:.4f}", ranked)
-    stdout.print(table)
+    elif len(failures) < len(result.predictions):
+        table = titled_table(
+            f"model {result.model_id}", ("image", "class", "probability", f"top {top_k}"), overflow="fold"
+        )
+        for path, item in zip(images, result.predictions, strict=True):
+            if isinstance(item, PredictionPublic):
+                ranked = ", ".join(f"{entry.class_name} {entry.probability:.2f}" for entry in item.top_k)
+                table.add_row(str(path), item.class_name, f"{item.probability:.4f}", ranked)
+        stdout.print(table)
+    for item in failures:
+        line = f"error: {images[item.index]}: {item.error.status} {_phrase(item.error.status)}: {_reason(item)}"
+        stderr.print(line, markup=False, highlight=False)
+    if failures:
+        # As if each bad image had been sent alone: the server refused it (2), or failed on it (5).
+        server_failed = any(item.error.status >= 500 for item in failures)
+        raise typer.Exit(int(ExitCode.unreachable if server_failed else ExitCode.invalid))
 
 
 def models(

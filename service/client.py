@@ -5,7 +5,8 @@
     with Client("http://127.0.0.1:8000", api_key="fmk_...") as fmnist:
         job = fmnist.submit(hidden_layers=[256], epochs=10)
         job = fmnist.wait(job.id, on_epoch=lambda m: print(m.epoch, m.test_acc))
-        print(fmnist.predict("shoe.png").predictions[0].class_name)
+        for item in fmnist.predict(["shoe.png", "bag.jpg"]).predictions:
+            print(item.index, item.error.detail if isinstance(item, PredictionFailedPublic) else item.class_name)
 
 Answers are the server's own schemas (``service.schemas``); errors are ``ApiError`` subclasses that carry the
 server's ``detail``. Importing this module loads neither torch nor numpy.
@@ -36,15 +37,18 @@ from service.schemas import (
     AliasesPublic,
     AliasPublic,
     EpochMetricsPublic,
+    ImageErrorPublic,
     JobMetricsPublic,
     JobPublic,
     JobsPublic,
     ModelPublic,
     ModelsPublic,
+    PredictionFailedPublic,
     PredictionPublic,
     PredictPublic,
     SweepPublic,
     SweepsPublic,
+    image_location,
 )
 from service.tables import JobStatus
 
@@ -58,6 +62,9 @@ __all__ = [
     "Forbidden",
     "InvalidRequest",
     "NotFound",
+    "PredictPublic",
+    "PredictionFailedPublic",
+    "PredictionPublic",
     "RateLimited",
     "ServerError",
     "ServerUnreachable",
@@ -286,11 +293,15 @@ class Client:
 
     # -- plumbing
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The server's answer, error or not; raises ``ServerUnreachable`` when there is none."""
         try:
-            response = self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ServerUnreachable(f"no answer from {self.url}: {exc or type(exc).__name__}") from exc
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._send(method, path, **kwargs)
         raise_for_error(response)
         return response
 
@@ -436,7 +447,13 @@ class Client:
     ) -> PredictPublic:
         """Classify images: file paths, encoded bytes (PNG or JPEG), PIL images, or numpy arrays (a 28x28
         array of 0-255 grey levels, or a stack of them, goes to the pixels route as-is; larger ones are
-        sent as PNG photos). One image or a list; one prediction per image, in order.
+        sent as PNG photos). One image or a list.
+
+        Returns one entry per image, in order, its ``index`` counted over all of ``images``: a
+        `PredictionPublic`, or a `PredictionFailedPublic` whose ``error`` says why the server could not use
+        that image (corrupt, not an image, too large...); ``failed`` counts those. A bad image never costs
+        the others their predictions. Raises `ApiError` for what concerns the whole call (unknown model,
+        no model yet, a bad ``top_k``), ``TypeError`` for an input it cannot send.
 
         ``model``: an id or alias (default: the server's `production` alias, else its newest model).
         Several requests, when there are more images than one may carry, all use the first one's model.
@@ -454,27 +471,36 @@ class Client:
                 else:
                     uploads.append((position, payload))
                 position += 1
-        results: dict[int, PredictionPublic] = {}
+        results: dict[int, PredictionPublic | PredictionFailedPublic] = {}
         model_id = model
         for start in range(0, len(uploads), FILES_PER_REQUEST):
             chunk = uploads[start : start + FILES_PER_REQUEST]
             answer = self._predict_files([payload for _, payload in chunk], model_id, top_k)
             model_id = answer.model_id
-            results.update(zip((index for index, _ in chunk), answer.predictions, strict=True))
+            for (index, _), item in zip(chunk, answer.predictions, strict=True):
+                results[index] = _renumbered(item, index)
         for start in range(0, len(pixels), PIXEL_IMAGES_PER_REQUEST):
             chunk_pixels = pixels[start : start + PIXEL_IMAGES_PER_REQUEST]
             answer = self._predict_pixels([grid for _, grid in chunk_pixels], model_id, top_k)
             model_id = answer.model_id
-            results.update(zip((index for index, _ in chunk_pixels), answer.predictions, strict=True))
+            for (index, _), item in zip(chunk_pixels, answer.predictions, strict=True):
+                results[index] = _renumbered(item, index)
         assert model_id is not None
-        return PredictPublic(model_id=model_id, predictions=[results[index] for index in range(position)])
+        predictions = [results[index] for index in range(position)]
+        failed = sum(isinstance(item, PredictionFailedPublic) for item in predictions)
+        return PredictPublic(model_id=model_id, predictions=predictions, failed=failed)
 
     def _predict_files(
         self, files: builtins.list[tuple[str, bytes, str]], model: str | None, top_k: int
     ) -> PredictPublic:
         params = {"top_k": top_k, **({"model": model} if model else {})}
         multipart = [("files", file) for file in files]
-        return PredictPublic.model_validate(self._request("POST", "/v1/predict", params=params, files=multipart).json())
+        response = self._send("POST", "/v1/predict", params=params, files=multipart)
+        if not response.is_success and _has_entries(response):
+            # No image could be used: the error status comes with every image's entry, which is the answer.
+            return PredictPublic.model_validate(response.json())
+        raise_for_error(response)
+        return PredictPublic.model_validate(response.json())
 
     def _predict_pixels(
         self, images: builtins.list[builtins.list[builtins.list[int]]], model: str | None, top_k: int
@@ -618,6 +644,33 @@ def _parse_event(kind: str, data: str) -> JobEvent | None:
         payload = json.loads(data)
         return EndEvent(job_id=payload["job_id"], status=JobStatus(payload["status"]))
     return None  # an event type this client does not know yet: newer servers may add some
+
+
+def _has_entries(response: httpx.Response) -> bool:
+    """Whether an error answer to /v1/predict carries each image's entry (none could be used), rather than
+    refusing the request itself (unknown model, bad parameter...)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("predictions"), list) and "model_id" in body
+
+
+def _renumbered(
+    item: PredictionPublic | PredictionFailedPublic, index: int
+) -> PredictionPublic | PredictionFailedPublic:
+    """``item`` as the ``index``-th image of the whole call, where the server counted from its own request's
+    first image: an error's detail, which names the image, is renumbered too."""
+    if item.index == index:
+        return item
+    if isinstance(item, PredictionPublic):
+        return item.model_copy(update={"index": index})
+    detail = item.error.detail
+    said, meant = image_location(item.index, item.filename), image_location(index, item.filename)
+    if detail.startswith(said):
+        detail = meant + detail[len(said) :]
+    error = ImageErrorPublic(status=item.error.status, type=item.error.type, detail=detail)
+    return item.model_copy(update={"index": index, "error": error})
 
 
 def _as_list(images: Any) -> builtins.list[Any]:

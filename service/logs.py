@@ -12,10 +12,12 @@ import logging
 import random
 import re
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Literal, TextIO
+from types import TracebackType
+from typing import Any, Literal, TextIO, TypeAlias
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
@@ -35,6 +37,78 @@ _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d]%(context)s %(message)s"
 JSON_FIELDS = ["levelname", "name", "process", "message"]
+
+# A logged traceback is bounded: a recursion 3,000 frames deep, or an exception whose message quotes a request
+# body, once wrote 150 KB per log line. Kept per exception of a chain: the outermost and the innermost frames.
+TRACEBACK_OUTER_FRAMES = 6
+TRACEBACK_INNER_FRAMES = 12
+TRACEBACK_LINE_CHARS = 400
+TRACEBACK_CHARS = 8_000
+
+ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+
+
+class _TrimmedStack(traceback.StackSummary):
+    """A stack whose middle frames are left out of the formatted traceback, with a line saying how many."""
+
+    inner: traceback.StackSummary
+    omitted: int
+
+    def format(self, **options: Any) -> list[str]:
+        omitted = f"  ... {self.omitted} frames omitted ...\n"
+        return [*super().format(**options), omitted, *self.inner.format(**options)]
+
+
+def _trim_stack(stack: traceback.StackSummary) -> traceback.StackSummary:
+    if len(stack) <= TRACEBACK_OUTER_FRAMES + TRACEBACK_INNER_FRAMES:
+        return stack
+    trimmed = _TrimmedStack(stack[:TRACEBACK_OUTER_FRAMES])  # not from_list, which makes a plain StackSummary
+    trimmed.inner = traceback.StackSummary(stack[-TRACEBACK_INNER_FRAMES:])
+    trimmed.omitted = len(stack) - TRACEBACK_OUTER_FRAMES - TRACEBACK_INNER_FRAMES
+    return trimmed
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: its start, a note of what was left out, and its (longer) end."""
+    if len(text) <= limit:
+        return text
+    note_size = 40  # " ... 123456789 characters omitted ... " and room to spare
+    kept = limit - note_size
+    note = f" ... {len(text) - kept} characters omitted ... "
+    return text[: kept // 4] + note + text[len(text) - (kept - kept // 4) :]
+
+
+def bounded_traceback(exc_info: ExcInfo) -> str:
+    """The traceback as ``logging`` formats it, but at most ``TRACEBACK_CHARS`` characters: each exception of the
+    chain keeps its outermost and innermost frames, each line its first and last characters."""
+    _kind, exc, tb = exc_info
+    if exc is None:
+        return "NoneType: None"
+    summary = traceback.TracebackException(type(exc), exc, tb, compact=True)
+    pending, seen = [summary], set()
+    while pending:  # the chain (causes, contexts, groups' members), without recursing
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = _trim_stack(current.stack)
+        pending.extend(e for e in (current.__cause__, current.__context__, *(current.exceptions or ())) if e)
+    lines = "".join(summary.format()).rstrip("\n").split("\n")
+    return _cut("\n".join(_cut(line, TRACEBACK_LINE_CHARS) for line in lines), TRACEBACK_CHARS)
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, with bounded tracebacks."""
+
+    def formatException(self, ei: Any) -> str:
+        return bounded_traceback(ei)
+
+
+class JsonLinesFormatter(JsonFormatter):
+    """One JSON object per line, with bounded tracebacks in ``exc_info``."""
+
+    def formatException(self, ei: Any) -> str:
+        return bounded_traceback(ei)
 
 
 class ContextFilter(logging.Filter):
@@ -56,7 +130,7 @@ class ContextFilter(logging.Filter):
 
 
 def json_formatter() -> logging.Formatter:
-    return JsonFormatter(
+    return JsonLinesFormatter(
         JSON_FIELDS,
         timestamp="time",  # ISO 8601 in UTC
         rename_fields={"levelname": "level", "name": "logger"},
@@ -69,13 +143,24 @@ def log_handler(log_format: LogFormat, stream: TextIO | None = None) -> logging.
     """A handler writing text lines or one JSON object per line, with the current ids, to ``stream`` (stderr)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(ContextFilter())
-    handler.setFormatter(json_formatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(json_formatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
     return handler
+
+
+_configured: tuple[str, LogFormat] | None = None
 
 
 def configure_logging(level: str = "INFO", log_format: LogFormat = "text") -> None:
     """Sends every logger's records to stderr, as text lines or one JSON object per line."""
+    global _configured
     logging.basicConfig(level=level.upper(), handlers=[log_handler(log_format)], force=True)
+    _configured = (level, log_format)
+
+
+def logging_configuration() -> tuple[str, LogFormat] | None:
+    """The level and format ``configure_logging`` last set in this process (None: it was never called), for a
+    child process to log the same way."""
+    return _configured
 
 
 @contextmanager

@@ -354,6 +354,36 @@ def begin_attempt(db: Database, claim: Claim, history: list[EpochMetrics], prove
             session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=now, **metrics.as_dict()))
 
 
+def _end_attempt(session: Session, claim: Claim, now: datetime, status: JobStatus, **values: Any) -> JobStatus:
+    """Moves the claimed job to ``status`` (an end, or back to the queue), unless a cancel was asked for: then
+    the job ends ``cancelled`` instead. Returns the status the job now has; raises LeaseLost when the claim no
+    longer holds.
+
+    This is where a cancel and the end of a run meet, so it is decided here, in the ending transaction and under
+    the lease guard, not by the worker's last look at the flag: a cancel answered 200 always wins. (SQLite's
+    BEGIN IMMEDIATE serialises this with ``request_cancel``; on PostgreSQL both take the row's lock, and the
+    second UPDATE sees the flag the first one's WHERE was re-checked against.)
+    """
+    claimed = (Job.id == claim.job_id) & (Job.lease_token == claim.token) & (Job.status == JobStatus.running)
+    ended = session.execute(
+        update(Job)
+        .where(claimed, Job.cancel_requested.is_(False))
+        .values(status=status, updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if ended.rowcount == 1:  # type: ignore[attr-defined]
+        return status
+    cancelled = session.execute(
+        update(Job)
+        .where(claimed, Job.cancel_requested.is_(True))
+        .values(status=JobStatus.cancelled, finished_at=now, updated_at=now, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if cancelled.rowcount == 1:  # type: ignore[attr-defined]
+        return JobStatus.cancelled
+    raise LeaseLost(f"job {claim.job_id}: lease token {claim.token} is no longer current")
+
+
 def finish_job(
     db: Database,
     claim: Claim,
@@ -362,20 +392,23 @@ def finish_job(
     sha256: str,
     size_bytes: int,
     selected: EpochMetrics | None,
-) -> None:
-    """Registers the checkpoint and marks the job succeeded, together."""
+) -> JobStatus:
+    """Registers the checkpoint and marks the job succeeded, together. A job whose cancel was asked for ends
+    ``cancelled`` instead and registers nothing (the caller removes the checkpoint file); returns which."""
     with db.write() as session:
         now = db_now(session)
-        _guarded_update(
+        status = _end_attempt(
             session,
             claim,
             now,
-            status=JobStatus.succeeded,
+            JobStatus.succeeded,
             finished_at=now,
             model_id=model_id,
             lease_expires_at=None,
             error=None,
         )
+        if status is not JobStatus.succeeded:
+            return status
         session.add(
             Model(
                 id=model_id,
@@ -391,26 +424,22 @@ def finish_job(
         )
         # A new model changes what "the newest model" resolves to.
         bump_version(session)
+        return status
 
 
-def fail_job(db: Database, claim: Claim, error: str) -> None:
+def fail_job(db: Database, claim: Claim, error: str) -> JobStatus:
+    """Ends the job ``failed`` with ``error`` (``cancelled`` if a cancel was asked for); returns which."""
     with db.write() as session:
         now = db_now(session)
-        _guarded_update(
-            session, claim, now, status=JobStatus.failed, finished_at=now, error=error, lease_expires_at=None
-        )
+        return _end_attempt(session, claim, now, JobStatus.failed, finished_at=now, error=error, lease_expires_at=None)
 
 
-def retry_job(db: Database, claim: Claim, error: str) -> None:
-    """Back to the queue after a failure the retry policy judged worth another attempt."""
+def retry_job(db: Database, claim: Claim, error: str) -> JobStatus:
+    """Back to the queue after a failure the retry policy judged worth another attempt (``cancelled`` instead
+    if a cancel was asked for); returns which."""
     with db.write() as session:
-        _guarded_update(
-            session,
-            claim,
-            status=JobStatus.queued,
-            error=error,
-            lease_expires_at=None,
-            worker_id=None,
+        return _end_attempt(
+            session, claim, db_now(session), JobStatus.queued, error=error, lease_expires_at=None, worker_id=None
         )
 
 
@@ -421,13 +450,15 @@ def cancel_claimed_job(db: Database, claim: Claim) -> None:
         _guarded_update(session, claim, now, status=JobStatus.cancelled, finished_at=now, lease_expires_at=None)
 
 
-def release_job(db: Database, claim: Claim) -> None:
-    """Gives a job back to the queue on a clean shutdown; the attempt is not counted against it."""
+def release_job(db: Database, claim: Claim) -> JobStatus:
+    """Gives a job back to the queue on a clean shutdown, the attempt not counted against it (``cancelled``
+    instead if a cancel was asked for); returns which."""
     with db.write() as session:
-        _guarded_update(
+        return _end_attempt(
             session,
             claim,
-            status=JobStatus.queued,
+            db_now(session),
+            JobStatus.queued,
             attempt=Job.attempt - 1,
             lease_expires_at=None,
             worker_id=None,

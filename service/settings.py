@@ -6,8 +6,26 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class FaultInjection(BaseModel):
+    """Test only (``FMNIST_FAULT_INJECTION``, JSON): makes the trainer process fail on purpose in a job with this
+    ``seed``, right after an attempt (``attempt`` only, or every one) reported epoch ``after_epoch`` or a later
+    one (a resumed attempt fails again at its first epoch).
+
+    ``raise`` raises a RuntimeError; ``oserror`` an OSError (which the retry policy retries); ``abort`` calls
+    ``abort()``; ``kill`` sends the process SIGKILL; ``out_of_bounds_index`` reads past the end of a tensor,
+    which on a GPU is a device-side assert that poisons the CUDA context (an IndexError on the CPU).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["raise", "oserror", "abort", "kill", "out_of_bounds_index"]
+    seed: int
+    after_epoch: int = Field(default=1, ge=1)
+    attempt: int | None = Field(default=None, ge=1)
 
 
 class Settings(BaseSettings):
@@ -52,6 +70,16 @@ class Settings(BaseSettings):
         default="auto", description="Where the API runs predictions: auto (the first GPU, else the CPU), cpu, cuda:N."
     )
     cuda_graphs: bool = Field(default=True, description="Capture training steps as CUDA graphs on a GPU.")
+    gpu_memory_fraction: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Share of a GPU's memory one worker's trainer process may allocate (1: no cap). Past it, a job "
+        "fails with CUDA's out-of-memory message and the worker goes on.",
+    )
+    fault_injection: FaultInjection | None = Field(
+        default=None, description="Test only: a JSON object making the trainer process fail on purpose."
+    )
     max_sweep_size: int = Field(default=64, ge=1, le=10_000, description="Most grid points one sweep may hold.")
 
     api_keys: SecretStr = Field(

@@ -1,75 +1,59 @@
-"""The worker process: claims jobs from the queue and trains them on one device.
+"""The worker process: claims jobs from the queue and has its trainer process train them on one device.
 
-Split in three: ``claim`` (queue.claim_next_job), ``run`` (a models.training.Trainer, resumed from the
-job's last finished epoch when there is one, with a lease keeper heartbeating beside it) and ``persist``
-(checkpoint file, then queue.finish_job). The data set is loaded once per process, onto the training
-device, and shared by every job and every concurrent slot.
+Split in three: ``claim`` (queue.claim_next_job), ``run`` (the job goes to the trainer process,
+``service/trainer_process.py``, while a lease keeper heartbeats beside it and the worker records each epoch
+it reports) and ``persist`` (queue.finish_job registers the checkpoint the trainer wrote). The worker holds
+the lease and is the only one to write to the database; the trainer process holds the device and the data
+set, loaded once. A trainer that crashes or loses its device costs only the job it was running: the worker
+records the failure (or a retry, as its retry policy decides) and starts a new trainer for the next job.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
 import torch
 
-from models.checkpoints import save_checkpoint
-from models.data import DeviceDataset, load_fashion_mnist, to_device
-from models.devices import device_label
-from models.spec import INPUT_FEATURES
-from models.training import EpochMetrics, Trainer, TrainingStopped
 from service import queue
 from service.db import Database
 from service.logs import job_context
-from service.provenance import provenance
 from service.queue import Claim, LeaseLost
-from service.resume import discard_resume_state, load_resume_state, resume_path, save_resume_state
+from service.resume import discard_resume_state, resume_path
 from service.retry import RetryPolicy
 from service.settings import Settings
+from service.tables import JobStatus
+from service.trainer_process import (
+    AttemptBegun,
+    Died,
+    EpochFinished,
+    Failed,
+    Outcome,
+    Progress,
+    SlotIdle,
+    Stopped,
+    Trained,
+    TrainerConfig,
+    TrainerCrashed,
+    TrainerProcess,
+    TrainerUnavailable,
+    TrainingJob,
+    configure_determinism,
+)
 from service.wakeup import QueueSignal
 
 log = logging.getLogger(__name__)
 
+__all__ = ["LeaseKeeper", "Worker", "WorkerPool", "configure_determinism"]
 
-def configure_determinism() -> None:
-    """Same spec, seed and device give the same metrics: deterministic kernels, no TF32."""
-    # cuBLAS needs this set before it starts to be deterministic.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-
-
-class DatasetCache:
-    """The data set on the training device, loaded once per process and shared by all slots."""
-
-    def __init__(self, settings: Settings, device: torch.device) -> None:
-        self.settings, self.device = settings, device
-        self._dataset: DeviceDataset | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> DeviceDataset:
-        with self._lock:
-            if self._dataset is None:
-                started = time.perf_counter()
-                arrays = load_fashion_mnist(
-                    self.settings.data_dir, self.settings.dataset_cache_dir, download=self.settings.download
-                )
-                self._dataset = to_device(arrays, self.device)
-                if self.device.type == "cuda":
-                    # Slots read it from their own streams: the copies and scaling must be done first.
-                    torch.cuda.synchronize(self.device)
-                log.info("data set loaded onto %s in %.2fs", self.device, time.perf_counter() - started)
-            return self._dataset
+# A trainer that cannot be started this many times in a row means a broken device or install: the worker exits.
+MAX_TRAINER_START_FAILURES = 3
 
 
 class LeaseKeeper(threading.Thread):
@@ -113,7 +97,8 @@ class LeaseKeeper(threading.Thread):
 
 
 class Worker:
-    """One slot: claims and runs one job at a time. ``WorkerPool`` runs several on one device."""
+    """One slot: claims and runs one job at a time. ``WorkerPool`` runs several on one device, sharing one
+    trainer process; a lone ``Worker`` starts a trainer process of its own (``close`` stops it)."""
 
     def __init__(
         self,
@@ -123,82 +108,70 @@ class Worker:
         *,
         burst: bool = False,
         retry_policy: RetryPolicy | None = None,
-        datasets: DatasetCache | None = None,
+        trainer: TrainerProcess | None = None,
         shutdown: threading.Event | None = None,
         slot: int = 0,
     ) -> None:
         self.settings, self.db, self.device, self.burst = settings, db, device, burst
         self.retry_policy = retry_policy or RetryPolicy()
-        self.datasets = datasets or DatasetCache(settings, device)
+        self.owns_trainer = trainer is None
+        self.trainer = trainer or TrainerProcess(TrainerConfig.for_worker(settings, device, slots=1))
+        self.slot = slot
         self.shutdown = shutdown or threading.Event()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{slot}"
         self.signal = QueueSignal(settings.queue_signal_path)
-        self.cuda_graphs = settings.cuda_graphs and device.type == "cuda"
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.last_idle: SlotIdle | None = None  # what the trainer's slot reported after the last job
 
     # -- process life -----------------------------------------------------------------------------
-    def warm_up(self) -> None:
-        """Initialises the device's libraries (cuBLAS, the caching allocator) for this slot's thread and
-        stream, so the first job does not pay for it."""
-        if self.device.type != "cuda":
-            return
-        with self._on_own_stream():
-            layer = torch.nn.Linear(INPUT_FEATURES, 16).to(self.device)
-            layer(torch.zeros(8, INPUT_FEATURES, device=self.device)).sum().backward()
-
     def run(self) -> int:
-        log.info("worker %s on %s (burst=%s)", self.worker_id, device_label(self.device), self.burst)
-        self.warm_up()
-        while not self.shutdown.is_set():
-            seen = self.signal.stamp()
-            if self.run_once():
-                continue
-            if self.burst:
-                log.info("queue empty, burst mode: exiting")
-                break
-            self.signal.wait(seen, self.settings.poll_seconds, self.shutdown)
+        log.info("worker %s on %s (burst=%s)", self.worker_id, self.device, self.burst)
+        try:
+            while not self.shutdown.is_set():
+                seen = self.signal.stamp()
+                if self.run_once():
+                    continue
+                if self.burst:
+                    log.info("queue empty, burst mode: exiting")
+                    break
+                self.signal.wait(seen, self.settings.poll_seconds, self.shutdown)
+        finally:
+            if self.owns_trainer:
+                self.trainer.close()
         return 0
 
+    def close(self) -> None:
+        """Stops the trainer process, if this worker started it."""
+        if self.owns_trainer:
+            self.trainer.close()
+
     def run_once(self) -> bool:
-        """Reaps expired leases, then claims and runs one job. False when the queue was empty."""
+        """Reaps expired leases, then claims and runs one job. False when the queue was empty.
+
+        The trainer process is started (or replaced) before the claim, so a job never waits for it.
+        Raises TrainerUnavailable when it cannot be started.
+        """
+        device = self._trainer_device()
         queue.requeue_expired_leases(self.db)
-        claim = queue.claim_next_job(
-            self.db, self.worker_id, self.settings.lease_seconds, device=device_label(self.device)
-        )
+        claim = queue.claim_next_job(self.db, self.worker_id, self.settings.lease_seconds, device=device)
         if claim is None:
             return False
-        with self._on_own_stream(), job_context(claim.job_id, claim.attempt):
+        with job_context(claim.job_id, claim.attempt):
             self.run_job(claim)
-        self._release_device_memory()
         return True
 
-    def _release_device_memory(self) -> None:
-        """Hands the ended job's cached blocks back to the driver: a cancelled, failed (out of memory
-        included) or finished job leaves the GPU with only the data set on it, for the next job and for
-        other processes."""
-        if self.device.type == "cuda":
-            gc.collect()  # a reference cycle through a traceback or a closure would keep tensors alive
-            # cuBLAS keeps a workspace per handle and stream in PyTorch's allocator (32 MiB or more each);
-            # empty_cache() does not drop them.
-            clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
-            if clear_workspaces is not None:
-                clear_workspaces()
-            torch.cuda.empty_cache()
-
-    @contextlib.contextmanager
-    def _on_own_stream(self) -> Iterator[None]:
-        # Each slot issues its work on its own CUDA stream, so concurrent jobs overlap on the device.
-        if self.stream is None:
-            yield
-            return
-        with torch.cuda.stream(self.stream):
-            yield
-        self.stream.synchronize()
+    def _trainer_device(self) -> str:
+        failures = 0
+        while True:
+            try:
+                return self.trainer.device_label
+            except TrainerUnavailable as error:
+                failures += 1
+                log.error("%s (%d of %d)", error, failures, MAX_TRAINER_START_FAILURES)
+                if failures >= MAX_TRAINER_START_FAILURES or self.shutdown.is_set():
+                    raise
+                time.sleep(min(2.0**failures, 30.0))
 
     # -- one job ----------------------------------------------------------------------------------
-    def dataset(self) -> DeviceDataset:
-        return self.datasets.get()
-
     def run_job(self, claim: Claim) -> None:
         log.info("job %s: attempt %d, spec %s", claim.job_id, claim.attempt, claim.spec.model_dump_json())
         keeper = LeaseKeeper(
@@ -206,107 +179,119 @@ class Worker:
         )
         keeper.start()
         state_file = resume_path(self.settings.resume_dir, claim.job_id)
+        job = TrainingJob(claim, state_file, self.settings.checkpoint_dir / f"{queue.new_id()}.safetensors")
+        # The first database error while recording progress (a lost lease, or another): the run is stopped.
+        broken: list[Exception] = []
+
+        def record(message: Progress) -> None:
+            if broken:
+                return
+            try:
+                if isinstance(message, AttemptBegun):
+                    queue.begin_attempt(self.db, claim, message.history, message.provenance)
+                elif isinstance(message, EpochFinished):
+                    queue.record_epoch(self.db, claim, message.metrics)
+            except Exception as error:
+                broken.append(error)
 
         def should_stop() -> bool:
-            return keeper.cancel_requested.is_set() or keeper.lost.is_set() or self.shutdown.is_set()
+            return bool(broken) or keeper.cancel_requested.is_set() or keeper.lost.is_set() or self.shutdown.is_set()
 
         try:
-            dataset = self.dataset()
-            trainer = Trainer(claim.spec, dataset, seed=claim.seed, cuda_graphs=self.cuda_graphs)
-            saved = load_resume_state(state_file, claim)
-            if saved is not None:
-                trainer.restore(*saved)
-                log.info("job %s: resuming after epoch %d", claim.job_id, trainer.epoch)
-            queue.begin_attempt(
-                self.db,
-                claim,
-                trainer.history,
-                {
-                    **provenance(device_label(self.device), dataset.file_sha256, trainer.use_graphs),
-                    "resumed_from_epoch": trainer.epoch,
-                    "train_samples": trainer.n_train,  # for samples/s (GET /metrics): an epoch's seconds are stored
-                },
-            )
-
-            def epoch_done(metrics: EpochMetrics) -> None:
-                save_resume_state(state_file, claim, *trainer.state())
-                queue.record_epoch(self.db, claim, metrics)
-
-            result = trainer.run(on_epoch=epoch_done, should_stop=should_stop)
-        except TrainingStopped as stopped:
+            outcome, idle = self.trainer.run(self.slot, job, record, should_stop)
+        finally:
             keeper.stop()
-            self._stopped(claim, keeper, stopped, state_file)
-            return
-        except LeaseLost:
-            keeper.stop()
+        if idle is not None:
+            self.last_idle = idle
+        self._conclude(claim, job, outcome, keeper, broken[0] if broken else None)
+
+    def _conclude(
+        self, claim: Claim, job: TrainingJob, outcome: Outcome, keeper: LeaseKeeper, broken: Exception | None
+    ) -> None:
+        if not isinstance(outcome, Trained):
+            job.checkpoint_file.unlink(missing_ok=True)  # never written, unless the run ended just as it was stopped
+        if isinstance(broken, LeaseLost) or keeper.lost.is_set():
+            job.checkpoint_file.unlink(missing_ok=True)
             log.error("job %s: lease lost mid-run; abandoning it", claim.job_id)
-            return
-        except Exception as error:
-            keeper.stop()
-            self._failed(claim, error, state_file)
-            return
-        keeper.stop()
-        self._persist(claim, result.model, result.selected, state_file)
+        elif broken is not None:
+            job.checkpoint_file.unlink(missing_ok=True)
+            self._failed(claim, broken, job.resume_file)
+        elif isinstance(outcome, Trained):
+            self._persist(claim, job, outcome)
+        elif isinstance(outcome, Stopped):
+            self._stopped(claim, keeper, outcome, job.resume_file)
+        elif isinstance(outcome, Failed):
+            self._failed(claim, outcome.error, job.resume_file)
+        else:
+            assert isinstance(outcome, Died)
+            self._failed(claim, TrainerCrashed(outcome.description), job.resume_file)
 
-    def _stopped(self, claim: Claim, keeper: LeaseKeeper, stopped: TrainingStopped, state_file: Path) -> None:
+    def _stopped(self, claim: Claim, keeper: LeaseKeeper, stopped: Stopped, state_file: Path) -> None:
         try:
-            if keeper.lost.is_set():
-                log.error("job %s: lease lost; abandoning it", claim.job_id)
-            elif keeper.cancel_requested.is_set():
+            if keeper.cancel_requested.is_set():
                 queue.cancel_claimed_job(self.db, claim)
                 discard_resume_state(state_file)
                 log.info("job %s: cancelled after %d epoch(s)", claim.job_id, stopped.completed_epochs)
+            elif queue.release_job(self.db, claim) is JobStatus.cancelled:
+                discard_resume_state(state_file)
+                log.info("job %s: cancelled after %d epoch(s)", claim.job_id, stopped.completed_epochs)
             else:
-                queue.release_job(self.db, claim)
                 log.info("job %s: released to the queue after %d epoch(s)", claim.job_id, stopped.completed_epochs)
         except LeaseLost:
             log.error("job %s: lease lost before it could be stopped cleanly", claim.job_id)
 
-    def _failed(self, claim: Claim, error: Exception, state_file: Path) -> None:
+    def _failed(self, claim: Claim, error: BaseException, state_file: Path) -> None:
         decision = self.retry_policy.decide(error, claim.attempt, claim.max_attempts)
-        log.error("job %s: %s", claim.job_id, decision.reason, exc_info=not isinstance(error, ValueError))
+        log.error("job %s: %s", claim.job_id, decision.reason)
         try:
             if decision.retry:
-                queue.retry_job(self.db, claim, decision.reason)
+                status = queue.retry_job(self.db, claim, decision.reason)
             else:
-                queue.fail_job(self.db, claim, decision.reason)
-                discard_resume_state(state_file)
+                status = queue.fail_job(self.db, claim, decision.reason)
         except LeaseLost:
             log.error("job %s: lease lost before its failure could be recorded", claim.job_id)
-
-    def _persist(self, claim: Claim, model: torch.nn.Module, selected: EpochMetrics | None, state_file: Path) -> None:
-        model_id = queue.new_id()
-        path = self.settings.checkpoint_dir / f"{model_id}.safetensors"
-        try:
-            saved = save_checkpoint(path, model, claim.spec, extra={"job_id": claim.job_id, "seed": str(claim.seed)})
-        except Exception as error:
-            self._failed(claim, error, state_file)
             return
+        if status is not JobStatus.queued:
+            discard_resume_state(state_file)
+        if status is JobStatus.cancelled:
+            log.info("job %s: cancelled (its cancel had been asked for)", claim.job_id)
+
+    def _persist(self, claim: Claim, job: TrainingJob, trained: Trained) -> None:
+        model_id = job.checkpoint_file.name.removesuffix(".safetensors")
         try:
-            queue.finish_job(
-                self.db, claim, model_id=model_id, sha256=saved.sha256, size_bytes=saved.size_bytes, selected=selected
+            status = queue.finish_job(
+                self.db,
+                claim,
+                model_id=model_id,
+                sha256=trained.sha256,
+                size_bytes=trained.size_bytes,
+                selected=trained.selected,
             )
         except LeaseLost:
-            path.unlink(missing_ok=True)
+            job.checkpoint_file.unlink(missing_ok=True)
             log.error("job %s: lease lost before the model could be registered; checkpoint removed", claim.job_id)
             return
-        discard_resume_state(state_file)
-        log.info("job %s: succeeded, model %s (%s)", claim.job_id, model_id, selected)
+        discard_resume_state(job.resume_file)
+        if status is JobStatus.cancelled:
+            job.checkpoint_file.unlink(missing_ok=True)
+            log.info("job %s: cancelled as it finished; no model registered", claim.job_id)
+            return
+        log.info("job %s: succeeded, model %s (%s)", claim.job_id, model_id, trained.selected)
 
 
 class WorkerPool:
-    """``concurrency`` worker slots in threads of this process, sharing one device and its data set."""
+    """``concurrency`` worker slots in threads of this process, sharing one device through one trainer process
+    (one data set, one CUDA context; each slot on its own CUDA stream there)."""
 
     def __init__(
         self, settings: Settings, db: Database, device: torch.device, *, concurrency: int, burst: bool
     ) -> None:
         self.shutdown = threading.Event()
-        datasets = DatasetCache(settings, device)
+        self.trainer = TrainerProcess(TrainerConfig.for_worker(settings, device, slots=concurrency))
         self.workers = [
-            Worker(settings, db, device, burst=burst, datasets=datasets, shutdown=self.shutdown, slot=slot)
+            Worker(settings, db, device, burst=burst, trainer=self.trainer, shutdown=self.shutdown, slot=slot)
             for slot in range(concurrency)
         ]
-        self.datasets = datasets
 
     def install_signal_handlers(self) -> None:
         def _handle(signum: int, _frame: FrameType | None) -> None:
@@ -319,20 +304,24 @@ class WorkerPool:
         signal.signal(signal.SIGINT, _handle)
 
     def preload(self) -> None:
-        """Loads the data set before the first claim, so a job's time is its training."""
+        """Starts the trainer process, which loads the data set, before the first claim: a job's time is its
+        training. A data set that cannot be loaded fails the jobs with its message; the worker keeps serving."""
         try:
-            self.datasets.get()
-        except Exception as exc:  # the jobs will fail with this message; the worker keeps serving the queue
-            log.error("data set not loaded: %s", exc)
+            self.trainer.ensure_running()
+        except TrainerUnavailable as exc:
+            log.error("%s; retrying before the first claim", exc)
 
     def run(self) -> int:
-        if len(self.workers) == 1:
-            return self.workers[0].run()
-        threads = [threading.Thread(target=w.run, name=f"slot-{i}") for i, w in enumerate(self.workers)]
-        for thread in threads:
-            thread.start()
-        # Join with a timeout so the main thread stays free to take signals.
-        while any(thread.is_alive() for thread in threads):
+        try:
+            if len(self.workers) == 1:
+                return self.workers[0].run()
+            threads = [threading.Thread(target=w.run, name=f"slot-{i}") for i, w in enumerate(self.workers)]
             for thread in threads:
-                thread.join(timeout=0.2)
-        return 0
+                thread.start()
+            # Join with a timeout so the main thread stays free to take signals.
+            while any(thread.is_alive() for thread in threads):
+                for thread in threads:
+                    thread.join(timeout=0.2)
+            return 0
+        finally:
+            self.trainer.close()

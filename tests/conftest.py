@@ -6,6 +6,8 @@ PostgreSQL database (tests/postgres.py) on the server at FMNIST_TEST_POSTGRES_UR
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,3 +141,13 @@ def db(settings: Settings) -> Iterator[Database]:
     database = Database(settings.sqlalchemy_url)
     yield database
     database.dispose()
+
+
+@pytest.fixture(autouse=True)
+def no_trainer_process_outlives_its_test() -> Iterator[None]:
+    """A worker the test dropped without ``close`` stops its trainer process once it is collected: make that
+    happen now (reference cycles wait for the collector), so that trainer processes, with torch and a data
+    set each, do not pile up over the session."""
+    yield
+    if any(child.name == "fmnist-trainer" for child in multiprocessing.active_children()):
+        gc.collect()

@@ -1,12 +1,28 @@
-"""Helpers for tests that start real server processes."""
+"""Helpers for tests of the API: its OpenAPI document, and real server processes."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import time
+from pathlib import Path
+from typing import Any
 
 import httpx
+
+from service.api.app import create_app
+from service.settings import Settings
+
+
+def openapi_document() -> dict[str, Any]:
+    """The app's OpenAPI document. It depends on the routes only: read from an app on an in-memory database
+    that never serves a request, so that collecting a test module touches no files."""
+    app = create_app(Settings(home=Path("unused"), database_url="sqlite://"))
+    try:
+        return app.openapi()
+    finally:
+        app.state.predictor.close()
+        app.state.db.dispose()
 
 
 def free_port() -> int:

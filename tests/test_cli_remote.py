@@ -193,6 +193,62 @@ def test_predict_models_and_aliases(fmnist: Any, trained: dict[str, Any], tmp_pa
     assert fmnist("alias", "set", "staging", "no-such-model").exit_code == 3
 
 
+def error_lines(result: Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_predict_prints_the_good_ones_and_an_error_line_per_bad_file(
+    fmnist: Any, trained: dict[str, Any], tmp_path: Path
+) -> None:
+    good, other = tmp_path / "good.png", tmp_path / "other.png"
+    good.write_bytes(png(2))
+    other.write_bytes(png(14))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a shopping list, not a picture")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(png(8)[:60])
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(_blank_png())
+
+    result = fmnist("predict", str(good), str(notes), str(other), str(truncated), str(blank))
+    assert result.exit_code == 2, result.output
+    assert str(good) in result.stdout and str(other) in result.stdout and "probability" in result.stdout
+    assert not {str(notes), str(truncated), str(blank)} & set(result.stdout.split())
+    lines = error_lines(result)
+    assert len(lines) == 3, result.stderr
+    assert lines[0].startswith(f"error: {notes}: 415 Unsupported Media Type: ")
+    assert lines[1].startswith(f"error: {truncated}: 400 Bad Request: ")
+    assert lines[2].startswith(f"error: {blank}: 422 Unprocessable")
+    assert not any("file 1 (" in line for line in lines), "the path names the file; the server's numbering goes"
+
+    as_json = fmnist("predict", str(good), str(notes), "--json")
+    assert as_json.exit_code == 2
+    body = json.loads(as_json.stdout)
+    assert body["failed"] == 1
+    assert [entry["image"] for entry in body["predictions"]] == [str(good), str(notes)]
+    assert body["predictions"][0]["class_name"] and body["predictions"][1]["error"]["status"] == 415
+    assert body["predictions"][1]["error"]["detail"].startswith("file 1 ('notes.txt'): ")
+    assert len(error_lines(as_json)) == 1
+
+
+def test_predict_with_no_usable_file_prints_no_table(fmnist: Any, trained: dict[str, Any], tmp_path: Path) -> None:
+    empty, notes = tmp_path / "empty.png", tmp_path / "notes.txt"
+    empty.write_bytes(b"")
+    notes.write_text("not a picture")
+    result = fmnist("predict", str(empty), str(notes))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = error_lines(result)
+    assert [line.split(": ")[1] for line in lines] == [str(empty), str(notes)]
+    assert "400 Bad Request" in lines[0] and "415 Unsupported Media Type" in lines[1]
+
+
+def _blank_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((28, 28), 90, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_sweeps(fmnist: Any) -> None:
     result = fmnist(
         "sweep", "submit", *TINY_FLAGS, "--epochs", "2", "--grid", "lr=0.05,0.2", "--grid", "hidden_layers=[[8],[16]]",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -15,11 +15,13 @@ from httpx_sse import connect_sse
 from PIL import Image
 
 from service.client import (
+    FILES_PER_REQUEST,
     Client,
     Conflict,
     Forbidden,
     InvalidRequest,
     NotFound,
+    PredictionFailedPublic,
     ServerUnreachable,
     Unauthorized,
     WaitTimeout,
@@ -237,9 +239,14 @@ def test_predict_accepts_paths_bytes_pil_images_and_arrays_in_order(
 
     single = client.predict(path)
     assert single.model_id == trained.model_id and len(single.predictions) == 1
-    assert client.predict(png(images[0])).predictions == single.predictions
-    assert client.predict(str(path)).predictions == single.predictions
-    assert client.predict(Image.fromarray(images[0])).predictions == single.predictions
+    assert single.predictions[0].filename == "garment.png" and single.failed == 0
+    for same, filename in (
+        (png(images[0]), "image"),
+        (str(path), "garment.png"),
+        (Image.fromarray(images[0]), "image.png"),
+    ):
+        (prediction,) = client.predict(same).predictions
+        assert prediction == single.predictions[0].model_copy(update={"filename": filename})
 
     # 28x28 arrays go to the pixels route as they are; a stack is several images.
     each = [client.predict(image, top_k=5).predictions[0] for image in images]
@@ -249,18 +256,77 @@ def test_predict_accepts_paths_bytes_pil_images_and_arrays_in_order(
     mixed = client.predict([images[2], path, images[3], png(images[0])], model="production")
     assert mixed.model_id == trained.model_id
     assert outcomes(mixed.predictions) == outcomes([each[2], single.predictions[0], each[3], single.predictions[0]])
-    assert [len(p.top_k) for p in mixed.predictions] == [3, 3, 3, 3]
+    assert [len(p.top_k) for p in mixed.predictions if isinstance(p, PredictionPublic)] == [3, 3, 3, 3]
 
 
-def outcomes(predictions: list[PredictionPublic]) -> list[tuple[int, float]]:
+def outcomes(predictions: Sequence[PredictionPublic | PredictionFailedPublic]) -> list[tuple[int, object]]:
     """Class and probability: equal whatever batch an image was computed in (to float rounding)."""
-    return [(p.class_id, pytest.approx(p.probability, abs=1e-5)) for p in predictions]
+    assert all(isinstance(p, PredictionPublic) for p in predictions), predictions
+    return [
+        (p.class_id, pytest.approx(p.probability, abs=1e-5)) for p in predictions if isinstance(p, PredictionPublic)
+    ]
+
+
+def test_predict_returns_every_image_s_entry_good_or_bad(client: Client, trained: JobPublic, tmp_path: Path) -> None:
+    images = [garment(2 + 2 * label) for label in range(3)]
+    good = tmp_path / "good.png"
+    good.write_bytes(png(images[0]))
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(png(images[1])[:60])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a shopping list, not a picture")
+
+    # The arrays go to the pixels route, the rest in one upload: the server numbers those 0-4.
+    result = client.predict([good, b"", images[1], truncated, png(images[2]), notes], top_k=5)
+    assert result.model_id == trained.model_id and result.failed == 3
+    assert [item.index for item in result.predictions] == [0, 1, 2, 3, 4, 5]
+    assert [type(item) for item in result.predictions] == [PredictionPublic, PredictionFailedPublic] * 3
+    failures = [item for item in result.predictions if isinstance(item, PredictionFailedPublic)]
+    assert [(item.filename, item.error.status, item.error.type) for item in failures] == [
+        ("image", 400, "empty_image"),
+        ("truncated.png", 400, "corrupt_image"),
+        ("notes.txt", 415, "unsupported_image"),
+    ]
+    # Renumbered: the detail names each image by its place in the whole call.
+    assert [item.error.detail.split(":")[0] for item in failures] == [
+        "file 1 ('image')",
+        "file 3 ('truncated.png')",
+        "file 5 ('notes.txt')",
+    ]
+    each = [client.predict(image, top_k=5).predictions[0] for image in (good, images[1], png(images[2]))]
+    predicted = [item for item in result.predictions if isinstance(item, PredictionPublic)]
+    assert outcomes(predicted) == outcomes(each)
+    assert [item.filename for item in predicted] == ["good.png", None, "image"]  # pixel arrays have no filename
+
+
+def test_predict_returns_the_entries_when_no_image_could_be_used(client: Client, trained: JobPublic) -> None:
+    result = client.predict([b"", b"not an image"])
+    assert result.failed == 2 and result.model_id == trained.model_id
+    assert [item.error.status for item in result.predictions if isinstance(item, PredictionFailedPublic)] == [400, 415]
+
+
+def test_indexes_stay_global_when_the_images_take_several_requests(
+    client: Client, trained: JobPublic, transport: RecordingTransport
+) -> None:
+    good = png(garment(6))
+    uploads = [good] * (FILES_PER_REQUEST + 2)
+    bad = {5: b"", FILES_PER_REQUEST: b"not an image", FILES_PER_REQUEST + 1: good[:60]}
+    for index, data in bad.items():
+        uploads[index] = data
+    transport.exchanges.clear()
+    result = client.predict(uploads)
+    # The second request held only bad images: its error answer carried their entries, which the client returns.
+    assert [path for path, _ in transport.exchanges] == ["/v1/predict", "/v1/predict"]
+    assert transport.exchanges[1][1] == 415
+    assert result.failed == 3 and len(result.predictions) == FILES_PER_REQUEST + 2
+    assert [item.index for item in result.predictions] == list(range(FILES_PER_REQUEST + 2))
+    failed = {item.index: item.error for item in result.predictions if isinstance(item, PredictionFailedPublic)}
+    assert sorted(failed) == sorted(bad)
+    for index, error in failed.items():
+        assert error.detail.startswith(f"file {index} ('image'): "), error.detail
 
 
 def test_predict_errors(client: Client, trained: JobPublic) -> None:
-    with pytest.raises(InvalidRequest) as caught:
-        client.predict(b"not an image")
-    assert caught.value.status in (400, 415)
     with pytest.raises(NotFound):
         client.predict(garment(4), model="no-such-model")
     with pytest.raises(InvalidRequest) as invalid:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import func, make_url, select
 from sqlalchemy.exc import OperationalError
@@ -255,6 +256,38 @@ def test_a_job_killed_mid_epoch_ten_times_resumes_each_time_and_succeeds(fleet: 
     assert epochs_recorded(db, job_id) == list(range(1, LONG_JOB.epochs + 1)), "each epoch recorded once"
     assert models_of(db, job_id) == 1
     assert not resume_path(fleet.settings.resume_dir, job_id).exists()
+
+
+# -- the trainer process --------------------------------------------------------------------------------
+def test_a_killed_workers_trainer_process_stops_too(fleet: Fleet, db: Database) -> None:
+    fleet.env["FMNIST_LEASE_SECONDS"] = "2"
+    job_id = queue.enqueue_job(db, SLOW_EPOCHS.model_copy(update={"epochs": 20, "seed": 3}), max_attempts=3).id
+    first = fleet.start_worker()
+    wait_for("an epoch", lambda: get_job(db, job_id).epochs_done >= 1, fleet)
+    # Below the worker: its fork server, the trainer process the fork server started, the resource tracker.
+    below = psutil.Process(fleet.processes[first].pid).children(recursive=True)
+    assert len(below) >= 2, f"the worker has no trainer process: {below}"
+    fleet.kill(first)
+    _gone, alive = psutil.wait_procs(below, timeout=15)
+    assert not alive, f"processes of the killed worker go on: {alive}"
+    # Nothing of the killed worker writes any more: the next worker resumes the job and finishes it.
+    fleet.start_worker()
+    job = wait_for("the job to end", lambda: ended(db, job_id), fleet)
+    assert job.status is JobStatus.succeeded and job.attempt == 2, (job.error, fleet.logs())
+    assert epochs_recorded(db, job_id) == list(range(1, 21))
+
+
+def test_a_worker_whose_trainer_aborts_retries_the_job_and_keeps_serving(fleet: Fleet, db: Database) -> None:
+    fleet.env["FMNIST_FAULT_INJECTION"] = '{"kind": "abort", "seed": 13, "attempt": 1}'
+    dying = queue.enqueue_job(db, TINY_JOB.model_copy(update={"epochs": 2, "seed": 13}), max_attempts=3).id
+    after = queue.enqueue_job(db, TINY_JOB, max_attempts=3).id
+    worker = fleet.start_worker()
+    jobs = [wait_for("the jobs to end", partial(ended, db, job_id), fleet) for job_id in (dying, after)]
+    assert [(job.status, job.attempt) for job in jobs] == [(JobStatus.succeeded, 2), (JobStatus.succeeded, 1)]
+    assert fleet.processes[worker].poll() is None, "the worker outlived its trainer"
+    log = fleet.log(worker)
+    assert "the trainer process died (SIGABRT) (attempt 1 of 3, retrying)" in log, log
+    assert fleet.stop(worker) == [0], fleet.logs()
 
 
 # -- racing workers -------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """On a CUDA device: a cancelled job gives its memory back, and one that runs out of memory fails alone.
 
+The memory is the worker's trainer process's (service/trainer_process.py): read from what it reports after
+each job, and device-wide from the driver.
+
 Skipped without a GPU; run on the GPU machine (see bench/README.md, "On a lent GPU").
 """
 
@@ -39,26 +42,30 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
+def device_free() -> int:
+    """Free memory on the device as the driver sees it: every process's, the trainer process's included."""
+    free, _total = torch.cuda.mem_get_info()
+    return free
+
+
 @pytest.fixture
 def worker(settings: Settings, db: Database) -> Iterator[Worker]:
-    device = torch.device("cuda", torch.cuda.current_device())
-    torch.cuda.empty_cache()
-    gpu_worker = Worker(settings, db, device, burst=True)
-    gpu_worker.dataset()  # on the device before the baseline is read
-    torch.cuda.synchronize()
+    device_free()  # this test process's own CUDA context, before any baseline is read
+    gpu_worker = Worker(settings, db, torch.device("cuda", torch.cuda.current_device()), burst=True)
+    gpu_worker.trainer.ensure_running()  # the data set on the device before the baseline is read
     yield gpu_worker
-    torch.cuda.set_per_process_memory_fraction(1.0, device)
+    gpu_worker.close()
 
 
 def run_and_cancel(worker: Worker, db: Database) -> int:
-    """Runs BIG on the worker, cancels it after two epochs; the bytes it held while it ran."""
-    allocated = torch.cuda.memory_allocated()
+    """Runs BIG on the worker, cancels it after two epochs; the device memory it held while it ran."""
+    free = device_free()
     job = queue.enqueue_job(db, BIG, max_attempts=1)
     thread = threading.Thread(target=worker.run_once)
     thread.start()
     try:
         wait_until(lambda: get_job(db, job.id).epochs_done >= 2)
-        in_use = torch.cuda.memory_allocated() - allocated
+        in_use = free - device_free()
         queue.request_cancel(db, job.id)
     finally:
         thread.join(timeout=60)
@@ -68,29 +75,35 @@ def run_and_cancel(worker: Worker, db: Database) -> int:
 
 
 def test_cancelling_a_running_job_frees_its_gpu_memory(worker: Worker, db: Database) -> None:
-    # The first job also loads the process's kernels and cuBLAS handles, which stay: measure from after it.
+    # The first job also loads the trainer's kernels and cuBLAS handles, which stay: measure from after it.
     run_and_cancel(worker, db)
-    allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-    free_before, _total = torch.cuda.mem_get_info()
+    assert worker.last_idle is not None and worker.last_idle.memory is not None
+    baseline = worker.last_idle.memory
+    free_before = device_free()
     in_use = run_and_cancel(worker, db)
     assert in_use > 100 * MiB, f"the job held only {in_use / MiB:.0f} MiB: not a test of freeing"
-    # All of it back: in PyTorch's accounting, in its cache, and as the driver sees it.
-    left = torch.cuda.memory_allocated() - allocated
-    assert left < MiB, f"{left / MiB:.1f} MiB of {in_use / MiB:.0f} still allocated\n{torch.cuda.memory_summary()}"
-    assert torch.cuda.memory_reserved() - reserved < 4 * MiB
-    free_after, _total = torch.cuda.mem_get_info()
-    held = (free_before - free_after) / MiB
+    # All of it back: in the trainer's PyTorch accounting, in its cache, and as the driver sees it.
+    memory = worker.last_idle.memory
+    assert memory is not None and memory.peak_allocated - baseline.allocated > 100 * MiB
+    left = memory.allocated - baseline.allocated
+    assert left < MiB, f"{left / MiB:.1f} MiB of {in_use / MiB:.0f} still allocated"
+    assert memory.reserved - baseline.reserved < 4 * MiB
+    held = (free_before - device_free()) / MiB
     assert held < 8, f"{held:.0f} MiB still held after a job that held {in_use / MiB:.0f} MiB"
+    assert worker.trainer.starts == 1
 
 
-def test_out_of_memory_fails_that_job_and_the_worker_runs_the_next(worker: Worker, db: Database) -> None:
+def test_out_of_memory_fails_that_job_and_the_worker_runs_the_next(settings: Settings, db: Database) -> None:
     _free, total = torch.cuda.mem_get_info()
-    # Room for the data set and a small model (its CUDA graphs and cuBLAS workspace), not for BIG with Adam.
-    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved() + 400 * MiB) / total)
+    # Room for the (synthetic) data set and a small model with its CUDA graphs and cuBLAS workspace; not for
+    # BIG, whose weights, gradients and Adam state alone are about 600 MiB.
+    capped = settings.model_copy(update={"gpu_memory_fraction": 400 * MiB / total})
+    worker = Worker(capped, db, torch.device("cuda", torch.cuda.current_device()), burst=True)
     too_big = queue.enqueue_job(db, BIG, max_attempts=3)
     small = queue.enqueue_job(db, SMALL, max_attempts=3)
-    assert worker.run_once() and worker.run_once()
+    assert worker.run() == 0
     failed = get_job(db, too_big.id)
-    assert failed.status is JobStatus.failed and failed.attempt == 1, "out of memory is not retried"
+    assert failed.status is JobStatus.failed and failed.attempt == 1, ("out of memory is not retried", failed.error)
     assert "out of memory" in (failed.error or "").lower(), failed.error
-    assert get_job(db, small.id).status is JobStatus.succeeded
+    done = get_job(db, small.id)
+    assert done.status is JobStatus.succeeded and done.attempt == 1, done.error

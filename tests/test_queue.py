@@ -13,7 +13,7 @@ from service import queue
 from service.db import Database
 from service.jobs import get_job, get_metrics
 from service.queue import LeaseLost
-from service.registry import get_model
+from service.registry import ModelNotFound, get_model
 from service.settings import Settings
 from service.tables import JobStatus, utcnow
 
@@ -197,6 +197,61 @@ def test_cancel_running_flags_it_and_the_worker_ends_it(db: Database) -> None:
     assert flagged.status is JobStatus.running and flagged.cancel_requested
     queue.cancel_claimed_job(db, claim)
     assert get_job(db, job.id).status is JobStatus.cancelled
+
+
+# Every way a worker ends an attempt, as the worker calls it.
+ENDINGS = {
+    "finish": lambda db, claim: queue.finish_job(
+        db, claim, model_id="e" * 32, sha256="f" * 64, size_bytes=1, selected=metrics(1)
+    ),
+    "fail": lambda db, claim: queue.fail_job(db, claim, "boom"),
+    "retry": lambda db, claim: queue.retry_job(db, claim, "disk hiccup"),
+    "release": lambda db, claim: queue.release_job(db, claim),
+}
+UNCANCELLED = {
+    "finish": JobStatus.succeeded,
+    "fail": JobStatus.failed,
+    "retry": JobStatus.queued,
+    "release": JobStatus.queued,
+}
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+def test_a_cancel_asked_for_before_the_attempt_ends_wins(db: Database, ending: str) -> None:
+    job = queue.enqueue_job(db, SPEC, max_attempts=3)
+    claim = queue.claim_next_job(db, "w1", 30, device="cpu")
+    assert claim is not None
+    queue.record_epoch(db, claim, metrics(1))
+    queue.request_cancel(db, job.id)  # answered 200: the job must end cancelled, whatever the worker does next
+    assert ENDINGS[ending](db, claim) is JobStatus.cancelled
+    stored = get_job(db, job.id)
+    assert stored.status is JobStatus.cancelled and stored.finished_at is not None
+    assert stored.model_id is None and stored.lease_expires_at is None
+    assert stored.epochs_done == 1, "the finished epochs stay recorded"
+    with pytest.raises(ModelNotFound):
+        get_model(db, "e" * 32)
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+def test_without_a_cancel_each_ending_reports_its_own_status(db: Database, ending: str) -> None:
+    job = queue.enqueue_job(db, SPEC, max_attempts=3)
+    claim = queue.claim_next_job(db, "w1", 30, device="cpu")
+    assert claim is not None
+    assert ENDINGS[ending](db, claim) is UNCANCELLED[ending]
+    assert get_job(db, job.id).status is UNCANCELLED[ending]
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+def test_an_ending_with_a_stale_lease_is_refused_even_with_a_cancel(db: Database, ending: str) -> None:
+    job = queue.enqueue_job(db, SPEC, max_attempts=3)
+    stale = queue.claim_next_job(db, "w1", 30, device="cpu")
+    assert stale is not None
+    queue.requeue_expired_leases(db, now=utcnow() + timedelta(seconds=60))
+    assert queue.claim_next_job(db, "w2", 30, device="cpu") is not None
+    queue.request_cancel(db, job.id)
+    with pytest.raises(LeaseLost):
+        ENDINGS[ending](db, stale)
+    assert get_job(db, job.id).status is JobStatus.running, "the current holder decides"
 
 
 @pytest.mark.parametrize("end", ["succeeded", "failed", "cancelled"])

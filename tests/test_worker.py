@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import random
+import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -11,18 +15,17 @@ from typing import Any
 
 import pytest
 import torch
+from sqlalchemy import func, select
 
 from models.checkpoints import file_sha256, load_checkpoint
 from models.devices import resolve_device
-from models.training import Trainer
 from service import queue
-from service import worker as worker_module
 from service.db import Database
 from service.jobs import get_job, get_metrics
 from service.registry import get_model
 from service.resume import resume_path
-from service.settings import Settings
-from service.tables import JobStatus, utcnow
+from service.settings import FaultInjection, Settings
+from service.tables import JobStatus, Model, utcnow
 from service.worker import Worker, WorkerPool
 from tests.specs import spec_of
 
@@ -76,14 +79,17 @@ def test_burst_run_drains_the_queue_and_exits(settings: Settings, db: Database) 
     assert [get_job(db, job_id).status for job_id in ids] == [JobStatus.succeeded] * 2
 
 
-def test_the_dataset_is_loaded_once_per_worker(settings: Settings, db: Database) -> None:
+def test_one_trainer_process_loads_the_data_set_once_for_every_job(settings: Settings, db: Database) -> None:
     worker = make_worker(settings, db)
     for _ in range(2):
         queue.enqueue_job(db, SMALL, max_attempts=3)
     worker.run_once()
-    first = worker.dataset()
+    first_pid = worker.trainer.pid
     worker.run_once()
-    assert worker.dataset() is first
+    assert worker.trainer.pid == first_pid and first_pid != os.getpid(), "no process start per job"
+    assert worker.trainer.starts == 1
+    assert worker.last_idle is not None and worker.last_idle.dataset_loads == 1, "no data load per job"
+    worker.close()
 
 
 def test_missing_data_fails_the_job_with_what_to_set(tmp_path: Path, db: Database, settings: Settings) -> None:
@@ -196,45 +202,92 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(settings: Setting
     assert stored.epochs_done == recorded and len(get_metrics(db, job.id)[1]) == recorded
 
 
-def test_an_unexpected_error_fails_the_job_and_the_worker_goes_on(
-    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    bad = queue.enqueue_job(db, SMALL, max_attempts=3)
+def with_fault(settings: Settings, **fault: Any) -> Settings:
+    return settings.model_copy(update={"fault_injection": FaultInjection(**fault)})
+
+
+def test_an_unexpected_error_fails_the_job_and_the_worker_goes_on(settings: Settings, db: Database) -> None:
+    bad = queue.enqueue_job(db, SMALL.model_copy(update={"seed": 666}), max_attempts=3)
     good = queue.enqueue_job(db, SMALL, max_attempts=3)
-    worker = make_worker(settings, db)
-    calls = {"n": 0}
-    real_run = Trainer.run
-
-    def flaky_run(self: Trainer, *args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("exploding gradient detector tripped")
-        return real_run(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "run", flaky_run)
+    worker = make_worker(with_fault(settings, kind="raise", seed=666), db)
     assert worker.run() == 0
     failed = get_job(db, bad.id)
-    assert failed.status is JobStatus.failed and failed.error == "exploding gradient detector tripped"
+    assert failed.status is JobStatus.failed and failed.attempt == 1
+    assert failed.error == "injected fault (FMNIST_FAULT_INJECTION)"
     assert get_job(db, good.id).status is JobStatus.succeeded
+    assert worker.trainer.starts == 1, "an ordinary exception does not cost the trainer process"
 
 
-def test_a_transient_error_is_retried(settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_transient_error_is_retried_and_resumes(settings: Settings, db: Database) -> None:
     job = queue.enqueue_job(db, SMALL, max_attempts=3)
-    worker = make_worker(settings, db)
-    real_save = worker_module.save_checkpoint
-    calls = {"n": 0}
-
-    def flaky_save(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise OSError("no space left on device")
-        return real_save(*args, **kwargs)
-
-    monkeypatch.setattr("service.worker.save_checkpoint", flaky_save)
-    assert worker.run() == 0
+    assert make_worker(with_fault(settings, kind="oserror", seed=SMALL.seed, attempt=1), db).run() == 0
     stored = get_job(db, job.id)
     assert stored.status is JobStatus.succeeded and stored.attempt == 2
+    assert stored.provenance is not None and stored.provenance["resumed_from_epoch"] == 1
     assert [row.epoch for row in get_metrics(db, job.id)[1]] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("kind", "exit_name"),
+    [("abort", "SIGABRT"), ("kill", "SIGKILL")],
+)
+def test_a_trainer_that_dies_mid_job_retries_that_job_and_the_worker_runs_the_next(
+    settings: Settings, db: Database, kind: str, exit_name: str
+) -> None:
+    dying = queue.enqueue_job(db, SMALL.model_copy(update={"seed": 13}), max_attempts=2)
+    after = queue.enqueue_job(db, SMALL, max_attempts=3)
+    worker = make_worker(with_fault(settings, kind=kind, seed=13, attempt=1), db)
+    assert worker.run() == 0
+    retried = get_job(db, dying.id)
+    # Attempt 1 died after epoch 1; attempt 2, in a new trainer process, resumed after it.
+    assert retried.status is JobStatus.succeeded and retried.attempt == 2, retried.error
+    assert retried.provenance is not None and retried.provenance["resumed_from_epoch"] == 1
+    assert [row.epoch for row in get_metrics(db, dying.id)[1]] == [1, 2]
+    assert get_job(db, after.id).status is JobStatus.succeeded
+    assert worker.trainer.starts == 2
+
+
+def test_a_trainer_that_dies_on_every_attempt_fails_the_job_with_why(settings: Settings, db: Database) -> None:
+    dying = queue.enqueue_job(db, SMALL.model_copy(update={"seed": 13}), max_attempts=2)
+    after = queue.enqueue_job(db, SMALL, max_attempts=3)
+    worker = make_worker(with_fault(settings, kind="abort", seed=13), db)
+    assert worker.run() == 0
+    failed = get_job(db, dying.id)
+    assert failed.status is JobStatus.failed and failed.attempt == 2
+    assert failed.error == "the trainer process died (SIGABRT) (attempt 2 of 2)"
+    assert not resume_path(settings.resume_dir, dying.id).exists()
+    assert get_job(db, after.id).status is JobStatus.succeeded
+    assert worker.trainer.starts == 3
+
+
+def test_a_trainer_killed_from_outside_mid_job_costs_one_attempt(settings: Settings, db: Database) -> None:
+    job = queue.enqueue_job(db, LONG.model_copy(update={"epochs": 3}), max_attempts=3)
+    after = queue.enqueue_job(db, SMALL, max_attempts=3)
+    worker = make_worker(settings, db)
+    thread = run_in_thread(worker)
+    wait_until(lambda: get_job(db, job.id).epochs_done >= 1)
+    pid = worker.trainer.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=30)
+    requeued = get_job(db, job.id)
+    assert requeued.status is JobStatus.queued and requeued.attempt == 1
+    assert requeued.error == "the trainer process died (SIGKILL) (attempt 1 of 3, retrying)"
+    assert worker.run() == 0
+    assert get_job(db, job.id).status is JobStatus.succeeded and get_job(db, job.id).attempt == 2
+    assert get_job(db, after.id).status is JobStatus.succeeded
+    assert worker.trainer.pid != pid and worker.trainer.starts == 2
+
+
+def test_an_out_of_bounds_index_on_the_cpu_fails_only_that_job(settings: Settings, db: Database) -> None:
+    bad = queue.enqueue_job(db, SMALL.model_copy(update={"seed": 21}), max_attempts=3)
+    good = queue.enqueue_job(db, SMALL, max_attempts=3)
+    worker = make_worker(with_fault(settings, kind="out_of_bounds_index", seed=21), db)
+    assert worker.run() == 0
+    failed = get_job(db, bad.id)
+    assert failed.status is JobStatus.failed and "out of bounds" in (failed.error or ""), failed.error
+    assert get_job(db, good.id).status is JobStatus.succeeded
+    assert worker.trainer.starts == 1, "on the CPU the process stays usable"
 
 
 @pytest.mark.parametrize(
@@ -260,10 +313,26 @@ def test_a_job_runs_on_the_gpu(settings: Settings, db: Database) -> None:
     stored = get_job(db, job.id)
     assert stored.status is JobStatus.succeeded, stored.error
     assert stored.device is not None and stored.device.startswith("cuda")
-    assert worker.dataset().train_x.is_cuda
+    assert stored.provenance is not None and stored.provenance["cuda_graphs"] is True
+    worker.close()
 
 
-def test_a_pool_runs_jobs_concurrently_sharing_one_data_set(settings: Settings, db: Database) -> None:
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_device_side_assert_fails_that_job_and_a_new_trainer_runs_the_next(settings: Settings, db: Database) -> None:
+    bad = queue.enqueue_job(db, SMALL.model_copy(update={"seed": 21}), max_attempts=3)
+    good = queue.enqueue_job(db, SMALL, max_attempts=3)
+    worker = Worker(with_fault(settings, kind="out_of_bounds_index", seed=21), db, torch.device("cuda"), burst=True)
+    assert worker.run() == 0
+    failed = get_job(db, bad.id)
+    # The poisoned CUDA context is the trainer's: that job fails, the worker lives and starts a new trainer.
+    assert failed.status is JobStatus.failed and failed.attempt == 1, failed.error
+    assert "CUDA" in (failed.error or "") or "device-side assert" in (failed.error or ""), failed.error
+    assert get_job(db, good.id).status is JobStatus.succeeded
+    assert worker.trainer.starts == 2
+
+
+def test_a_pool_runs_jobs_concurrently_in_one_trainer_process(settings: Settings, db: Database) -> None:
     ids = [queue.enqueue_job(db, LONG.model_copy(update={"epochs": 3}), max_attempts=3).id for _ in range(2)]
     pool = WorkerPool(settings, db, torch.device("cpu"), concurrency=2, burst=True)
     seen_running: set[int] = set()
@@ -280,4 +349,41 @@ def test_a_pool_runs_jobs_concurrently_sharing_one_data_set(settings: Settings, 
     assert [get_job(db, job_id).status for job_id in ids] == [JobStatus.succeeded] * 2
     assert 2 in seen_running, "the two jobs never ran at the same time"
     assert len({w.worker_id for w in pool.workers}) == 2
-    assert all(w.datasets is pool.datasets for w in pool.workers)
+    assert all(w.trainer is pool.trainer for w in pool.workers) and pool.trainer.starts == 1
+
+
+# The issue's example: the shortest job there is, cancelled as soon as it shows `running`.
+RACE = spec_of(hidden_layers=[], epochs=1, batch_size=60000, seed=5)
+
+
+def test_a_cancel_answered_ok_always_ends_cancelled_even_as_the_job_completes(settings: Settings, db: Database) -> None:
+    worker = make_worker(settings, db)
+    pauses = random.Random(0)
+    outcomes: Counter[tuple[bool, JobStatus]] = Counter()
+    for _ in range(50):
+        job = queue.enqueue_job(db, RACE, max_attempts=1)
+        thread = run_in_thread(worker)
+        wait_until(lambda job_id=job.id: get_job(db, job_id).status is not JobStatus.queued)  # type: ignore[misc]
+        # Land the cancel anywhere from the claim to the end of the run, the end of it included.
+        time.sleep(pauses.uniform(0.0, 0.15))
+        try:
+            queue.request_cancel(db, job.id)
+            accepted = True
+        except queue.JobNotCancellable:
+            accepted = False
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        stored = get_job(db, job.id)
+        outcomes[(accepted, stored.status)] += 1
+        if accepted:
+            assert stored.status is JobStatus.cancelled and stored.model_id is None, stored.status
+            with db.read() as session:
+                assert session.scalar(select(func.count()).where(Model.job_id == job.id)) == 0
+        else:
+            assert stored.status is JobStatus.succeeded and stored.model_id is not None, stored.status
+    worker.close()
+    succeeded = outcomes[(False, JobStatus.succeeded)]
+    assert outcomes[(True, JobStatus.cancelled)] + succeeded == 50, outcomes
+    assert outcomes[(True, JobStatus.cancelled)] >= 5, f"too few cancels landed while the job ran: {outcomes}"
+    # Only the registered models' checkpoints are left: a cancelled run's file was removed.
+    assert len(list(settings.checkpoint_dir.glob("*.safetensors"))) == succeeded

@@ -4,22 +4,34 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.checkpoints import CheckpointError
-from models.preprocessing import CorruptImage, EmptyImage, ImageTooLarge, UnsupportedImage
+from models.preprocessing import CorruptImage, EmptyImage, ImageTooLarge, NoObjectFound, UnsupportedImage
 from service import auth, metrics
+from service.api.errors import (
+    INPUT_CHARS,
+    INTERNAL_ERROR,
+    bounded_text,
+    json_invalid,
+    multipart_hint,
+    not_json_detail,
+    public_errors,
+    takes_json,
+    with_file_hints,
+)
 from service.api.routes import dashboard, events, health, jobs, models, plots, predict, sweeps
 from service.api.routes.predict import ImageCountError
 from service.api.uploads import MULTIPART_OVERHEAD, UploadTooLarge
@@ -52,57 +64,110 @@ ERROR_STATUS: dict[type[Exception], int] = {
     CorruptImage: 400,
     UnsupportedImage: 415,
     ImageTooLarge: 413,
+    NoObjectFound: 422,
     UploadTooLarge: 413,
     ImageCountError: 422,
     MissingScope: 403,
     IdempotencyConflict: 409,
 }
-
-
-def _json_safe(value: object) -> object:
-    """JSON has no NaN or Infinity: echo such inputs back as strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value
+# FastAPI's 400 for a body its JSON parser raised on with anything but a JSONDecodeError.
+FASTAPI_UNPARSABLE_BODY = "There was an error parsing the body"
+# A domain error's message may quote the request (a path of 16 KB names no job): it is cut here.
+DETAIL_CHARS = 1000
+NOT_JSON_RESPONSE: dict[str, Any] = {
+    "description": "The body was not sent as JSON (`Content-Type: application/json`).",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorPublic"}}},
+}
 
 
 def not_utf8(error: UnicodeDecodeError) -> dict[str, object]:
     """A body that is not UTF-8, as a validation error like FastAPI's for invalid JSON."""
-    return {
-        "type": "json_invalid",
-        "loc": ("body", error.start),
-        "msg": "JSON decode error",
-        "input": {},
-        "ctx": {"error": f"the body is not UTF-8: byte {error.start} cannot be decoded"},
-    }
+    return json_invalid(f"the body is not UTF-8: byte {error.start} cannot be decoded", loc=("body", error.start))
+
+
+def unparsable_json(cause: BaseException) -> dict[str, object]:
+    """A JSON body that Python's parser gave up on (FastAPI answers these with a bare 400), as invalid JSON."""
+    if isinstance(cause, UnicodeDecodeError):
+        return not_utf8(cause)
+    if isinstance(cause, RecursionError):
+        return json_invalid("arrays or objects nested too deeply; no field of this API nests more than a few levels")
+    if isinstance(cause, ValueError) and "digits" in str(cause):  # int("9" * 5000): Python's limit, 4300 digits
+        return json_invalid("a number with thousands of digits; no field of this API accepts one")
+    return json_invalid(bounded_text(f"{type(cause).__name__}: {cause}"))
+
+
+def log_unexpected(scope: Scope, exc: BaseException) -> None:
+    """One log record for an error no handler expected: the request's method and path (never its body or query),
+    and the traceback, which the log formatter bounds (``service.logs.bounded_traceback``)."""
+    path = bounded_text(str(scope.get("path", "")), INPUT_CHARS)
+    log.error("unhandled error", exc_info=exc, extra={"method": scope.get("method"), "path": path})
+
+
+def internal_error() -> JSONResponse:
+    # The request-id middleware may be outside the code that answers: the id the log line carries goes back here.
+    return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500, headers=request_id_header())
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an exception nothing else handled with a JSON 500, and logs it once.
+
+    Starlette's ``ServerErrorMiddleware`` answers too, then raises the exception again for the server to log:
+    uvicorn wrote the whole traceback a second time. Here it stops: one bounded record per failed request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            if started:
+                # Too late for a 500. Outer layers own this: Starlette's body limit stops a response this way
+                # (its own 413 sent), and anything else reaches the server, which logs it (bounded) and cuts
+                # the connection.
+                raise
+            log_unexpected(scope, exc)
+            await internal_error()(scope, receive, send)
 
 
 def _register_error_handlers(app: FastAPI, settings: Settings) -> None:
-    def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    def invalid_request(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+        route = request.scope.get("route")
+        if takes_json(route) and isinstance(exc.body, bytes | bytearray) and exc.body:
+            # FastAPI leaves the body unparsed (bytes) when its Content-Type is not JSON: curl -d sends a form.
+            return JSONResponse({"detail": not_json_detail(request.headers.get("content-type"))}, status_code=415)
+        return JSONResponse({"detail": public_errors(with_file_hints(exc.errors(), route))}, status_code=422)
 
     def invalid_spec(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InvalidSpec)
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors))}, status_code=422)
+        return JSONResponse({"detail": public_errors(exc.errors)}, status_code=422)
 
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(InvalidSpec, invalid_spec)
 
     def domain_error(_request: Request, exc: Exception) -> JSONResponse:
         status = next(code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind))
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        return JSONResponse({"detail": bounded_text(str(exc), DETAIL_CHARS)}, status_code=status)
 
     for kind in ERROR_STATUS:
         app.add_exception_handler(kind, domain_error)
 
     def checkpoint_error(_request: Request, exc: Exception) -> JSONResponse:
         log.error("checkpoint problem: %s", exc)
-        return JSONResponse({"detail": f"the model could not be loaded: {exc}"}, status_code=500)
+        detail = bounded_text(f"the model could not be loaded: {exc}", DETAIL_CHARS)
+        return JSONResponse({"detail": detail}, status_code=500)
 
     def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DBAPIError)
@@ -111,14 +176,9 @@ def _register_error_handlers(app: FastAPI, settings: Settings) -> None:
         log.error("database error: %s", exc)
         return JSONResponse({"detail": "the database is unavailable or not migrated; see /readyz"}, status_code=503)
 
-    def unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        # Sent from outside the request-id middleware: the id the log line carries goes back here.
-        return JSONResponse(
-            {"detail": "internal error; the server log has the details"},
-            status_code=500,
-            headers=request_id_header(),
-        )
+    def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log_unexpected(request.scope, exc)
+        return internal_error()
 
     def unauthenticated(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(
@@ -140,10 +200,15 @@ def _register_error_handlers(app: FastAPI, settings: Settings) -> None:
             return JSONResponse({"detail": detail}, status_code=413)
         if exc.status_code == 405:
             return method_not_allowed(request)
-        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-            # FastAPI's JSON reading fails this way, with a bare 400, where invalid JSON gets a 422.
-            return invalid_request(request, RequestValidationError([not_utf8(exc.__cause__)]))
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        route = request.scope.get("route")
+        if exc.detail == FASTAPI_UNPARSABLE_BODY and exc.__cause__ is not None and takes_json(route):
+            # FastAPI's JSON reading fails this way (not UTF-8, too deep, too many digits), where invalid JSON
+            # gets a 422.
+            return JSONResponse({"detail": public_errors([unparsable_json(exc.__cause__)])}, status_code=422)
+        detail = bounded_text(exc.detail, DETAIL_CHARS) if isinstance(exc.detail, str) else exc.detail
+        if exc.status_code == 400 and isinstance(exc.__context__, MultiPartException):
+            detail = multipart_hint(detail, route)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     def method_not_allowed(request: Request) -> JSONResponse:
         # Starlette's Allow lists the methods of the first route on the path; a path may have several.
@@ -161,7 +226,24 @@ def _register_error_handlers(app: FastAPI, settings: Settings) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(CheckpointError, checkpoint_error)
     app.add_exception_handler(DBAPIError, database_unavailable)
+    # Reached only by an exception from outside UnexpectedErrorMiddleware (which answers all the others).
     app.add_exception_handler(Exception, unexpected)
+
+
+def _document_non_json_bodies(app: FastAPI) -> None:
+    """Documents the 415 that a body sent as anything but JSON gets, on each operation that takes JSON."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            for path_item in document["paths"].values():
+                for operation in path_item.values():
+                    if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                        operation["responses"].setdefault("415", NOT_JSON_RESPONSE)
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the document
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -209,6 +291,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard.router)
     dashboard.mount_assets(app)
     _register_error_handlers(app, settings)
+    _document_non_json_bodies(app)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -219,5 +302,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # Added last, so outermost: the id is set before anything else logs, and the latency includes CORS.
     app.add_middleware(PredictLatencyMiddleware, histogram=app.state.metrics.predict_latency)
+    app.add_middleware(UnexpectedErrorMiddleware)  # inside the request id's: the 500 and its log line carry it
     app.add_middleware(RequestIdMiddleware)
     return app

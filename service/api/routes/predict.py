@@ -1,38 +1,70 @@
-"""Predictions from trained checkpoints: uploaded images, or raw pixel arrays."""
+"""Predictions from trained checkpoints: uploaded images, or raw pixel arrays.
+
+Uploads are answered image by image: an image that cannot be used (corrupt, not an image, too large) gets an
+`error` in its entry and the others their predictions, in a 200 answer. Only when no image at all could be
+used is the answer an error: the first image's status, as if it had come alone, with the same entries.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
+import re
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import numpy as np
 import torch
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
+from models.preprocessing import ImageRejected
 from service.api.deps import PredictorDep
-from service.api.uploads import read_upload
-from service.predictor import Prediction
+from service.api.errors import INTERNAL_ERROR, bounded_text
+from service.api.uploads import UploadTooLarge, read_upload
+from service.predictor import ImageOutcome, Prediction
 from service.schemas import (
     ClassProbabilityPublic,
     ErrorPublic,
+    ImageErrorPublic,
+    PredictionFailedPublic,
     PredictionPublic,
     PredictPublic,
+    PredictRefusedPublic,
     ValidationErrorsPublic,
+    image_location,
 )
+
+log = logging.getLogger(__name__)
+
+# Longest `detail` of an image's error: bounded as the app bounds any error's detail.
+DETAIL_CHARS = 1000
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
 MAX_TOP_K = 10
 MAX_ARRAYS = 256
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorPublic, "description": "Empty, truncated or corrupt image."},
+# The answers that concern the whole request, whichever form the images come in.
+MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorPublic, "description": "No model or alias with this name."},
     409: {"model": ErrorPublic, "description": "No model trained yet."},
-    413: {"model": ErrorPublic, "description": "Upload over the size or pixel limit."},
-    415: {"model": ErrorPublic, "description": "Not a PNG or JPEG."},
+}
+# An image's own problem is the answer's status only when no image could be used: then it is the first one's.
+NONE_USABLE = "No image could be used, the first one being"
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorPublic | PredictRefusedPublic,
+        "description": f"{NONE_USABLE} empty, truncated or corrupt; or the multipart body is malformed.",
+    },
+    413: {
+        "model": ErrorPublic | PredictRefusedPublic,
+        "description": f"The body is over its limit; or {NONE_USABLE.lower()} over the size or pixel limit.",
+    },
+    415: {"model": PredictRefusedPublic, "description": f"{NONE_USABLE} in a format the service does not read."},
 }
 
 ModelQuery = Annotated[
@@ -78,19 +110,81 @@ class PixelsCreate(BaseModel):
     images: list[PixelImage] = Field(min_length=1, max_length=MAX_ARRAYS)
 
 
-def _public(model_id: str, predictions: list[Prediction]) -> PredictPublic:
-    return PredictPublic(
-        model_id=model_id,
-        predictions=[
-            PredictionPublic(
-                class_id=p.best.class_id,
-                class_name=p.best.class_name,
-                probability=p.best.probability,
-                top_k=[ClassProbabilityPublic(**vars(c)) for c in p.top_k],
+def error_status(exc: Exception) -> int | None:
+    """The status the app answers ``exc`` with, from its table of domain errors; None for an error it does not
+    expect (a 500)."""
+    # app.py imports this module, so its table is read here, once both are loaded, rather than copied.
+    from service.api.app import ERROR_STATUS
+
+    for kind, status in ERROR_STATUS.items():
+        if isinstance(exc, kind):
+            return status
+    if isinstance(exc, ImageRejected):
+        return 422  # a kind of rejection the table does not list: a well-formed request the image spoils
+    return None
+
+
+@functools.cache
+def error_type(name: str) -> str:
+    """An error's `type`: its exception's name in snake case (`CorruptImage` is `corrupt_image`)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def image_error(exc: Exception, index: int, filename: str | None) -> ImageErrorPublic:
+    """Why the image at ``index`` could not be classified; an unexpected error is logged and is a 500."""
+    where = image_location(index, filename)
+    status = error_status(exc)
+    if status is None:
+        log.error("classifying %s failed", where, exc_info=exc)
+        return ImageErrorPublic(status=500, type="internal_error", detail=f"{where}: {INTERNAL_ERROR}")
+    # The message may quote the upload (a decoder's complaint): bounded like any error's detail.
+    detail = bounded_text(f"{where}: {exc}", DETAIL_CHARS)
+    return ImageErrorPublic(status=status, type=error_type(type(exc).__name__), detail=detail)
+
+
+def _public(
+    model_id: str, outcomes: Sequence[ImageOutcome], filenames: list[str | None] | None = None
+) -> PredictPublic:
+    items: list[PredictionPublic | PredictionFailedPublic] = []
+    failed = 0
+    for index, outcome in enumerate(outcomes):
+        filename = filenames[index] if filenames is not None else None
+        if isinstance(outcome, Prediction):
+            best = outcome.best
+            items.append(
+                PredictionPublic(
+                    index=index,
+                    filename=filename,
+                    class_id=best.class_id,
+                    class_name=best.class_name,
+                    probability=best.probability,
+                    top_k=[ClassProbabilityPublic(**vars(c)) for c in outcome.top_k],
+                )
             )
-            for p in predictions
-        ],
+        else:
+            failed += 1
+            error = image_error(outcome, index, filename)
+            items.append(PredictionFailedPublic(index=index, filename=filename, error=error))
+    return PredictPublic(model_id=model_id, predictions=items, failed=failed)
+
+
+def _refused(answer: PredictPublic) -> JSONResponse:
+    """The answer when no image could be used: the first image's status, as if it had been sent alone, and
+    a `detail` quoting its error, beside every image's entry."""
+    first = answer.predictions[0]
+    assert isinstance(first, PredictionFailedPublic)
+    others = len(answer.predictions) - 1
+    detail = first.error.detail
+    if others:
+        them = "the other image" if others == 1 else f"the other {others} images"
+        detail += f" (and {them} could not be used either: each entry of `predictions` says why)"
+    refused = PredictRefusedPublic(
+        detail=bounded_text(detail, DETAIL_CHARS),
+        model_id=answer.model_id,
+        predictions=answer.predictions,
+        failed=answer.failed,
     )
+    return JSONResponse(refused.model_dump(mode="json"), status_code=first.error.status)
 
 
 def _located(error: Any) -> dict[str, Any]:
@@ -115,9 +209,15 @@ def parse_pixels(body: bytes) -> torch.Tensor:
     "/predict",
     response_model=PredictPublic,
     responses={
-        **ERRORS,
+        200: {"description": "At least one image was classified: one entry per image, in upload order."},
+        **UPLOAD_ERRORS,
+        **MODEL_ERRORS,
         # `detail` is a sentence for no image or too many, FastAPI's list of errors for a bad parameter.
-        422: {"model": ErrorPublic | ValidationErrorsPublic, "description": "No image, too many, or a bad parameter."},
+        422: {
+            "model": ErrorPublic | ValidationErrorsPublic | PredictRefusedPublic,
+            "description": f"No image, too many, or a bad parameter; or {NONE_USABLE.lower()} an image with "
+            "nothing to classify in it.",
+        },
     },
     openapi_extra=IMAGES_REQUIRED,
 )
@@ -127,10 +227,14 @@ async def predict(
     files: ImageFiles = None,
     model: ModelQuery = None,
     top_k: TopKQuery = 3,
-) -> PredictPublic:
-    """Classify uploaded images of garments, one prediction per image in upload order.
+) -> PredictPublic | JSONResponse:
+    """Classify uploaded images of garments, one entry per image in upload order (`file` first).
 
-    Photos are brought to Fashion-MNIST's form first (see the README).
+    Each entry has the image's `index` and `filename`, and its prediction or, for an image that cannot be
+    used (corrupt, not an image, too large...), an `error` with its `status`, `type` and `detail`; `failed`
+    counts those. One bad image costs the others nothing: the answer is 200 while at least one image was
+    classified. When none could be, it is the first image's error status (400, 413, 415, 422), with a
+    `detail` and the same entries. Photos are brought to Fashion-MNIST's form first (see the README).
     """
     settings = predictor.settings
     uploads = ([file] if file is not None else []) + list(files or [])
@@ -141,15 +245,23 @@ async def predict(
             f"{len(uploads)} images in one request; "
             f"the limit is {settings.max_predict_files} (FMNIST_MAX_PREDICT_FILES)"
         )
-    encoded = [await read_upload(upload, settings.max_upload_bytes) for upload in uploads]
-    return _public(*await predictor.predict(model, top_k, encoded=encoded))
+    encoded: list[bytes | Exception] = []
+    for upload in uploads:
+        try:
+            encoded.append(await read_upload(upload, settings.max_upload_bytes))
+        except UploadTooLarge as exc:  # that image's outcome alone
+            encoded.append(exc)
+    model_id, outcomes = await predictor.predict(model, top_k, encoded=encoded)
+    answer = _public(model_id, outcomes, [upload.filename for upload in uploads])
+    return answer if answer.failed < len(outcomes) else _refused(answer)
 
 
 @router.post(
     "/predict/pixels",
     response_model=PredictPublic,
     responses={
-        **ERRORS,
+        **MODEL_ERRORS,
+        413: {"model": ErrorPublic, "description": "The body is over its limit."},
         422: {"model": ValidationErrorsPublic, "description": "Not 1 to 256 arrays of 28x28 integers in 0..255."},
     },
     openapi_extra={

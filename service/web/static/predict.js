@@ -32,9 +32,10 @@
   }
 
   async function predict(files) {
-    const images = [...files].filter((file) => file.type === "image/png" || file.type === "image/jpeg");
+    // The server decides what it can read, and answers for each file it cannot (a card says why).
+    const images = [...files];
     if (!images.length) {
-      flash("Drop PNG or JPEG images.");
+      flash("Drop PNG, JPEG, WebP, GIF or BMP images.");
       return;
     }
     flash("");
@@ -51,6 +52,14 @@
         const url = URL.createObjectURL(images[index]);
         preview.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
         preview.src = url;
+        if (prediction.error) {  // this image could not be used; the others were classified
+          return el("article", { class: "prediction failed" },
+            preview,
+            el("div", {},
+              el("h3", {}, "Not classified"),
+              el("p", { class: "hint" }, images[index].name),
+              el("p", { class: "error" }, prediction.error.detail)));
+        }
         return el("article", { class: "prediction", dataset: { classId: prediction.class_id } },
           preview,
           el("div", {},
