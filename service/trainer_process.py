@@ -442,6 +442,8 @@ def trainer_main(conn: Connection, stop: Any, config: TrainerConfig) -> None:
     configure_determinism()
     device = torch.device(config.device)
     if device.type == "cuda":
+        if device.index is None:  # "cuda": the current device, named by its index for the calls that need one
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         if config.gpu_memory_fraction < 1.0:
             torch.cuda.set_per_process_memory_fraction(config.gpu_memory_fraction, device)

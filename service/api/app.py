@@ -19,9 +19,9 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.checkpoints import CheckpointError
-from models.preprocessing import CorruptImage, EmptyImage, ImageTooLarge, NoObjectFound, UnsupportedImage
 from service import auth, metrics
 from service.api.errors import (
+    ERROR_STATUS,
     INPUT_CHARS,
     INTERNAL_ERROR,
     bounded_text,
@@ -33,15 +33,13 @@ from service.api.errors import (
     with_file_hints,
 )
 from service.api.routes import dashboard, events, health, jobs, models, plots, predict, sweeps
-from service.api.routes.predict import ImageCountError
-from service.api.uploads import MULTIPART_OVERHEAD, UploadTooLarge
-from service.auth import KeyStore, MissingScope, Unauthenticated
+from service.api.uploads import MULTIPART_OVERHEAD
+from service.auth import KeyStore, Unauthenticated
 from service.db import Database, means_unavailable
 from service.logs import REQUEST_ID_HEADER, RequestIdMiddleware, request_id_header
 from service.metrics import ApiMetrics, PredictLatencyMiddleware
 from service.predictor import Predictor
-from service.queue import IdempotencyConflict, JobNotCancellable, JobNotFound, QueueLimitReached, SweepNotFound
-from service.registry import AliasNotFound, InvalidAliasName, ModelInUse, ModelNotFound, NoModelYet
+from service.queue import QueueLimitReached
 from service.settings import Settings, get_settings
 from service.sweeps import InvalidSpec
 from service.wakeup import QueueSignal
@@ -50,26 +48,6 @@ log = logging.getLogger(__name__)
 
 HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
-# Domain error -> HTTP status. The error's message is the answer's `detail`.
-ERROR_STATUS: dict[type[Exception], int] = {
-    JobNotFound: 404,
-    SweepNotFound: 404,
-    ModelNotFound: 404,
-    AliasNotFound: 404,
-    InvalidAliasName: 422,
-    ModelInUse: 409,
-    JobNotCancellable: 409,
-    NoModelYet: 409,
-    EmptyImage: 400,
-    CorruptImage: 400,
-    UnsupportedImage: 415,
-    ImageTooLarge: 413,
-    NoObjectFound: 422,
-    UploadTooLarge: 413,
-    ImageCountError: 422,
-    MissingScope: 403,
-    IdempotencyConflict: 409,
-}
 # FastAPI's 400 for a body its JSON parser raised on with anything but a JSONDecodeError.
 FASTAPI_UNPARSABLE_BODY = "There was an error parsing the body"
 # A domain error's message may quote the request (a path of 16 KB names no job): it is cut here.

@@ -1,5 +1,5 @@
-"""Error answers that stay small and cannot fail: bounded echoes of what a client sent, and hints for the usual
-wrong encodings.
+"""Error answers: the one table from domain errors to HTTP statuses, answers that stay small and cannot fail
+(bounded echoes of what a client sent), and hints for the usual wrong encodings.
 
 Everything here runs on untrusted input on the error path. So nothing recurses over it (a body may nest
 arrays 900 deep, which overflowed ``jsonable_encoder`` into a 500), nothing echoes more than a few hundred
@@ -17,10 +17,38 @@ from typing import Any
 from fastapi import params
 from fastapi.routing import APIRoute
 
+from models.preprocessing import CorruptImage, EmptyImage, ImageTooLarge, NoObjectFound, UnsupportedImage
+from service.api.uploads import ImageCountError, UploadTooLarge
+from service.auth import MissingScope
+from service.queue import IdempotencyConflict, JobNotCancellable, JobNotFound, SweepNotFound
+from service.registry import AliasNotFound, InvalidAliasName, ModelInUse, ModelNotFound, NoModelYet
+
 INPUT_CHARS = 200  # an echoed `input`: its JSON text, cut here
 TEXT_CHARS = 500  # a message, a location's key, a context value: any of them may quote the request
 MAX_ERRORS = 50  # listed validation errors; one more entry counts the rest
 INTERNAL_ERROR = "internal error; the server log has the details"  # a 500's whole answer: the log has the rest
+
+
+# Domain error -> HTTP status. The error's message is the answer's `detail`.
+ERROR_STATUS: dict[type[Exception], int] = {
+    JobNotFound: 404,
+    SweepNotFound: 404,
+    ModelNotFound: 404,
+    AliasNotFound: 404,
+    InvalidAliasName: 422,
+    ModelInUse: 409,
+    JobNotCancellable: 409,
+    NoModelYet: 409,
+    EmptyImage: 400,
+    CorruptImage: 400,
+    UnsupportedImage: 415,
+    ImageTooLarge: 413,
+    NoObjectFound: 422,
+    UploadTooLarge: 413,
+    ImageCountError: 422,
+    MissingScope: 403,
+    IdempotencyConflict: 409,
+}
 
 
 def bounded_text(text: str, limit: int = TEXT_CHARS) -> str:

@@ -1,4 +1,4 @@
-"""Upload size limits."""
+"""Uploads: their size limits, and how many a request may carry."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ from fastapi import UploadFile
 
 # Multipart framing around the file: boundaries, headers, other fields.
 MULTIPART_OVERHEAD = 64 * 1024
+
+
+class ImageCountError(ValueError):
+    """No image, or more than a request may carry."""
 
 
 class UploadTooLarge(ValueError):

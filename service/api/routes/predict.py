@@ -23,8 +23,8 @@ from starlette.concurrency import run_in_threadpool
 
 from models.preprocessing import ImageRejected
 from service.api.deps import PredictorDep
-from service.api.errors import INTERNAL_ERROR, bounded_text
-from service.api.uploads import UploadTooLarge, read_upload
+from service.api.errors import ERROR_STATUS, INTERNAL_ERROR, bounded_text
+from service.api.uploads import ImageCountError, UploadTooLarge, read_upload
 from service.predictor import ImageOutcome, Prediction
 from service.schemas import (
     ClassProbabilityPublic,
@@ -98,10 +98,6 @@ Row = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=28, 
 PixelImage = Annotated[list[Row], Field(min_length=28, max_length=28)]
 
 
-class ImageCountError(ValueError):
-    """No image, or more than a request may carry."""
-
-
 class PixelsCreate(BaseModel):
     """Images as 28x28 arrays of 0-255 grey levels, Fashion-MNIST style (light garment on black), used as-is."""
 
@@ -113,9 +109,6 @@ class PixelsCreate(BaseModel):
 def error_status(exc: Exception) -> int | None:
     """The status the app answers ``exc`` with, from its table of domain errors; None for an error it does not
     expect (a 500)."""
-    # app.py imports this module, so its table is read here, once both are loaded, rather than copied.
-    from service.api.app import ERROR_STATUS
-
     for kind, status in ERROR_STATUS.items():
         if isinstance(exc, kind):
             return status
