@@ -141,7 +141,7 @@ def worker(
     from models.devices import resolve_device
     from service.db import Database
     from service.logs import configure_logging
-    from service.worker import WorkerPool, configure_determinism
+    from service.worker import WorkerPool
 
     configure_logging(log_level, _log_format(log_format))
     if device == "all":
@@ -150,7 +150,6 @@ def worker(
                 burst=burst, concurrency=concurrency, log_level=log_level, log_format=_log_format(log_format)
             )
         )
-    configure_determinism()
     try:
         resolved = resolve_device(device)
     except ValueError as exc:
@@ -175,7 +174,7 @@ def _start_trainer_fork_server() -> None:
     import multiprocessing
     import multiprocessing.forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(["service.trainer_process"])
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", "service.trainer_fork_server"])
     multiprocessing.forkserver.ensure_running()
 
 

@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 STOP_POLL_SECONDS = 0.05
 # How long a new child may take to load the data set and warm up before the worker gives up on it.
 START_TIMEOUT_SECONDS = 600.0
+# What the fork server imports before it forks a trainer (service/cli.py starts it with the same list): the
+# program's main module (multiprocessing runs it in every child otherwise), and torch, this module and the
+# deterministic-kernels switch (service/trainer_fork_server.py).
+FORK_SERVER_PRELOAD = ["__main__", "service.trainer_fork_server"]
 # Exit status of a child that found its device unusable after a job's error.
 DEVICE_LOST_EXIT = 70
 
@@ -547,8 +551,8 @@ class TrainerProcess:
         self._child: _Child | None = None
         self._lock = threading.Lock()
         self._context = multiprocessing.get_context("forkserver")
-        # The fork server imports torch and this module once; every child starts from that state.
-        self._context.set_forkserver_preload([__name__])
+        # Every child starts from the fork server's state: its imports done, its set-up run.
+        self._context.set_forkserver_preload(FORK_SERVER_PRELOAD)
 
     @property
     def device_label(self) -> str:

@@ -44,13 +44,10 @@ from service.trainer_process import (
     TrainerProcess,
     TrainerUnavailable,
     TrainingJob,
-    configure_determinism,
 )
 from service.wakeup import QueueSignal
 
 log = logging.getLogger(__name__)
-
-__all__ = ["LeaseKeeper", "Worker", "WorkerPool", "configure_determinism"]
 
 # A trainer that cannot be started this many times in a row means a broken device or install: the worker exits.
 MAX_TRAINER_START_FAILURES = 3

@@ -261,7 +261,7 @@ def test_a_job_killed_mid_epoch_ten_times_resumes_each_time_and_succeeds(fleet: 
 # -- the trainer process --------------------------------------------------------------------------------
 def test_a_killed_workers_trainer_process_stops_too(fleet: Fleet, db: Database) -> None:
     fleet.env["FMNIST_LEASE_SECONDS"] = "2"
-    job_id = queue.enqueue_job(db, SLOW_EPOCHS.model_copy(update={"epochs": 20, "seed": 3}), max_attempts=3).id
+    job_id = queue.enqueue_job(db, SLOW_EPOCHS.model_copy(update={"epochs": 4, "seed": 3}), max_attempts=3).id
     first = fleet.start_worker()
     wait_for("an epoch", lambda: get_job(db, job_id).epochs_done >= 1, fleet)
     # Below the worker: its fork server, the trainer process the fork server started, the resource tracker.
@@ -274,7 +274,7 @@ def test_a_killed_workers_trainer_process_stops_too(fleet: Fleet, db: Database) 
     fleet.start_worker()
     job = wait_for("the job to end", lambda: ended(db, job_id), fleet)
     assert job.status is JobStatus.succeeded and job.attempt == 2, (job.error, fleet.logs())
-    assert epochs_recorded(db, job_id) == list(range(1, 21))
+    assert epochs_recorded(db, job_id) == list(range(1, 5))
 
 
 def test_a_worker_whose_trainer_aborts_retries_the_job_and_keeps_serving(fleet: Fleet, db: Database) -> None:
