@@ -20,7 +20,7 @@ COPY requirements.lock ./
 RUN pip install --require-hashes --only-binary=:all: -r requirements.lock
 
 # The code, installed in place: migrations find alembic/ beside the package, the dashboard's templates and
-# static files are read from service/web/.
+# static files are read from service/api/web/.
 COPY pyproject.toml README.md alembic.ini ./
 COPY alembic ./alembic
 COPY models ./models

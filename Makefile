@@ -24,7 +24,7 @@ run: install
 # postgres@127.0.0.1:5432), the database tests again on a throwaway database there.
 test: install
 	$(BIN)/python -m pytest
-	@if $(BIN)/python -m tests.postgres; then \
+	@if $(BIN)/python -m tests.support.postgres; then \
 		echo "PostgreSQL answers: the database tests (-m db) again, on PostgreSQL"; \
 		FMNIST_TEST_DATABASE=postgresql $(BIN)/python -m pytest -m db; \
 	else \

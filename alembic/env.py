@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from service.db import create_db_engine
 from service.settings import Settings
-from service.tables import Base
+from service.store.db import create_db_engine
+from service.store.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -33,10 +33,11 @@ from PIL import Image
 from bench.common import FMNIST, data_dir, free_port, markdown_table
 from models.data import load_fashion_mnist
 from models.spec import TrainingSpec
-from service import migrations, queue
-from service.db import Database
+from service.jobs import queue
 from service.settings import Settings
-from service.worker import Worker
+from service.store import migrations
+from service.store.db import Database
+from service.worker.worker import Worker
 
 BOUNDARY = "fmnistbenchboundary"
 

@@ -16,8 +16,8 @@ from datetime import datetime
 
 from bench.common import client_for, markdown_table, service, wait_for
 from models.spec import TrainingSpec
-from service import queue
-from service.db import Database
+from service.jobs import queue
+from service.store.db import Database
 
 TINY = {"hidden_layers": [], "batch_size": 60000, "epochs": 1}
 

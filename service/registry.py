@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from models.checkpoints import load_checkpoint
 from models.export import export_onnx
-from service.db import Database, valid_key
-from service.tables import Alias, Model, RegistryState, utcnow
+from service.store.db import Database, valid_key
+from service.store.tables import Alias, Model, RegistryState, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
 
 from models.presets import PresetName
 from models.spec import SpecFields, TrainingSpec
-from service.tables import Job, JobStatus
+from service.jobs.status import JobStatus
+from service.store.tables import Job
 
 
 class JobCreate(SpecFields):

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from models.data import DeviceDataset, load_fashion_mnist, locate_idx_files, to_device
-from service import migrations
-from service.db import Database
 from service.settings import Settings
-from tests.idx import write_synthetic_fashion_mnist
-from tests.postgres import SHOWN_URL, MigratedDatabase, PostgresServer
+from service.store import migrations
+from service.store.db import Database
+from tests.support.idx import write_synthetic_fashion_mnist
+from tests.support.postgres import SHOWN_URL, MigratedDatabase, PostgresServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "fashion-mnist"

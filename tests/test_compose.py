@@ -18,8 +18,8 @@ from sqlalchemy import make_url
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.db import create_db_engine
 from service.settings import Settings
+from service.store.db import create_db_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -203,9 +203,9 @@ def dockerignore_excludes(path: str) -> bool:
         "alembic.ini",
         "alembic/env.py",
         "models/spec.py",
-        "service/cli.py",
-        "service/web/templates/base.html",
-        "service/web/static/app.css",
+        "service/cli/server.py",
+        "service/api/web/templates/base.html",
+        "service/api/web/static/app.css",
     ],
 )
 def test_the_build_context_holds_what_the_image_needs(path: str) -> None:

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 from models.data import load_fashion_mnist
-from service import migrations
+from service.store import migrations
 from tests.conftest import real_data_dir
-from tests.servers import free_port, wait_ready
+from tests.support.servers import free_port, wait_ready
 
 pytestmark = pytest.mark.e2e
 

@@ -17,13 +17,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service import queue
 from service.api.app import create_app
-from service.db import Database
+from service.jobs import queue
 from service.logs import job_context, log_handler, request_id_var
 from service.settings import Settings
-from tests.servers import free_port, wait_ready
-from tests.specs import spec_of
+from service.store.db import Database
+from tests.support.servers import free_port, wait_ready
+from tests.support.specs import spec_of
 
 FMNIST = [sys.executable, "-m", "service.cli"]
 TINY = {"hidden_layers": [16], "batch_size": 64, "epochs": 2}

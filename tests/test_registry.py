@@ -26,11 +26,11 @@ from torch import nn
 
 from models.spec import TrainingSpec
 from service.api.app import create_app
-from service.db import Database
 from service.settings import Settings
-from service.worker import Worker
-from tests.idx import synthetic_split
-from tests.servers import free_port, wait_ready
+from service.store.db import Database
+from service.worker.worker import Worker
+from tests.support.idx import synthetic_split
+from tests.support.servers import free_port, wait_ready
 
 pytestmark = pytest.mark.db
 
@@ -259,7 +259,8 @@ def test_cached_resolutions_follow_every_registry_change(client: TestClient, set
 def test_concurrent_writers_of_one_alias_all_succeed(db: Database) -> None:
     """PostgreSQL does not serialise writers as SQLite's BEGIN IMMEDIATE does: two first PUTs of one alias
     must not both try to insert it."""
-    from service import queue, registry
+    from service import registry
+    from service.jobs import queue
 
     model_ids = []
     for _ in range(2):

@@ -19,7 +19,8 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.checkpoints import CheckpointError
-from service import auth, metrics
+from service.api import auth, metrics
+from service.api.auth import KeyStore, Unauthenticated
 from service.api.errors import (
     ERROR_STATUS,
     INPUT_CHARS,
@@ -32,17 +33,16 @@ from service.api.errors import (
     takes_json,
     with_file_hints,
 )
+from service.api.metrics import ApiMetrics, PredictLatencyMiddleware
 from service.api.routes import dashboard, events, health, jobs, models, plots, predict, sweeps
 from service.api.uploads import MULTIPART_OVERHEAD
-from service.auth import KeyStore, Unauthenticated
-from service.db import Database, means_unavailable
+from service.jobs.queue import QueueLimitReached
+from service.jobs.specs import InvalidSpec
+from service.jobs.wakeup import QueueSignal
 from service.logs import REQUEST_ID_HEADER, RequestIdMiddleware, request_id_header
-from service.metrics import ApiMetrics, PredictLatencyMiddleware
-from service.predictor import Predictor
-from service.queue import QueueLimitReached
+from service.serving.predictor import Predictor
 from service.settings import Settings, get_settings
-from service.sweeps import InvalidSpec
-from service.wakeup import QueueSignal
+from service.store.db import Database, means_unavailable
 
 log = logging.getLogger(__name__)
 

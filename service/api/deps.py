@@ -10,10 +10,10 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from service.db import Database
-from service.predictor import Predictor
+from service.jobs.wakeup import QueueSignal
+from service.serving.predictor import Predictor
 from service.settings import Settings
-from service.wakeup import QueueSignal
+from service.store.db import Database
 
 
 async def get_settings(request: Request) -> Settings:

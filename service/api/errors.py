@@ -18,9 +18,9 @@ from fastapi import params
 from fastapi.routing import APIRoute
 
 from models.preprocessing import CorruptImage, EmptyImage, ImageTooLarge, NoObjectFound, UnsupportedImage
+from service.api.auth import MissingScope
 from service.api.uploads import ImageCountError, UploadTooLarge
-from service.auth import MissingScope
-from service.queue import IdempotencyConflict, JobNotCancellable, JobNotFound, SweepNotFound
+from service.jobs.queue import IdempotencyConflict, JobNotCancellable, JobNotFound, SweepNotFound
 from service.registry import AliasNotFound, InvalidAliasName, ModelInUse, ModelNotFound, NoModelYet
 
 INPUT_CHARS = 200  # an echoed `input`: its JSON text, cut here

@@ -1,4 +1,4 @@
-"""The Idempotency-Key header on submissions, and who submits: what ``service.queue`` needs to answer a
+"""The Idempotency-Key header on submissions, and who submits: what ``service.jobs.queue`` needs to answer a
 retried request with the job it already created, and to hold each key to its limit of queued jobs."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Annotated, Any
 from fastapi import Header
 from pydantic import BaseModel
 
-from service.auth import Principal
-from service.queue import Submitter
+from service.api.auth import Principal
+from service.jobs.queue import Submitter
 from service.schemas import ErrorPublic
 from service.settings import Settings
 

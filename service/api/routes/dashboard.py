@@ -20,8 +20,8 @@ from fastapi.templating import Jinja2Templates
 
 from models.presets import PRESETS
 from models.spec import SpecFields
-from service.web import STATIC_DIR, TEMPLATES_DIR
-from service.web.forms import form_fields
+from service.api.web import STATIC_DIR, TEMPLATES_DIR
+from service.api.web.forms import form_fields
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=TEMPLATES_DIR)

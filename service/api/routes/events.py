@@ -16,12 +16,12 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from service import jobs
 from service.api.deps import DatabaseDep, SettingsDep
-from service.db import Database
-from service.queue import JobNotFound
+from service.jobs import queries as jobs
+from service.jobs.queue import JobNotFound
 from service.schemas import EpochMetricsPublic, ErrorPublic, JobPublic
-from service.tables import Job
+from service.store.db import Database
+from service.store.tables import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

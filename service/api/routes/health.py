@@ -7,9 +7,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from service import migrations
 from service.api.deps import DatabaseDep
 from service.schemas import HealthPublic, ReadyPublic
+from service.store import migrations
 
 router = APIRouter(tags=["health"])
 

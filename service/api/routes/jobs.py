@@ -6,10 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from service import jobs, queue
+from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, Offset, QueueSignalDep, SettingsDep
 from service.api.idempotency import IdempotencyKey, idempotent_responses, submitter
-from service.auth import TrainCaller
+from service.jobs import queries as jobs
+from service.jobs import queue
+from service.jobs.specs import validated_spec
+from service.jobs.status import JobStatus
 from service.schemas import (
     EpochMetricsPublic,
     ErrorPublic,
@@ -18,8 +21,6 @@ from service.schemas import (
     JobPublic,
     JobsPublic,
 )
-from service.sweeps import validated_spec
-from service.tables import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -12,7 +12,7 @@ from models.spec import TrainingSpec
 from service import registry
 from service.api.deps import DatabaseDep, Offset, SettingsDep
 from service.schemas import AliasesPublic, AliasPublic, AliasSet, ErrorPublic, ModelPublic, ModelsPublic
-from service.tables import Model
+from service.store.tables import Model
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

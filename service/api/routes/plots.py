@@ -25,10 +25,11 @@ from starlette.concurrency import run_in_threadpool
 
 from models.data import CLASS_NAMES, DatasetUnavailable, load_fashion_mnist, locate_idx_files
 from models.spec import TrainingSpec
-from service import jobs, plots, registry
+from service import plots, registry
 from service.api.deps import DatabaseDep, PredictorDep, SettingsDep
 from service.api.routes.models import ModelRef, summarise
-from service.queue import JobNotFound
+from service.jobs import queries as jobs
+from service.jobs.queue import JobNotFound
 from service.schemas import ErrorPublic
 from service.settings import Settings
 

@@ -25,7 +25,6 @@ from models.preprocessing import ImageRejected
 from service.api.deps import PredictorDep
 from service.api.errors import ERROR_STATUS, INTERNAL_ERROR, bounded_text
 from service.api.uploads import ImageCountError, UploadTooLarge, read_upload
-from service.predictor import ImageOutcome, Prediction
 from service.schemas import (
     ClassProbabilityPublic,
     ErrorPublic,
@@ -37,6 +36,7 @@ from service.schemas import (
     ValidationErrorsPublic,
     image_location,
 )
+from service.serving.predictor import ImageOutcome, Prediction
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 
 from models.spec import TrainingSpec
-from service import queue
+from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, Offset, QueueSignalDep, SettingsDep
 from service.api.idempotency import IdempotencyKey, idempotent_responses, submitter
-from service.auth import TrainCaller
+from service.jobs import queue
+from service.jobs.sweeps import expand_grid, get_sweep, list_sweeps, status_counts
 from service.schemas import ErrorPublic, JobProgress, SweepCreate, SweepJobPublic, SweepPublic, SweepsPublic
-from service.sweeps import expand_grid, get_sweep, list_sweeps, status_counts
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 

@@ -1,0 +1,337 @@
+"""The ``fmnist`` command: run the API, run workers, migrate the database."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import subprocess
+import sys
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from service.cli import remote as cli_remote
+from service.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from service.logs import LogFormat
+
+app = typer.Typer(
+    help="fmnist-service: train MLPs on Fashion-MNIST over HTTP and serve their predictions.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+keys_app = typer.Typer(help="API keys (stored hashed in the database).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+cli_remote.register(app)  # submit, jobs, wait, predict...: the commands that call a server over HTTP
+
+log = logging.getLogger("service.cli")
+
+HostOption = Annotated[str, typer.Option(help="Address to bind.")]
+PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
+DeviceOption = Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")]
+LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+
+
+class LogFormatName(StrEnum):
+    text = "text"
+    json = "json"
+
+
+LogFormatOption = Annotated[
+    LogFormatName | None,
+    typer.Option(help="Log lines as text or as JSON objects with request and job ids (default: FMNIST_LOG_FORMAT)."),
+]
+
+
+def _log_format(option: LogFormatName | None) -> LogFormat:
+    return "json" if (option or get_settings().log_format) == "json" else "text"
+
+
+def _require_current_schema() -> None:
+    from service.store import migrations
+    from service.store.db import create_db_engine
+
+    engine = create_db_engine(get_settings().sqlalchemy_url)
+    try:
+        migrations.ensure_current(engine)
+    except migrations.SchemaOutOfDate as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def serve(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = None,
+) -> None:
+    """Run the HTTP API."""
+    settings = get_settings()
+    # Before torch loads: OpenMP reads it for every thread (torch.set_num_threads reaches only the caller's),
+    # and idle OpenMP threads spinning beside the event loop cost the API a third of its throughput.
+    os.environ["OMP_NUM_THREADS"] = str(settings.predict_threads)
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.api.routes.events import StreamClosingServer
+    from service.logs import configure_logging
+
+    configure_logging(log_level, _log_format(log_format))
+    _require_current_schema()
+    _refuse_open_network(host, settings)
+    app = create_app(settings)
+    # log_config=None: uvicorn's own lines, the access log included, go through the handler set up above.
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), log_config=None)
+    server = StreamClosingServer(config, app.state.event_streams)  # uvicorn.run, but open event streams end on Ctrl-C
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the signal again once it has stopped
+        server.run()
+    if not server.started:
+        raise typer.Exit(3)  # as uvicorn.run does: the port is taken, or the app did not start
+
+
+def _refuse_open_network(host: str, settings: Settings) -> None:
+    """Beyond this machine only with API keys: a stranger must not be able to spend the GPUs."""
+    from service.api import auth
+    from service.store.db import Database
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return
+    db = Database(settings.sqlalchemy_url)
+    try:
+        protected = auth.has_active_key(db, settings.environment_api_keys)
+    finally:
+        db.dispose()
+    if not protected:
+        typer.echo(
+            f"error: refusing to listen on {host} with no API key: anyone who can reach it could train and "
+            "predict. Create one with `fmnist keys create --name NAME --scope admin` or set FMNIST_API_KEYS; "
+            "or listen on 127.0.0.1.",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+
+@app.command()
+def worker(
+    device: DeviceOption = "auto",
+    burst: Annotated[bool, typer.Option("--burst", help="Exit once the queue is empty.")] = False,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=64, help="Jobs run at once on the device (small MLPs share a GPU well).")
+    ] = 1,
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = None,
+) -> None:
+    """Run a worker: claims queued jobs and trains them. --device all runs one worker per visible GPU."""
+    if device != "all":
+        _start_trainer_fork_server()
+    from models.devices import resolve_device
+    from service.logs import configure_logging
+    from service.store.db import Database
+    from service.worker.worker import WorkerPool
+
+    configure_logging(log_level, _log_format(log_format))
+    if device == "all":
+        raise typer.Exit(
+            _worker_per_gpu(
+                burst=burst, concurrency=concurrency, log_level=log_level, log_format=_log_format(log_format)
+            )
+        )
+    try:
+        resolved = resolve_device(device)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    _require_current_schema()
+    settings = get_settings()
+    db = Database(settings.sqlalchemy_url)
+    pool = WorkerPool(settings, db, resolved, concurrency=concurrency, burst=burst)
+    pool.install_signal_handlers()
+    pool.preload()
+    try:
+        code = pool.run()
+    finally:
+        db.dispose()
+    raise typer.Exit(code)
+
+
+def _start_trainer_fork_server() -> None:
+    """Starts the fork server the trainer process will come from (service/worker/trainer.py) and returns at
+    once: its import of torch then runs beside this process's own, instead of after it."""
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", "service.worker.fork_server"])
+    multiprocessing.forkserver.ensure_running()
+
+
+def _worker_per_gpu(*, burst: bool, concurrency: int, log_level: str, log_format: LogFormat) -> int:
+    """Starts ``fmnist worker --device cuda:N`` for every visible GPU and waits for them all."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        typer.echo("error: --device all found no CUDA device; use --device cpu", err=True)
+        return 2
+    _require_current_schema()
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "worker",
+        "--concurrency",
+        str(concurrency),
+        "--log-level",
+        log_level,
+        "--log-format",
+        log_format,
+    ]
+    children = [
+        subprocess.Popen(
+            [*command, "--device", f"cuda:{index}", *(["--burst"] if burst else [])], start_new_session=True
+        )
+        for index in range(count)
+    ]
+    log.info("started %d workers, one per GPU", count)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(child.wait() for child in children)
+
+
+@app.command()
+def up(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    device: DeviceOption = "auto",
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = None,
+) -> None:
+    """Migrate the database, then run the API and one worker together; Ctrl-C stops both."""
+    from service.store import migrations
+
+    settings = get_settings()
+    migrations.upgrade(settings.sqlalchemy_url)
+    worker_process = subprocess.Popen(
+        [
+            *[sys.executable, "-m", "service.cli", "worker", "--device", device],
+            *["--log-level", log_level, "--log-format", _log_format(log_format)],
+        ],
+        # Its own session: a terminal's Ctrl-C reaches only this process, which then stops the worker once.
+        start_new_session=True,
+    )
+    try:
+        serve(host=host, port=port, log_level=log_level, log_format=log_format)
+    finally:
+        if worker_process.poll() is None:
+            worker_process.send_signal(signal.SIGTERM)
+            try:
+                worker_process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker_process.kill()
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    scope: Annotated[list[str], typer.Option(help="train, predict or admin (admin: everything); repeat for several.")],
+) -> None:
+    """Create an API key. It is printed once: store it now; only its hash is kept."""
+    from service.api import auth
+    from service.store.db import Database
+
+    _require_current_schema()
+    db = Database(get_settings().sqlalchemy_url)
+    try:
+        row, key = auth.create_key(db, name, scope)
+    except auth.InvalidKeyRequest as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        db.dispose()
+    typer.echo(f"created key {row.id} ({row.name}; scopes: {', '.join(row.scopes)}). Store it now:", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (never the keys themselves)."""
+    from service.api import auth
+    from service.store.db import Database
+
+    _require_current_schema()
+    db = Database(get_settings().sqlalchemy_url)
+    try:
+        rows = auth.list_keys(db)
+    finally:
+        db.dispose()
+    typer.echo(f"{'id':<14} {'name':<24} {'scopes':<22} {'created':<20} revoked")
+    for row in rows:
+        revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if row.revoked_at else "-"
+        created = row.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"{row.id:<14} {row.name:<24} {','.join(row.scopes):<22} {created:<20} {revoked}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `fmnist keys list`).")]) -> None:
+    """Revoke an API key: servers refuse it within two seconds."""
+    from service.api import auth
+    from service.store.db import Database
+
+    _require_current_schema()
+    db = Database(get_settings().sqlalchemy_url)
+    try:
+        row = auth.revoke_key(db, key_id)
+    except auth.KeyNotFound as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        db.dispose()
+    typer.echo(f"revoked key {row.id} ({row.name})")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    from service.store import migrations
+
+    settings = get_settings()
+    migrations.upgrade(settings.sqlalchemy_url, revision)
+    typer.echo(f"database at {migrations.head_revision() if revision == 'head' else revision}: {_safe_url()}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and the newest one this code knows."""
+    from service.store import migrations
+    from service.store.db import create_db_engine
+
+    engine = create_db_engine(get_settings().sqlalchemy_url)
+    try:
+        typer.echo(f"current: {migrations.current_revision(engine)}  head: {migrations.head_revision()}")
+    finally:
+        engine.dispose()
+
+
+def _safe_url() -> str:
+    from sqlalchemy import make_url
+
+    return make_url(get_settings().sqlalchemy_url).render_as_string(hide_password=True)

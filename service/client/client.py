@@ -1,0 +1,715 @@
+"""A typed Python client for the fmnist-service HTTP API.
+
+    from service.client import Client
+
+    with Client("http://127.0.0.1:8000", api_key="fmk_...") as fmnist:
+        job = fmnist.submit(hidden_layers=[256], epochs=10)
+        job = fmnist.wait(job.id, on_epoch=lambda m: print(m.epoch, m.test_acc))
+        for item in fmnist.predict(["shoe.png", "bag.jpg"]).predictions:
+            print(item.index, item.error.detail if isinstance(item, PredictionFailedPublic) else item.class_name)
+
+Answers are the server's own schemas (``service.schemas``); errors are ``ApiError`` subclasses that carry the
+server's ``detail``. Importing this module loads neither torch nor numpy.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import io
+import json
+import mimetypes
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from httpx_sse import SSEError, connect_sse
+from pydantic import BaseModel
+
+from service.jobs.status import JobStatus
+from service.schemas import (
+    AliasesPublic,
+    AliasPublic,
+    EpochMetricsPublic,
+    ImageErrorPublic,
+    JobMetricsPublic,
+    JobPublic,
+    JobsPublic,
+    ModelPublic,
+    ModelsPublic,
+    PredictionFailedPublic,
+    PredictionPublic,
+    PredictPublic,
+    SweepPublic,
+    SweepsPublic,
+    image_location,
+)
+
+__all__ = [
+    "ApiError",
+    "Client",
+    "ClientError",
+    "Conflict",
+    "EndEvent",
+    "EpochEvent",
+    "Forbidden",
+    "InvalidRequest",
+    "NotFound",
+    "PredictPublic",
+    "PredictionFailedPublic",
+    "PredictionPublic",
+    "RateLimited",
+    "ServerError",
+    "ServerUnreachable",
+    "StatusEvent",
+    "Unauthorized",
+    "WaitTimeout",
+]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+# What one request may carry: the pixels route's fixed limit, and FMNIST_MAX_PREDICT_FILES's default.
+PIXEL_IMAGES_PER_REQUEST = 256
+FILES_PER_REQUEST = 64
+# The server sends a `: ping` every 15 s: a stream silent for longer than this has broken.
+STREAM_SILENCE_SECONDS = 40.0
+
+T = TypeVar("T", bound=BaseModel)
+
+# A path (str or os.PathLike), encoded bytes, a PIL image or a numpy array: typed loosely so that importing
+# this module needs neither PIL nor numpy.
+ImageInput = Any
+
+
+# -- errors -------------------------------------------------------------------------------------------
+
+
+class ClientError(Exception):
+    """Anything this client raises."""
+
+
+class ServerUnreachable(ClientError, ConnectionError):
+    """No answer from the server: it is down, the URL is wrong, or the network dropped the request."""
+
+
+class WaitTimeout(ClientError, TimeoutError):
+    """``wait`` gave up before the job ended (the job goes on)."""
+
+
+class ApiError(ClientError):
+    """The server answered with an error; ``detail`` is its explanation."""
+
+    def __init__(self, status: int, detail: Any, response: httpx.Response) -> None:
+        self.status = status
+        self.detail = detail
+        self.response = response
+        super().__init__(f"{status} {response.reason_phrase}: {describe_detail(detail)}")
+
+
+class InvalidRequest(ApiError):
+    """The request was refused as it stands (400, 413, 415, 422); ``errors`` lists the fields at fault."""
+
+    @property
+    def errors(self) -> builtins.list[dict[str, Any]]:
+        return [error for error in self.detail if isinstance(error, dict)] if isinstance(self.detail, list) else []
+
+
+class Unauthorized(ApiError):
+    """401: no API key, or one the server does not know."""
+
+
+class Forbidden(ApiError):
+    """403: the API key lacks the scope this call needs."""
+
+
+class NotFound(ApiError):
+    """404: no such job, sweep, model or alias."""
+
+
+class Conflict(ApiError):
+    """409: the call does not fit the current state (the job has ended, an alias points at the model...)."""
+
+
+class RateLimited(ApiError):
+    """429: too many queued jobs for this key; ``retry_after`` says when to try again, in seconds."""
+
+    @property
+    def retry_after(self) -> float | None:
+        return _retry_after(self.response)
+
+
+class ServerError(ApiError):
+    """5xx: the server failed, or is unavailable (503, see ``retry_after``)."""
+
+    @property
+    def retry_after(self) -> float | None:
+        return _retry_after(self.response)
+
+
+_ERROR_TYPES: dict[int, type[ApiError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: InvalidRequest,
+    415: InvalidRequest,
+    422: InvalidRequest,
+    429: RateLimited,
+}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+def describe_detail(detail: Any) -> str:
+    """A server's `detail` in one line: FastAPI's list of field errors as `where: what; ...`."""
+    if isinstance(detail, list):
+        parts = []
+        for error in detail:
+            if isinstance(error, dict):
+                where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+                parts.append(f"{where}: {error.get('msg', error)}" if where else str(error.get("msg", error)))
+            else:
+                parts.append(str(error))
+        return "; ".join(parts)
+    return str(detail)
+
+
+def raise_for_error(response: httpx.Response) -> None:
+    """Raises the ``ApiError`` subclass for an error answer; returns for a success."""
+    if response.is_success:
+        return
+    try:
+        detail = response.json().get("detail", response.text)
+    except (ValueError, AttributeError):
+        detail = response.text or response.reason_phrase
+    kind = _ERROR_TYPES.get(response.status_code)
+    if kind is None:
+        kind = ServerError if response.status_code >= 500 else ApiError
+    raise kind(response.status_code, detail, response)
+
+
+# -- live events --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """The job changed state (or the stream just opened): the whole job, as ``get`` returns it."""
+
+    job: JobPublic
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    """An epoch finished: its metrics."""
+
+    metrics: EpochMetricsPublic
+
+
+@dataclass(frozen=True)
+class EndEvent:
+    """The job has ended; the stream closes after this."""
+
+    job_id: str
+    status: JobStatus
+
+
+JobEvent = StatusEvent | EpochEvent | EndEvent
+
+
+class _Follower:
+    """What ``wait`` has reported so far, so that a reconnect or a switch to polling repeats nothing."""
+
+    def __init__(
+        self,
+        on_epoch: Callable[[EpochMetricsPublic], object] | None,
+        on_status: Callable[[JobPublic], object] | None,
+    ) -> None:
+        self.on_epoch = on_epoch
+        self.on_status = on_status
+        self.last_epoch = 0
+        self.job: JobPublic | None = None
+        self._status_key: tuple[Any, ...] | None = None
+
+    def status(self, job: JobPublic) -> None:
+        self.job = job
+        key = (job.status, job.attempt, job.cancel_requested)
+        if key != self._status_key:
+            self._status_key = key
+            if self.on_status is not None:
+                self.on_status(job)
+
+    def epoch(self, metrics: EpochMetricsPublic) -> None:
+        if metrics.epoch <= self.last_epoch:
+            return
+        self.last_epoch = metrics.epoch
+        if self.on_epoch is not None:
+            self.on_epoch(metrics)
+
+
+# -- the client ---------------------------------------------------------------------------------------
+
+
+class Client:
+    """A connection to one fmnist-service server; use it as a context manager, or call ``close``."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"User-Agent": "fmnist-client/0.1", "Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    # -- plumbing
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The server's answer, error or not; raises ``ServerUnreachable`` when there is none."""
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(f"no answer from {self.url}: {exc or type(exc).__name__}") from exc
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._send(method, path, **kwargs)
+        raise_for_error(response)
+        return response
+
+    def _get(self, path: str, model: type[T], **params: Any) -> T:
+        query = {name: value for name, value in params.items() if value is not None}
+        return model.model_validate(self._request("GET", path, params=query).json())
+
+    # -- jobs
+
+    def submit(
+        self,
+        spec: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        preset: str | None = None,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> JobPublic:
+        """Queue a training job. ``spec`` (a dict or a spec model) and keyword fields set the spec; the rest
+        keep their defaults (or the preset's). With ``idempotency_key`` a retried call cannot queue twice."""
+        body = _spec_body(spec, preset, fields)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return JobPublic.model_validate(self._request("POST", "/v1/jobs", json=body, headers=headers).json())
+
+    def get(self, job_id: str) -> JobPublic:
+        """A job's status, spec, progress and outcome."""
+        return self._get(f"/v1/jobs/{_segment(job_id)}", JobPublic)
+
+    def list(self, status: JobStatus | str | None = None, *, limit: int = 50, offset: int = 0) -> JobsPublic:
+        """Jobs newest first, one page (``count`` is the total)."""
+        return self._get("/v1/jobs", JobsPublic, status=_value(status), limit=limit, offset=offset)
+
+    def cancel(self, job_id: str) -> JobPublic:
+        """Cancel a queued or running job (a running one stops at its next batch)."""
+        return JobPublic.model_validate(self._request("POST", f"/v1/jobs/{_segment(job_id)}/cancel").json())
+
+    def metrics(self, job_id: str) -> JobMetricsPublic:
+        """Per-epoch metrics so far."""
+        return self._get(f"/v1/jobs/{_segment(job_id)}/metrics", JobMetricsPublic)
+
+    def events(
+        self, job_id: str, *, last_epoch: int | None = None, timeout: float | None = None
+    ) -> Generator[JobEvent, None, None]:
+        """Follow a job live: a `StatusEvent` first and on each change, an `EpochEvent` per epoch (after
+        ``last_epoch``), and an `EndEvent` once the job has ended, after which the iterator stops.
+
+        Raises ``WaitTimeout`` when the stream is still open after ``timeout`` seconds."""
+        headers = {"Last-Event-ID": str(last_epoch)} if last_epoch else {}
+        expired = threading.Event()
+        try:
+            with connect_sse(
+                self._http,
+                "GET",
+                f"/v1/jobs/{_segment(job_id)}/events",
+                headers=headers,
+                timeout=httpx.Timeout(self.timeout, read=STREAM_SILENCE_SECONDS),
+            ) as source:
+                if not source.response.is_success:
+                    source.response.read()
+                    raise_for_error(source.response)
+                # The server's pings keep every read short, so a read timeout cannot end the wait: shutting the
+                # socket down from a timer does (closing it would not wake a read blocked on it).
+                timer = None
+                if timeout is not None:
+                    timer = threading.Timer(max(timeout, 0.0), _expire, args=(source.response, expired))
+                    timer.daemon = True
+                    timer.start()
+                try:
+                    for event in source.iter_sse():
+                        parsed = _parse_event(event.event, event.data)
+                        if parsed is not None:
+                            yield parsed
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            if expired.is_set():
+                raise WaitTimeout(f"job {job_id} had not ended when the timeout passed") from None
+            raise ServerUnreachable(f"the event stream from {self.url} broke: {exc or type(exc).__name__}") from exc
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        on_epoch: Callable[[EpochMetricsPublic], object] | None = None,
+        on_status: Callable[[JobPublic], object] | None = None,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+    ) -> JobPublic:
+        """Block until the job ends and return it; ``on_epoch`` gets each epoch's metrics as it is recorded
+        and ``on_status`` the job whenever its state changes.
+
+        It follows the live event stream, and polls instead when the stream is refused or breaks.
+        Raises ``WaitTimeout`` after ``timeout`` seconds (the job itself goes on).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        follower = _Follower(on_epoch, on_status)
+        try:
+            ended = self._follow_stream(job_id, follower, deadline)
+        except (ServerUnreachable, SSEError, ServerError):
+            ended = False  # a proxy that buffers or refuses streams, a server at its stream limit: poll
+        if not ended:
+            self._follow_polling(job_id, follower, deadline, poll_interval)
+        assert follower.job is not None
+        return follower.job
+
+    def _follow_stream(self, job_id: str, follower: _Follower, deadline: float | None) -> bool:
+        """Follows the stream until `end`; False when it closed before the job ended."""
+        remaining = None if deadline is None else deadline - time.monotonic()
+        events = self.events(job_id, last_epoch=follower.last_epoch, timeout=remaining)
+        with contextlib.closing(events):
+            for event in events:
+                if isinstance(event, StatusEvent):
+                    follower.status(event.job)
+                elif isinstance(event, EpochEvent):
+                    follower.epoch(event.metrics)
+                else:
+                    if follower.job is None or not follower.job.status.is_terminal:
+                        follower.status(self.get(job_id))
+                    return True
+        return False
+
+    def _follow_polling(self, job_id: str, follower: _Follower, deadline: float | None, interval: float) -> None:
+        while True:
+            job = self.get(job_id)
+            if job.progress.epoch > follower.last_epoch or job.status.is_terminal:
+                for row in self.metrics(job_id).epochs:
+                    follower.epoch(row)
+            follower.status(job)
+            if job.status.is_terminal:
+                return
+            _check_deadline(deadline, job_id)
+            pause = interval if deadline is None else min(interval, max(deadline - time.monotonic(), 0.0))
+            time.sleep(pause)
+
+    # -- predictions
+
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        top_k: int = 3,
+    ) -> PredictPublic:
+        """Classify images: file paths, encoded bytes (PNG or JPEG), PIL images, or numpy arrays (a 28x28
+        array of 0-255 grey levels, or a stack of them, goes to the pixels route as-is; larger ones are
+        sent as PNG photos). One image or a list.
+
+        Returns one entry per image, in order, its ``index`` counted over all of ``images``: a
+        `PredictionPublic`, or a `PredictionFailedPublic` whose ``error`` says why the server could not use
+        that image (corrupt, not an image, too large...); ``failed`` counts those. A bad image never costs
+        the others their predictions. Raises `ApiError` for what concerns the whole call (unknown model,
+        no model yet, a bad ``top_k``), ``TypeError`` for an input it cannot send.
+
+        ``model``: an id or alias (default: the server's `production` alias, else its newest model).
+        Several requests, when there are more images than one may carry, all use the first one's model.
+        """
+        items = _as_list(images)
+        if not items:
+            raise ValueError("no image to classify")
+        uploads: builtins.list[tuple[int, tuple[str, bytes, str]]] = []
+        pixels: builtins.list[tuple[int, builtins.list[builtins.list[int]]]] = []
+        position = 0
+        for item in items:
+            for kind, payload in _encode_image(item):
+                if kind == "pixels":
+                    pixels.append((position, payload))
+                else:
+                    uploads.append((position, payload))
+                position += 1
+        results: dict[int, PredictionPublic | PredictionFailedPublic] = {}
+        model_id = model
+        for start in range(0, len(uploads), FILES_PER_REQUEST):
+            chunk = uploads[start : start + FILES_PER_REQUEST]
+            answer = self._predict_files([payload for _, payload in chunk], model_id, top_k)
+            model_id = answer.model_id
+            for (index, _), item in zip(chunk, answer.predictions, strict=True):
+                results[index] = _renumbered(item, index)
+        for start in range(0, len(pixels), PIXEL_IMAGES_PER_REQUEST):
+            chunk_pixels = pixels[start : start + PIXEL_IMAGES_PER_REQUEST]
+            answer = self._predict_pixels([grid for _, grid in chunk_pixels], model_id, top_k)
+            model_id = answer.model_id
+            for (index, _), item in zip(chunk_pixels, answer.predictions, strict=True):
+                results[index] = _renumbered(item, index)
+        assert model_id is not None
+        predictions = [results[index] for index in range(position)]
+        failed = sum(isinstance(item, PredictionFailedPublic) for item in predictions)
+        return PredictPublic(model_id=model_id, predictions=predictions, failed=failed)
+
+    def _predict_files(
+        self, files: builtins.list[tuple[str, bytes, str]], model: str | None, top_k: int
+    ) -> PredictPublic:
+        params = {"top_k": top_k, **({"model": model} if model else {})}
+        multipart = [("files", file) for file in files]
+        response = self._send("POST", "/v1/predict", params=params, files=multipart)
+        if not response.is_success and _has_entries(response):
+            # No image could be used: the error status comes with every image's entry, which is the answer.
+            return PredictPublic.model_validate(response.json())
+        raise_for_error(response)
+        return PredictPublic.model_validate(response.json())
+
+    def _predict_pixels(
+        self, images: builtins.list[builtins.list[builtins.list[int]]], model: str | None, top_k: int
+    ) -> PredictPublic:
+        params = {"top_k": top_k, **({"model": model} if model else {})}
+        response = self._request("POST", "/v1/predict/pixels", params=params, json={"images": images})
+        return PredictPublic.model_validate(response.json())
+
+    # -- models and aliases
+
+    def models(self, *, limit: int = 100, offset: int = 0) -> ModelsPublic:
+        """Trained models, newest first, with their aliases."""
+        return self._get("/v1/models", ModelsPublic, limit=limit, offset=offset)
+
+    def get_model(self, model_ref: str) -> ModelPublic:
+        """One model, by id or alias."""
+        return self._get(f"/v1/models/{_segment(model_ref)}", ModelPublic)
+
+    def delete_model(self, model_id: str) -> None:
+        """Delete a model and its checkpoint (refused, 409, while an alias points at it)."""
+        self._request("DELETE", f"/v1/models/{_segment(model_id)}")
+
+    def download_model(self, model_ref: str, path: str | os.PathLike[str]) -> Path:
+        """Save a model's checkpoint (safetensors) to ``path``."""
+        target = Path(path)
+        target.write_bytes(self._request("GET", f"/v1/models/{_segment(model_ref)}/download").content)
+        return target
+
+    def aliases(self) -> builtins.list[AliasPublic]:
+        """Every alias and the model it points at."""
+        return self._get("/v1/aliases", AliasesPublic).aliases
+
+    def get_alias(self, name: str) -> AliasPublic:
+        return self._get(f"/v1/aliases/{_segment(name)}", AliasPublic)
+
+    def set_alias(self, name: str, model_id: str) -> AliasPublic:
+        """Point an alias at a model (an id, or another alias to copy); created or moved."""
+        response = self._request("PUT", f"/v1/aliases/{_segment(name)}", json={"model_id": model_id})
+        return AliasPublic.model_validate(response.json())
+
+    def delete_alias(self, name: str) -> None:
+        """Remove an alias (the model stays)."""
+        self._request("DELETE", f"/v1/aliases/{_segment(name)}")
+
+    # -- sweeps
+
+    def submit_sweep(
+        self,
+        grid: Mapping[str, Sequence[Any]],
+        base: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        preset: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> SweepPublic:
+        """Queue one job per combination of ``grid``'s values, each on top of ``base`` (and ``preset``)."""
+        body = {"base": _spec_body(base, preset, {}), "grid": {name: list(values) for name, values in grid.items()}}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return SweepPublic.model_validate(self._request("POST", "/v1/sweeps", json=body, headers=headers).json())
+
+    def get_sweep(self, sweep_id: str) -> SweepPublic:
+        """A sweep's jobs, best first."""
+        return self._get(f"/v1/sweeps/{_segment(sweep_id)}", SweepPublic)
+
+    def list_sweeps(self, *, limit: int = 20, offset: int = 0) -> SweepsPublic:
+        return self._get("/v1/sweeps", SweepsPublic, limit=limit, offset=offset)
+
+    def cancel_sweep(self, sweep_id: str) -> SweepPublic:
+        """Cancel every job of the sweep that has not ended."""
+        return SweepPublic.model_validate(self._request("POST", f"/v1/sweeps/{_segment(sweep_id)}/cancel").json())
+
+    def wait_sweep(
+        self,
+        sweep_id: str,
+        *,
+        on_change: Callable[[SweepPublic], object] | None = None,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+    ) -> SweepPublic:
+        """Block until every job of the sweep has ended (polling); ``on_change`` gets the sweep when its
+        counts change."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        counts: dict[str, int] | None = None
+        while True:
+            sweep = self.get_sweep(sweep_id)
+            if sweep.counts != counts:
+                counts = sweep.counts
+                if on_change is not None:
+                    on_change(sweep)
+            if all(job.status.is_terminal for job in sweep.jobs):
+                return sweep
+            _check_deadline(deadline, sweep_id)
+            time.sleep(poll_interval if deadline is None else min(poll_interval, max(deadline - time.monotonic(), 0)))
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def _segment(value: str) -> str:
+    """An id as one path segment: a `/` or `?` in it must not change the route."""
+    return quote(value, safe="")
+
+
+def _value(status: JobStatus | str | None) -> str | None:
+    return status.value if isinstance(status, JobStatus) else status
+
+
+def _spec_body(
+    spec: Mapping[str, Any] | BaseModel | None, preset: str | None, fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    if isinstance(spec, BaseModel):
+        spec = spec.model_dump(mode="json", exclude_unset=True)
+    body = {**(spec or {}), **fields}
+    if preset is not None:
+        body["preset"] = preset
+    return body
+
+
+def _expire(response: httpx.Response, expired: threading.Event) -> None:
+    """Ends a stream from another thread: the blocked read fails at once, and the reader sees ``expired``."""
+    expired.set()
+    network_stream = response.extensions.get("network_stream")
+    sock = network_stream.get_extra_info("socket") if network_stream is not None else None
+    if sock is None:
+        response.close()
+        return
+    with contextlib.suppress(OSError):  # already closed: the stream ended at the same moment
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _check_deadline(deadline: float | None, what: str) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise WaitTimeout(f"{what} had not ended when the wait's timeout passed")
+
+
+def _parse_event(kind: str, data: str) -> JobEvent | None:
+    if kind == "status":
+        return StatusEvent(JobPublic.model_validate_json(data))
+    if kind == "epoch":
+        return EpochEvent(EpochMetricsPublic.model_validate_json(data))
+    if kind == "end":
+        payload = json.loads(data)
+        return EndEvent(job_id=payload["job_id"], status=JobStatus(payload["status"]))
+    return None  # an event type this client does not know yet: newer servers may add some
+
+
+def _has_entries(response: httpx.Response) -> bool:
+    """Whether an error answer to /v1/predict carries each image's entry (none could be used), rather than
+    refusing the request itself (unknown model, bad parameter...)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("predictions"), list) and "model_id" in body
+
+
+def _renumbered(
+    item: PredictionPublic | PredictionFailedPublic, index: int
+) -> PredictionPublic | PredictionFailedPublic:
+    """``item`` as the ``index``-th image of the whole call, where the server counted from its own request's
+    first image: an error's detail, which names the image, is renumbered too."""
+    if item.index == index:
+        return item
+    if isinstance(item, PredictionPublic):
+        return item.model_copy(update={"index": index})
+    detail = item.error.detail
+    said, meant = image_location(item.index, item.filename), image_location(index, item.filename)
+    if detail.startswith(said):
+        detail = meant + detail[len(said) :]
+    error = ImageErrorPublic(status=item.error.status, type=item.error.type, detail=detail)
+    return item.model_copy(update={"index": index, "error": error})
+
+
+def _as_list(images: Any) -> builtins.list[Any]:
+    if isinstance(images, list | tuple):
+        return builtins.list(images)
+    return [images]
+
+
+def _encode_image(item: Any) -> Iterator[tuple[str, Any]]:
+    """("pixels", 28x28 grid) or ("file", (name, bytes, type)) for each image an input holds."""
+    if isinstance(item, str | os.PathLike):
+        path = Path(item)
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        yield "file", (path.name, path.read_bytes(), kind)
+    elif isinstance(item, bytes | bytearray | memoryview):
+        yield "file", ("image", bytes(item), "application/octet-stream")
+    elif hasattr(item, "getpixel") and hasattr(item, "save"):  # a PIL image (which numpy could read too)
+        buffer = io.BytesIO()
+        item.save(buffer, format="PNG")
+        yield "file", ("image.png", buffer.getvalue(), "image/png")
+    elif hasattr(item, "__array__") or hasattr(item, "__array_interface__"):  # numpy, or a CPU tensor
+        yield from _encode_array(item)
+    else:
+        raise TypeError(f"cannot send {type(item).__name__} as an image: use a path, bytes, a PIL image or an array")
+
+
+def _encode_array(item: Any) -> Iterator[tuple[str, Any]]:
+    import numpy as np
+
+    array = np.asarray(item)
+    if array.dtype.kind == "f" and array.size and float(np.nanmax(array)) <= 1.0:
+        array = array * 255.0  # floats in [0, 1], as torchvision's ToTensor gives them
+    if array.shape[-2:] == (28, 28) and array.ndim in (2, 3):
+        grids = np.clip(np.rint(array), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+        for grid in grids:
+            yield "pixels", grid.tolist()
+        return
+    from PIL import Image as PILImageModule
+
+    buffer = io.BytesIO()
+    PILImageModule.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    yield "file", ("image.png", buffer.getvalue(), "image/png")

@@ -1,0 +1,518 @@
+"""The job queue: the only module that changes a job's status.
+
+Every transition is one named operation and one write transaction. A worker's operations carry the
+``Claim`` it got from ``claim_next_job``; each checks the job's lease token, so a worker whose lease was
+taken away (it stalled, the reaper requeued its job, another worker claimed it) cannot write any more.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.spec import TrainingSpec
+from models.training import EpochMetrics
+from service.jobs.status import JobStatus
+from service.registry import bump_version
+from service.store.db import Database, db_now, valid_key
+from service.store.tables import EpochMetric, Job, Model, Sweep, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**31 - 1
+
+T = TypeVar("T")
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class JobNotCancellable(RuntimeError):
+    def __init__(self, job_id: str, status: JobStatus) -> None:
+        super().__init__(f"job {job_id} is already {status.value}; only queued or running jobs can be cancelled")
+
+
+class SweepNotFound(LookupError):
+    def __init__(self, sweep_id: str) -> None:
+        super().__init__(f"no sweep with id {sweep_id!r}")
+
+
+class LeaseLost(RuntimeError):
+    """The worker's claim on a job is no longer valid; it must stop working on it and write nothing more."""
+
+
+class IdempotencyConflict(RuntimeError):
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used for a different request; send a new key for a new request"
+        )
+
+
+class QueueLimitReached(RuntimeError):
+    def __init__(self, limit: int, queued: int, adding: int) -> None:
+        super().__init__(
+            f"this key has {queued} jobs queued and the limit is {limit} (FMNIST_MAX_QUEUED_PER_KEY); "
+            f"{adding} more would pass it: wait for some to start, or cancel some"
+        )
+
+
+@dataclass(frozen=True)
+class Submitter:
+    """Who submits, for idempotency and per-key limits. The defaults: anonymous, no key, no limit."""
+
+    owner: str | None = None  # the API key's id
+    idempotency_key: str | None = None
+    request_sha256: str | None = None
+    max_queued: int | None = None
+
+    @property
+    def scoped_key(self) -> str | None:
+        """Idempotency keys are per owner: two clients may both use 'order-1'."""
+        return None if self.idempotency_key is None else f"{self.owner or '-'}:{self.idempotency_key}"
+
+    def stamp(self) -> dict[str, Any]:
+        return {"owner": self.owner, "idempotency_key": self.scoped_key, "request_sha256": self.request_sha256}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one running job."""
+
+    job_id: str
+    spec: TrainingSpec
+    seed: int
+    attempt: int
+    max_attempts: int
+    token: int
+    epochs_done: int
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    cancel_requested: bool
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _new_job(spec: TrainingSpec, max_attempts: int, now: datetime, **extra: Any) -> Job:
+    return Job(
+        id=new_id(),
+        status=JobStatus.queued,
+        spec=spec.model_dump(mode="json"),
+        seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED),
+        epochs_done=0,
+        attempt=0,
+        max_attempts=max_attempts,
+        lease_token=0,
+        cancel_requested=False,
+        created_at=now,
+        updated_at=now,
+        **extra,
+    )
+
+
+def enqueue_job(db: Database, spec: TrainingSpec, max_attempts: int, preset: str | None = None) -> Job:
+    """Stores a new queued job; the seed is fixed now (the spec's, or a random one) so the run is reproducible."""
+    return submit_job(db, spec, max_attempts, preset=preset)[0]
+
+
+def submit_job(
+    db: Database,
+    spec: TrainingSpec,
+    max_attempts: int,
+    *,
+    preset: str | None = None,
+    submitter: Submitter = Submitter(),
+) -> tuple[Job, bool]:
+    """``enqueue_job`` for a client: the job, and whether it is new. A repeated Idempotency-Key with the
+    same request gets the job it created before; with another request, IdempotencyConflict. Past the
+    submitter's limit of queued jobs, QueueLimitReached. Checks and insert share one write transaction."""
+
+    def add(session: Session) -> tuple[Job, bool]:
+        existing = _idempotent_match(session, Job, submitter)
+        if existing is not None:
+            return existing, False
+        _check_queue_limit(session, submitter, adding=1)
+        job = _new_job(spec, max_attempts, utcnow(), preset=preset, **submitter.stamp())
+        session.add(job)
+        return job, True
+
+    return _submit(db, submitter, add, lambda session: (_idempotent_match(session, Job, submitter), False))
+
+
+def enqueue_sweep(
+    db: Database,
+    base: dict[str, Any],
+    grid: dict[str, Any],
+    specs: list[TrainingSpec],
+    max_attempts: int,
+    submitter: Submitter = Submitter(),
+) -> tuple[Sweep, list[Job], bool]:
+    """Stores a sweep and one queued job per grid point, all in one transaction; whether it is new, as
+    ``submit_job`` (idempotency, the submitter's limit) says."""
+
+    def existing_sweep(session: Session) -> tuple[Sweep, list[Job], bool] | None:
+        sweep = _idempotent_match(session, Sweep, submitter)
+        if sweep is None:
+            return None
+        jobs = session.scalars(select(Job).where(Job.sweep_id == sweep.id).order_by(Job.created_at)).all()
+        return sweep, list(jobs), False
+
+    def add(session: Session) -> tuple[Sweep, list[Job], bool]:
+        found = existing_sweep(session)
+        if found is not None:
+            return found
+        _check_queue_limit(session, submitter, adding=len(specs))
+        now = utcnow()
+        sweep = Sweep(id=new_id(), base=base, grid=grid, created_at=now, **submitter.stamp())
+        # Distinct creation times keep the grid order in the queue (claims take the oldest first).
+        jobs = [
+            _new_job(spec, max_attempts, now + timedelta(microseconds=i), sweep_id=sweep.id, owner=submitter.owner)
+            for i, spec in enumerate(specs)
+        ]
+        session.add(sweep)
+        session.flush()
+        session.add_all(jobs)
+        return sweep, jobs, True
+
+    return _submit(db, submitter, add, existing_sweep)
+
+
+def _submit(db: Database, submitter: Submitter, add: Callable[[Session], T], existing: Callable[[Session], Any]) -> T:
+    try:
+        with db.write() as session:
+            return add(session)
+    except IntegrityError:
+        # Two requests with one Idempotency-Key at once (PostgreSQL): the other one's insert won the unique
+        # constraint, so this one answers with what it stored.
+        if submitter.scoped_key is None:
+            raise
+        with db.read() as session:
+            found = existing(session)
+            if found is None or found[0] is None:
+                raise
+            return found  # type: ignore[no-any-return]
+
+
+def _idempotent_match(session: Session, table: type[Job] | type[Sweep], submitter: Submitter) -> Any:
+    if submitter.scoped_key is None:
+        return None
+    row = session.scalars(select(table).where(table.idempotency_key == submitter.scoped_key)).one_or_none()
+    if row is not None and getattr(row, "request_sha256", None) != submitter.request_sha256:
+        raise IdempotencyConflict(submitter.idempotency_key or "")
+    return row
+
+
+def _check_queue_limit(session: Session, submitter: Submitter, adding: int) -> None:
+    if submitter.max_queued is None:
+        return
+    if session.get_bind().dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE already serialises writers
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"fmnist-queue:{submitter.owner}"))))
+    owner = Job.owner.is_(None) if submitter.owner is None else Job.owner == submitter.owner
+    queued = session.scalar(select(func.count()).select_from(Job).where(owner, Job.status == JobStatus.queued)) or 0
+    if queued + adding > submitter.max_queued:
+        raise QueueLimitReached(submitter.max_queued, queued, adding)
+
+
+def _cancel(job: Job, now: datetime) -> None:
+    if job.status is JobStatus.queued:
+        job.status = JobStatus.cancelled
+        job.finished_at = now
+    elif job.status is JobStatus.running:
+        job.cancel_requested = True
+    else:
+        raise JobNotCancellable(job.id, job.status)
+    job.updated_at = now
+
+
+def request_cancel(db: Database, job_id: str) -> Job:
+    """A queued job is cancelled at once; a running one is flagged and its worker stops at the next batch."""
+    with db.write() as session:
+        # FOR UPDATE: on PostgreSQL a worker may be claiming or ending the job right now; decide on its latest state.
+        job = session.get(Job, job_id, with_for_update=True) if valid_key(job_id) else None
+        if job is None:
+            raise JobNotFound(job_id)
+        _cancel(job, db_now(session))
+        session.flush()
+        return job
+
+
+def cancel_sweep(db: Database, sweep_id: str) -> int:
+    """Cancels every job of the sweep that has not ended; returns how many it reached."""
+    with db.write() as session:
+        if not valid_key(sweep_id) or session.get(Sweep, sweep_id) is None:
+            raise SweepNotFound(sweep_id)
+        now = db_now(session)
+        live = session.scalars(
+            select(Job)
+            .where(Job.sweep_id == sweep_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+            .order_by(Job.id)  # one lock order for every canceller
+            .with_for_update()
+        ).all()
+        for job in live:
+            _cancel(job, now)
+        return len(live)
+
+
+def claim_next_job(db: Database, worker_id: str, lease_seconds: float, device: str) -> Claim | None:
+    """Atomically takes the oldest queued job: one UPDATE ... RETURNING, so no two workers get the same one.
+
+    On SQLite the write transaction begins IMMEDIATE; on PostgreSQL the subquery locks with SKIP LOCKED.
+    The lease runs on the database's clock, which every worker and the reaper share.
+    """
+    oldest_queued = (
+        select(Job.id)
+        .where(Job.status == JobStatus.queued)
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    with db.write() as session:
+        now = db_now(session)
+        statement = (
+            update(Job)
+            .where(Job.id == oldest_queued, Job.status == JobStatus.queued)
+            .values(
+                status=JobStatus.running,
+                attempt=Job.attempt + 1,
+                lease_token=Job.lease_token + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                worker_id=worker_id,
+                device=device,
+                started_at=now,
+                updated_at=now,
+            )
+            .returning(Job.id, Job.spec, Job.seed, Job.attempt, Job.max_attempts, Job.lease_token, Job.epochs_done)
+            .execution_options(synchronize_session=False)
+        )
+        row = session.execute(statement).one_or_none()
+    if row is None:
+        return None
+    return Claim(
+        job_id=row.id,
+        spec=TrainingSpec.model_validate(row.spec),
+        seed=row.seed,
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
+        token=row.lease_token,
+        epochs_done=row.epochs_done,
+    )
+
+
+def _guarded_update(session: Session, claim: Claim, now: datetime | None = None, **values: Any) -> None:
+    """Updates the claimed job only while the claim still holds; raises LeaseLost otherwise.
+
+    ``now`` is the database's clock, read here unless the caller has read it already.
+    """
+    result = session.execute(
+        update(Job)
+        .where(Job.id == claim.job_id, Job.lease_token == claim.token, Job.status == JobStatus.running)
+        .values(updated_at=now or db_now(session), **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(f"job {claim.job_id}: lease token {claim.token} is no longer current")
+
+
+def renew_lease(db: Database, claim: Claim, lease_seconds: float) -> LeaseState:
+    """Extends the lease (the heartbeat) and reports whether a cancel was asked for."""
+    with db.write() as session:
+        now = db_now(session)
+        _guarded_update(session, claim, now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        cancel = session.scalar(select(Job.cancel_requested).where(Job.id == claim.job_id))
+    return LeaseState(cancel_requested=bool(cancel))
+
+
+def record_epoch(db: Database, claim: Claim, metrics: EpochMetrics) -> None:
+    """Stores one epoch's metrics and moves the progress counter, in one transaction."""
+    with db.write() as session:
+        now = db_now(session)
+        _guarded_update(session, claim, now, epochs_done=metrics.epoch)
+        session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=now, **metrics.as_dict()))
+
+
+def begin_attempt(db: Database, claim: Claim, history: list[EpochMetrics], provenance: dict[str, Any]) -> None:
+    """Sets the job's recorded epochs to ``history`` (what the attempt resumes from; empty when it starts over)."""
+    with db.write() as session:
+        _guarded_update(session, claim, epochs_done=len(history), provenance=provenance)
+        _clear_metrics(session, claim.job_id)
+        now = utcnow()
+        for metrics in history:
+            session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=now, **metrics.as_dict()))
+
+
+def _end_attempt(session: Session, claim: Claim, now: datetime, status: JobStatus, **values: Any) -> JobStatus:
+    """Moves the claimed job to ``status`` (an end, or back to the queue), unless a cancel was asked for: then
+    the job ends ``cancelled`` instead. Returns the status the job now has; raises LeaseLost when the claim no
+    longer holds.
+
+    This is where a cancel and the end of a run meet, so it is decided here, in the ending transaction and under
+    the lease guard, not by the worker's last look at the flag: a cancel answered 200 always wins. (SQLite's
+    BEGIN IMMEDIATE serialises this with ``request_cancel``; on PostgreSQL both take the row's lock, and the
+    second UPDATE sees the flag the first one's WHERE was re-checked against.)
+    """
+    claimed = (Job.id == claim.job_id) & (Job.lease_token == claim.token) & (Job.status == JobStatus.running)
+    ended = session.execute(
+        update(Job)
+        .where(claimed, Job.cancel_requested.is_(False))
+        .values(status=status, updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if ended.rowcount == 1:  # type: ignore[attr-defined]
+        return status
+    cancelled = session.execute(
+        update(Job)
+        .where(claimed, Job.cancel_requested.is_(True))
+        .values(status=JobStatus.cancelled, finished_at=now, updated_at=now, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if cancelled.rowcount == 1:  # type: ignore[attr-defined]
+        return JobStatus.cancelled
+    raise LeaseLost(f"job {claim.job_id}: lease token {claim.token} is no longer current")
+
+
+def finish_job(
+    db: Database,
+    claim: Claim,
+    *,
+    model_id: str,
+    sha256: str,
+    size_bytes: int,
+    selected: EpochMetrics | None,
+) -> JobStatus:
+    """Registers the checkpoint and marks the job succeeded, together. A job whose cancel was asked for ends
+    ``cancelled`` instead and registers nothing (the caller removes the checkpoint file); returns which."""
+    with db.write() as session:
+        now = db_now(session)
+        status = _end_attempt(
+            session,
+            claim,
+            now,
+            JobStatus.succeeded,
+            finished_at=now,
+            model_id=model_id,
+            lease_expires_at=None,
+            error=None,
+        )
+        if status is not JobStatus.succeeded:
+            return status
+        session.add(
+            Model(
+                id=model_id,
+                job_id=claim.job_id,
+                spec=claim.spec.model_dump(mode="json"),
+                sha256=sha256,
+                size_bytes=size_bytes,
+                test_acc=selected.test_acc if selected else None,
+                val_acc=selected.val_acc if selected else None,
+                epoch=selected.epoch if selected else None,
+                created_at=now,
+            )
+        )
+        # A new model changes what "the newest model" resolves to.
+        bump_version(session)
+        return status
+
+
+def fail_job(db: Database, claim: Claim, error: str) -> JobStatus:
+    """Ends the job ``failed`` with ``error`` (``cancelled`` if a cancel was asked for); returns which."""
+    with db.write() as session:
+        now = db_now(session)
+        return _end_attempt(session, claim, now, JobStatus.failed, finished_at=now, error=error, lease_expires_at=None)
+
+
+def retry_job(db: Database, claim: Claim, error: str) -> JobStatus:
+    """Back to the queue after a failure the retry policy judged worth another attempt (``cancelled`` instead
+    if a cancel was asked for); returns which."""
+    with db.write() as session:
+        return _end_attempt(
+            session, claim, db_now(session), JobStatus.queued, error=error, lease_expires_at=None, worker_id=None
+        )
+
+
+def cancel_claimed_job(db: Database, claim: Claim) -> None:
+    """Ends a running job whose cancel was requested; the epochs it finished stay recorded."""
+    with db.write() as session:
+        now = db_now(session)
+        _guarded_update(session, claim, now, status=JobStatus.cancelled, finished_at=now, lease_expires_at=None)
+
+
+def release_job(db: Database, claim: Claim) -> JobStatus:
+    """Gives a job back to the queue on a clean shutdown, the attempt not counted against it (``cancelled``
+    instead if a cancel was asked for); returns which."""
+    with db.write() as session:
+        return _end_attempt(
+            session,
+            claim,
+            db_now(session),
+            JobStatus.queued,
+            attempt=Job.attempt - 1,
+            lease_expires_at=None,
+            worker_id=None,
+        )
+
+
+def _clear_metrics(session: Session, job_id: str) -> None:
+    session.query(EpochMetric).filter(EpochMetric.job_id == job_id).delete(synchronize_session=False)
+
+
+def requeue_expired_leases(db: Database, now: datetime | None = None) -> tuple[list[str], list[str]]:
+    """Jobs whose worker stopped renewing go back to the queue, or fail once out of attempts.
+
+    A job whose cancel was asked for while its worker was gone ends cancelled instead.
+    Returns (requeued ids, failed ids). "Now" is the database's clock, the one the leases were given on;
+    tests pass their own.
+    """
+    with db.write() as session:
+        now = now or db_now(session)
+        expired = (Job.status == JobStatus.running) & (Job.lease_expires_at < now)
+        ended = {"finished_at": now, "updated_at": now, "lease_expires_at": None}
+        session.execute(
+            update(Job)
+            .where(expired, Job.cancel_requested.is_(True))
+            .values(status=JobStatus.cancelled, **ended)
+            .execution_options(synchronize_session=False)
+        )
+        failed = session.scalars(
+            update(Job)
+            .where(expired, Job.attempt >= Job.max_attempts)
+            .values(
+                status=JobStatus.failed,
+                error="the worker running this job stopped renewing its lease on every one of its attempts",
+                **ended,
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        requeued = session.scalars(
+            update(Job)
+            .where(expired, Job.attempt < Job.max_attempts)
+            .values(
+                status=JobStatus.queued,
+                updated_at=now,
+                lease_expires_at=None,
+                worker_id=None,
+                error="the previous attempt's worker stopped renewing its lease",
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+    for job_id in requeued:
+        log.warning("job %s: lease expired, back in the queue", job_id)
+    for job_id in failed:
+        log.error("job %s: lease expired on its last attempt, failed", job_id)
+    return list(requeued), list(failed)

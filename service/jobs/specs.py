@@ -1,0 +1,29 @@
+"""Validating a submitted spec (a preset and explicit fields) into a TrainingSpec, for single jobs and sweeps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from models.presets import resolve_spec
+from models.spec import TrainingSpec
+
+
+class InvalidSpec(ValueError):
+    """A spec (or a sweep's grid point) failed validation; ``errors`` say which field and why."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(str(error.get("msg")) for error in errors))
+        self.errors = errors
+
+
+def validated_spec(
+    preset: str | None, explicit: dict[str, Any], loc: tuple[str | int, ...] = ("body",)
+) -> TrainingSpec:
+    try:
+        return resolve_spec(preset, explicit)
+    except ValidationError as exc:
+        raise InvalidSpec(
+            [{"loc": [*loc, *error["loc"]], "msg": error["msg"], "type": error["type"]} for error in exc.errors()]
+        ) from exc

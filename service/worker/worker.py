@@ -1,0 +1,324 @@
+"""The worker process: claims jobs from the queue and has its trainer process train them on one device.
+
+Split in three: ``claim`` (queue.claim_next_job), ``run`` (the job goes to the trainer process,
+``service/worker/trainer.py``, while a lease keeper heartbeats beside it and the worker records each epoch
+it reports) and ``persist`` (queue.finish_job registers the checkpoint the trainer wrote). The worker holds
+the lease and is the only one to write to the database; the trainer process holds the device and the data
+set, loaded once. A trainer that crashes or loses its device costs only the job it was running: the worker
+records the failure (or a retry, as its retry policy decides) and starts a new trainer for the next job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import torch
+
+from service.jobs import queue
+from service.jobs.queue import Claim, LeaseLost
+from service.jobs.status import JobStatus
+from service.jobs.wakeup import QueueSignal
+from service.logs import job_context
+from service.settings import Settings
+from service.store.db import Database
+from service.worker.resume import discard_resume_state, resume_path
+from service.worker.retry import RetryPolicy
+from service.worker.trainer import (
+    AttemptBegun,
+    Died,
+    EpochFinished,
+    Failed,
+    Outcome,
+    Progress,
+    SlotIdle,
+    Stopped,
+    Trained,
+    TrainerConfig,
+    TrainerCrashed,
+    TrainerProcess,
+    TrainerUnavailable,
+    TrainingJob,
+)
+
+log = logging.getLogger(__name__)
+
+# A trainer that cannot be started this many times in a row means a broken device or install: the worker exits.
+MAX_TRAINER_START_FAILURES = 3
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews a claim's lease in the background and raises flags the training loop reads per step."""
+
+    def __init__(self, db: Database, claim: Claim, lease_seconds: float, check_seconds: float) -> None:
+        super().__init__(name=f"lease-{claim.job_id[:8]}", daemon=True)
+        self.db, self.claim, self.lease_seconds = db, claim, lease_seconds
+        self.check_seconds = check_seconds
+        self.cancel_requested = threading.Event()
+        self.lost = threading.Event()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        with job_context(self.claim.job_id, self.claim.attempt):  # a thread starts with a context of its own
+            self._renew_until_stopped()
+
+    def _renew_until_stopped(self) -> None:
+        last_renewal = time.monotonic()
+        while not self._done.wait(self.check_seconds):
+            try:
+                state = queue.renew_lease(self.db, self.claim, self.lease_seconds)
+            except LeaseLost:
+                log.error("job %s: lease lost, stopping it", self.claim.job_id)
+                self.lost.set()
+                return
+            except Exception:
+                # A passing database error: keep training while the lease has time left, stop before it runs out.
+                log.exception("job %s: lease renewal failed", self.claim.job_id)
+                if time.monotonic() - last_renewal > self.lease_seconds * 2 / 3:
+                    self.lost.set()
+                    return
+                continue
+            last_renewal = time.monotonic()
+            if state.cancel_requested:
+                self.cancel_requested.set()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+class Worker:
+    """One slot: claims and runs one job at a time. ``WorkerPool`` runs several on one device, sharing one
+    trainer process; a lone ``Worker`` starts a trainer process of its own (``close`` stops it)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        device: torch.device,
+        *,
+        burst: bool = False,
+        retry_policy: RetryPolicy | None = None,
+        trainer: TrainerProcess | None = None,
+        shutdown: threading.Event | None = None,
+        slot: int = 0,
+    ) -> None:
+        self.settings, self.db, self.device, self.burst = settings, db, device, burst
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.owns_trainer = trainer is None
+        self.trainer = trainer or TrainerProcess(TrainerConfig.for_worker(settings, device, slots=1))
+        self.slot = slot
+        self.shutdown = shutdown or threading.Event()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{slot}"
+        self.signal = QueueSignal(settings.queue_signal_path)
+        self.last_idle: SlotIdle | None = None  # what the trainer's slot reported after the last job
+
+    # -- process life -----------------------------------------------------------------------------
+    def run(self) -> int:
+        log.info("worker %s on %s (burst=%s)", self.worker_id, self.device, self.burst)
+        try:
+            while not self.shutdown.is_set():
+                seen = self.signal.stamp()
+                if self.run_once():
+                    continue
+                if self.burst:
+                    log.info("queue empty, burst mode: exiting")
+                    break
+                self.signal.wait(seen, self.settings.poll_seconds, self.shutdown)
+        finally:
+            if self.owns_trainer:
+                self.trainer.close()
+        return 0
+
+    def close(self) -> None:
+        """Stops the trainer process, if this worker started it."""
+        if self.owns_trainer:
+            self.trainer.close()
+
+    def run_once(self) -> bool:
+        """Reaps expired leases, then claims and runs one job. False when the queue was empty.
+
+        The trainer process is started (or replaced) before the claim, so a job never waits for it.
+        Raises TrainerUnavailable when it cannot be started.
+        """
+        device = self._trainer_device()
+        queue.requeue_expired_leases(self.db)
+        claim = queue.claim_next_job(self.db, self.worker_id, self.settings.lease_seconds, device=device)
+        if claim is None:
+            return False
+        with job_context(claim.job_id, claim.attempt):
+            self.run_job(claim)
+        return True
+
+    def _trainer_device(self) -> str:
+        failures = 0
+        while True:
+            try:
+                return self.trainer.device_label
+            except TrainerUnavailable as error:
+                failures += 1
+                log.error("%s (%d of %d)", error, failures, MAX_TRAINER_START_FAILURES)
+                if failures >= MAX_TRAINER_START_FAILURES or self.shutdown.is_set():
+                    raise
+                time.sleep(min(2.0**failures, 30.0))
+
+    # -- one job ----------------------------------------------------------------------------------
+    def run_job(self, claim: Claim) -> None:
+        log.info("job %s: attempt %d, spec %s", claim.job_id, claim.attempt, claim.spec.model_dump_json())
+        keeper = LeaseKeeper(
+            self.db, claim, self.settings.lease_seconds, check_seconds=min(0.5, self.settings.lease_seconds / 4)
+        )
+        keeper.start()
+        state_file = resume_path(self.settings.resume_dir, claim.job_id)
+        job = TrainingJob(claim, state_file, self.settings.checkpoint_dir / f"{queue.new_id()}.safetensors")
+        # The first database error while recording progress (a lost lease, or another): the run is stopped.
+        broken: list[Exception] = []
+
+        def record(message: Progress) -> None:
+            if broken:
+                return
+            try:
+                if isinstance(message, AttemptBegun):
+                    queue.begin_attempt(self.db, claim, message.history, message.provenance)
+                elif isinstance(message, EpochFinished):
+                    queue.record_epoch(self.db, claim, message.metrics)
+            except Exception as error:
+                broken.append(error)
+
+        def should_stop() -> bool:
+            return bool(broken) or keeper.cancel_requested.is_set() or keeper.lost.is_set() or self.shutdown.is_set()
+
+        try:
+            outcome, idle = self.trainer.run(self.slot, job, record, should_stop)
+        finally:
+            keeper.stop()
+        if idle is not None:
+            self.last_idle = idle
+        self._conclude(claim, job, outcome, keeper, broken[0] if broken else None)
+
+    def _conclude(
+        self, claim: Claim, job: TrainingJob, outcome: Outcome, keeper: LeaseKeeper, broken: Exception | None
+    ) -> None:
+        if not isinstance(outcome, Trained):
+            job.checkpoint_file.unlink(missing_ok=True)  # never written, unless the run ended just as it was stopped
+        if isinstance(broken, LeaseLost) or keeper.lost.is_set():
+            job.checkpoint_file.unlink(missing_ok=True)
+            log.error("job %s: lease lost mid-run; abandoning it", claim.job_id)
+        elif broken is not None:
+            job.checkpoint_file.unlink(missing_ok=True)
+            self._failed(claim, broken, job.resume_file)
+        elif isinstance(outcome, Trained):
+            self._persist(claim, job, outcome)
+        elif isinstance(outcome, Stopped):
+            self._stopped(claim, keeper, outcome, job.resume_file)
+        elif isinstance(outcome, Failed):
+            self._failed(claim, outcome.error, job.resume_file)
+        else:
+            assert isinstance(outcome, Died)
+            self._failed(claim, TrainerCrashed(outcome.description), job.resume_file)
+
+    def _stopped(self, claim: Claim, keeper: LeaseKeeper, stopped: Stopped, state_file: Path) -> None:
+        try:
+            if keeper.cancel_requested.is_set():
+                queue.cancel_claimed_job(self.db, claim)
+                discard_resume_state(state_file)
+                log.info("job %s: cancelled after %d epoch(s)", claim.job_id, stopped.completed_epochs)
+            elif queue.release_job(self.db, claim) is JobStatus.cancelled:
+                discard_resume_state(state_file)
+                log.info("job %s: cancelled after %d epoch(s)", claim.job_id, stopped.completed_epochs)
+            else:
+                log.info("job %s: released to the queue after %d epoch(s)", claim.job_id, stopped.completed_epochs)
+        except LeaseLost:
+            log.error("job %s: lease lost before it could be stopped cleanly", claim.job_id)
+
+    def _failed(self, claim: Claim, error: BaseException, state_file: Path) -> None:
+        decision = self.retry_policy.decide(error, claim.attempt, claim.max_attempts)
+        log.error("job %s: %s", claim.job_id, decision.reason)
+        try:
+            if decision.retry:
+                status = queue.retry_job(self.db, claim, decision.reason)
+            else:
+                status = queue.fail_job(self.db, claim, decision.reason)
+        except LeaseLost:
+            log.error("job %s: lease lost before its failure could be recorded", claim.job_id)
+            return
+        if status is not JobStatus.queued:
+            discard_resume_state(state_file)
+        if status is JobStatus.cancelled:
+            log.info("job %s: cancelled (its cancel had been asked for)", claim.job_id)
+
+    def _persist(self, claim: Claim, job: TrainingJob, trained: Trained) -> None:
+        model_id = job.checkpoint_file.name.removesuffix(".safetensors")
+        try:
+            status = queue.finish_job(
+                self.db,
+                claim,
+                model_id=model_id,
+                sha256=trained.sha256,
+                size_bytes=trained.size_bytes,
+                selected=trained.selected,
+            )
+        except LeaseLost:
+            job.checkpoint_file.unlink(missing_ok=True)
+            log.error("job %s: lease lost before the model could be registered; checkpoint removed", claim.job_id)
+            return
+        discard_resume_state(job.resume_file)
+        if status is JobStatus.cancelled:
+            job.checkpoint_file.unlink(missing_ok=True)
+            log.info("job %s: cancelled as it finished; no model registered", claim.job_id)
+            return
+        log.info("job %s: succeeded, model %s (%s)", claim.job_id, model_id, trained.selected)
+
+
+class WorkerPool:
+    """``concurrency`` worker slots in threads of this process, sharing one device through one trainer process
+    (one data set, one CUDA context; each slot on its own CUDA stream there)."""
+
+    def __init__(
+        self, settings: Settings, db: Database, device: torch.device, *, concurrency: int, burst: bool
+    ) -> None:
+        self.shutdown = threading.Event()
+        self.trainer = TrainerProcess(TrainerConfig.for_worker(settings, device, slots=concurrency))
+        self.workers = [
+            Worker(settings, db, device, burst=burst, trainer=self.trainer, shutdown=self.shutdown, slot=slot)
+            for slot in range(concurrency)
+        ]
+
+    def install_signal_handlers(self) -> None:
+        def _handle(signum: int, _frame: FrameType | None) -> None:
+            if self.shutdown.is_set():
+                raise KeyboardInterrupt
+            log.info("signal %s: finishing the current step, then exiting", signal.Signals(signum).name)
+            self.shutdown.set()
+
+        signal.signal(signal.SIGTERM, _handle)
+        signal.signal(signal.SIGINT, _handle)
+
+    def preload(self) -> None:
+        """Starts the trainer process, which loads the data set, before the first claim: a job's time is its
+        training. A data set that cannot be loaded fails the jobs with its message; the worker keeps serving."""
+        try:
+            self.trainer.ensure_running()
+        except TrainerUnavailable as exc:
+            log.error("%s; retrying before the first claim", exc)
+
+    def run(self) -> int:
+        try:
+            if len(self.workers) == 1:
+                return self.workers[0].run()
+            threads = [threading.Thread(target=w.run, name=f"slot-{i}") for i, w in enumerate(self.workers)]
+            for thread in threads:
+                thread.start()
+            # Join with a timeout so the main thread stays free to take signals.
+            while any(thread.is_alive() for thread in threads):
+                for thread in threads:
+                    thread.join(timeout=0.2)
+            return 0
+        finally:
+            self.trainer.close()

@@ -1,0 +1,610 @@
+"""The web dashboard in a real browser: Debian's Chromium driven by Playwright, against real server and worker
+processes on the synthetic data set, with an API key configured (so every call the pages make carries it).
+
+Each step leaves a screenshot under test-artifacts/browser (FMNIST_TEST_ARTIFACTS overrides the folder). A
+test fails on any console error, uncaught exception, failed request, 4xx/5xx answer it did not expect, or
+request to another origin. Without Chromium these tests fail; FMNIST_SKIP_BROWSER=1 skips them explicitly.
+
+``python -m tests.test_browser docs/img`` takes the README's screenshots on the real data set instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from models.data import load_fashion_mnist
+from models.spec import SpecFields
+from service.api.app import create_app
+from service.api.web.forms import InputKind, form_fields
+from service.settings import Settings
+from service.store import migrations
+from tests.conftest import REPO_ROOT, real_data_dir
+from tests.test_e2e import Stack, png, wait_for_job
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, ConsoleMessage, FilePayload, Page, Request, Response
+
+CHROMIUM = Path(os.environ.get("FMNIST_CHROMIUM", "/usr/bin/chromium"))
+SKIP_BROWSER = os.environ.get("FMNIST_SKIP_BROWSER") == "1"
+ARTIFACTS = Path(os.environ.get("FMNIST_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts")) / "browser"
+VIEWPORT = {"width": 1280, "height": 800}
+# A job small enough to train in a second or two on the synthetic set, on two CPU cores.
+TINY = {"hidden_layers": "32", "batch_size": "32", "epochs": "3", "seed": "0"}
+TIMEOUT_MS = 60_000
+
+# --- without a browser: the pages as HTML ------------------------------------------------------------
+
+
+@pytest.fixture
+def client(settings: Settings, db: object) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def local_references(html: str) -> list[str]:
+    """Every URL the page loads or links to, for the check that none leaves the server."""
+    return re.findall(r"""(?:src|href|url)\s*[:=]\s*["']([^"']+)["']""", html)
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/", "/submit", "/jobs/abc", "/sweeps/abc", "/models", "/predict"])
+def test_pages_reference_only_this_server(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    references = local_references(response.text)
+    assert references, "the check found the page's references"
+    assert all(ref.startswith("/") and not ref.startswith("//") for ref in references), references
+    for ref in references:
+        if ref.startswith(("/static/", "/docs-assets/")):
+            assert client.get(ref).status_code == 200, ref
+
+
+def test_docs_serve_swagger_ui_and_the_schema_locally(client: TestClient) -> None:
+    html = client.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in html and "cdn" not in html.lower()
+    assert (
+        client.get("/docs-assets/swagger-ui-bundle.js")
+        .headers["content-type"]
+        .startswith(("text/javascript", "application/javascript"))
+    )
+    assert "fonts.googleapis" not in client.get("/redoc").text
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_pages_are_not_in_the_api_schema(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert not {"/", "/submit", "/models", "/predict", "/docs"} & set(paths)
+
+
+def test_pages_escape_what_the_url_carries(client: TestClient) -> None:
+    html = client.get("/jobs/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E").text
+    assert "<img src=x" not in html and 'data-job-id="&lt;img src=x onerror=alert(1)&gt;"' in html
+
+
+def test_pages_forbid_loading_from_elsewhere(client: TestClient) -> None:
+    policy = client.get("/").headers["content-security-policy"]
+    assert "default-src 'self'" in policy
+
+
+def test_submit_form_has_every_spec_field_with_its_default(client: TestClient) -> None:
+    html = client.get("/submit").text
+    shown = re.findall(r'<div class="field" data-field="([a-z_]+)" data-kind', html)
+    assert shown == list(SpecFields.model_fields)
+    assert 'id="field-lr" name="lr" type="number" step="any"' in html
+    assert re.search(r'id="field-hidden_layers" name="hidden_layers" type="text" value="256"', html)
+    assert re.search(r'<option value="relu"\s+selected>', html)
+    defaults = json.loads(re.search(r'id="spec-defaults">(.*?)</script>', html, re.S).group(1))  # type: ignore[union-attr]
+    assert defaults == {name: info.get_default() for name, info in SpecFields.model_fields.items()}
+    presets = re.search(r'id="spec-presets">(.*?)</script>', html, re.S).group(1)  # type: ignore[union-attr]
+    assert "best-mlp" in json.loads(presets)
+
+
+def test_form_fields_follow_the_schema() -> None:
+    schema = {
+        "$defs": {"Colour": {"enum": ["red", "blue"], "type": "string"}},
+        "properties": {
+            "colour": {"anyOf": [{"$ref": "#/$defs/Colour"}, {"type": "null"}], "default": None},
+            "rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 2, "default": 1.5, "description": "r"},
+            "widths": {"type": "array", "items": {"type": "integer"}, "default": [3, 4]},
+            "on": {"type": "boolean", "default": True},
+            "shape": {"type": "object", "default": {"a": 1}},
+        },
+    }
+    colour, rate, widths, on, shape = form_fields(schema)
+    assert (colour.kind, colour.nullable, colour.options, colour.shown_default) == (
+        InputKind.select,
+        True,
+        ("red", "blue"),
+        "",
+    )
+    assert (rate.kind, rate.minimum, rate.maximum, rate.step, rate.description) == (InputKind.number, 0, 2, "any", "r")
+    assert (widths.kind, widths.shown_default) == (InputKind.integer_list, "3, 4")
+    assert on.kind is InputKind.checkbox
+    assert (shape.kind, shape.shown_default) == (InputKind.json, '{"a": 1}')
+
+
+# --- in the browser ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Live:
+    """The running stack the browser talks to."""
+
+    url: str
+    key: str
+    api: httpx.Client
+    data_dir: Path
+    first_job_id: str  # submitted through the API as the stack starts, to train while the browser starts
+    sweep_id: str  # likewise
+    worker: subprocess.Popen[bytes]
+
+    @contextmanager
+    def worker_paused(self) -> Iterator[None]:
+        """The worker process frozen (SIGSTOP) for a moment: a job submitted now stays queued until it ends."""
+        self.worker.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.worker.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Iterator[Live]:
+    if SKIP_BROWSER:
+        pytest.skip("FMNIST_SKIP_BROWSER=1")
+    root = tmp_path_factory.mktemp("browser-stack")
+    stack = Stack(root / "home", synthetic_data_dir, root)
+    key = secrets.token_urlsafe(24)
+    stack.env.update({"FMNIST_API_KEYS": key, "FMNIST_EVENTS_POLL_SECONDS": "0.1"})
+    # In this process, which has the code loaded already: a `fmnist db upgrade` process would import it again.
+    migrations.upgrade(Settings(home=root / "home").sqlalchemy_url)
+    stack.start("api", "serve", "--port", str(stack.port))
+    stack.start("worker", "worker", "--device", "cpu")
+    try:
+        with httpx.Client(base_url=stack.url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as api:
+            stack.wait_ready(api)
+            spec = {"hidden_layers": [32], "batch_size": 32, "epochs": 3, "seed": 1}
+            first = api.post("/v1/jobs", json=spec).json()["id"]
+            sweep = api.post("/v1/sweeps", json={"base": spec, "grid": {"lr": [0.05, 0.2]}}).json()["id"]
+            yield Live(stack.url, key, api, synthetic_data_dir, first, sweep, stack.processes["worker"])
+        assert "Traceback" not in stack.log("api") + stack.log("worker"), stack.log("api") + stack.log("worker")
+    finally:
+        stack.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if SKIP_BROWSER:
+        pytest.skip("FMNIST_SKIP_BROWSER=1")
+    if not CHROMIUM.exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (or FMNIST_SKIP_BROWSER=1 to skip)")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)  # its default, 5 s, is short for a job on a busy two-core machine
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+@pytest.fixture(scope="module")
+def trained_model(live: Live) -> dict[str, Any]:
+    """A job trained through the API (not the form), for the tests that need a model."""
+    job = wait_for_job(live.api, live.first_job_id, timeout=120)
+    assert job["status"] == "succeeded", job
+    return job
+
+
+@dataclass
+class Watch:
+    """Everything that went wrong on a page; `expect` lists the error answers a test provokes on purpose."""
+
+    origin: str
+    expected: list[tuple[str, str, int]] = field(default_factory=list)  # method, path regex, status
+    problems: list[str] = field(default_factory=list)
+    seen: list[tuple[str, str, int]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # every request to this server, in order
+
+    def expect(self, method: str, path: str, status: int) -> None:
+        self.expected.append((method, path, status))
+
+    def _expected(self, method: str, url: str, status: int) -> bool:
+        path = url.removeprefix(self.origin)
+        return any(m == method and re.fullmatch(p, path) and s == status for m, p, s in self.expected)
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        if message.type != "error":
+            return
+        # Chromium logs every 4xx answer as "Failed to load resource"; the answers themselves are checked below.
+        if re.fullmatch(r"Failed to load resource: the server responded with a status of \d+ .*", message.text):
+            return
+        self.problems.append(f"console error: {message.text}")
+
+    def on_response(self, response: Response) -> None:
+        request = response.request
+        if response.status >= 400:
+            self.seen.append((request.method, response.url, response.status))
+            if not self._expected(request.method, response.url, response.status):
+                self.problems.append(f"{request.method} {response.url} answered {response.status}")
+
+    def on_request(self, request: Request) -> None:
+        if request.url.startswith(self.origin + "/"):
+            self.paths.append(request.url.removeprefix(self.origin))
+        elif not request.url.startswith(("blob:", "data:")):
+            self.problems.append(f"request to another origin: {request.url}")
+
+    def on_request_failed(self, request: Request) -> None:
+        # ERR_ABORTED is the browser dropping a request it no longer needs (a navigation, a closed stream).
+        if request.failure != "net::ERR_ABORTED":
+            self.problems.append(f"{request.method} {request.url} failed: {request.failure}")
+
+    def attach(self, page: Page) -> None:
+        page.on("console", self.on_console)
+        page.on("pageerror", lambda error: self.problems.append(f"uncaught: {error}"))
+        page.on("response", self.on_response)
+        page.on("request", self.on_request)
+        page.on("requestfailed", self.on_request_failed)
+
+
+@dataclass
+class Session:
+    page: Page
+    watch: Watch
+    name: str
+    shots: int = 0
+
+    def goto(self, path: str) -> None:
+        self.page.goto(self.watch.origin + path)
+
+    def screenshot(self, step: str, full_page: bool = False) -> None:
+        # Full-page shots only once a test is done with the page: after one, Chromium has missed the next click.
+        self.shots += 1
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=ARTIFACTS / f"{self.name}-{self.shots:02d}-{step}.png", full_page=full_page)
+
+
+def open_session(browser: Browser, live: Live, name: str, key: str | None) -> Iterator[Session]:
+    context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    context.set_default_timeout(TIMEOUT_MS)
+    if key is not None:
+        context.add_init_script(f"localStorage.setItem('fmnist.apiKey', {json.dumps(key)})")
+    for old in ARTIFACTS.glob(f"{name}-*.png"):
+        old.unlink()  # an earlier run's shots of this test
+    page = context.new_page()
+    watch = Watch(live.url)
+    watch.attach(page)
+    session = Session(page, watch, name)
+    try:
+        yield session
+        session.screenshot("end", full_page=True)
+        assert not watch.problems, "\n".join(watch.problems)
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def session(browser: Browser, live: Live, request: pytest.FixtureRequest) -> Iterator[Session]:
+    """A page whose browser already holds the API key."""
+    yield from open_session(browser, live, request.node.name, live.key)
+
+
+@pytest.fixture
+def keyless(browser: Browser, live: Live, request: pytest.FixtureRequest) -> Iterator[Session]:
+    """A page in a browser that has never been given the key."""
+    yield from open_session(browser, live, request.node.name, None)
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_submit_from_the_form_and_watch_the_job_finish(session: Session, live: Live) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    session.goto("/submit")
+    for name, value in TINY.items():
+        page.fill(f"#field-{name}", value)
+    session.screenshot("form-filled")
+    with live.worker_paused():
+        # The page opens on a queued job, so all it shows next comes live, over the job's event stream.
+        with page.expect_request(re.compile(r".*/v1/jobs/[0-9a-f]+/events$")) as stream:
+            page.click("#submit-button")
+        job_id = page.url.rsplit("/", 1)[-1]
+        assert stream.value.url.endswith(f"/v1/jobs/{job_id}/events")
+        expect(page.locator("#job-status [data-status]")).to_have_attribute("data-status", "queued")
+
+    expect(page.locator("#job-status [data-status]")).to_have_attribute("data-status", "succeeded")
+    expect(page.locator("#metrics tbody tr")).to_have_count(3)
+    # The figure was fetched again after the last epoch, and the browser could draw it.
+    expect(page.locator("#curves")).to_be_visible()
+    expect(page.locator("#curves")).to_have_attribute("data-epochs", "3")
+    assert page.eval_on_selector("#curves", "img => img.naturalWidth") > 100
+    expect(page.locator("#progress-text")).to_have_text("epoch 3 of 3")
+    expect(page.locator("#cancel-button")).to_be_hidden()
+    session.screenshot("job-succeeded")
+    # Live through the event stream: the metrics were read once on load and once at the end, not polled.
+    assert session.watch.paths.count(f"/v1/jobs/{job_id}/metrics") == 2
+
+    job = live.api.get(f"/v1/jobs/{job_id}").json()
+    assert job["spec"]["hidden_layers"] == [32] and job["spec"]["epochs"] == 3 and job["seed"] == 0
+    assert job["spec"]["lr"] == 0.1, "untouched fields keep their defaults"
+    metrics = live.api.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]
+    shown = page.locator("#metrics tbody tr").first.locator("td").nth(4).inner_text()
+    assert shown == f"{100 * metrics[0]['test_acc']:.2f}%"
+
+    session.goto("/")
+    row = page.locator(f"#jobs tr[data-job-id='{job_id}']")
+    expect(row.locator("[data-status]")).to_have_attribute("data-status", "succeeded")
+    expect(row).to_contain_text("784-32-10 relu")
+    session.screenshot("job-list")
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_the_server_s_errors_appear_beside_the_fields(session: Session, live: Live) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    session.watch.expect("POST", "/v1/jobs", 422)
+    session.goto("/submit")
+    count = live.api.get("/v1/jobs").json()["count"]
+
+    page.select_option("#field-preset", "best-mlp")
+    expect(page.locator("#field-optimizer")).to_have_value("adamw")
+    expect(page.locator("#field-hidden_layers")).to_have_value("1024, 1024")
+    page.click("#reset-button")
+    expect(page.locator("#field-optimizer")).to_have_value("sgd")
+
+    page.fill("#field-lr", "1000")
+    page.fill("#field-hidden_layers", "32, 0")
+    page.click("#submit-button")
+    expect(page.locator("#error-lr")).to_contain_text("less than or equal to 100")
+    expect(page.locator("#field-lr")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#error-hidden_layers")).to_contain_text("greater than or equal to 1 (item 1)")
+    expect(page.locator("#error-epochs")).to_be_hidden()
+    session.screenshot("field-errors")
+
+    # A rule between fields has no field of its own: it shows above the button.
+    page.fill("#field-lr", "0.1")
+    page.fill("#field-hidden_layers", "32")
+    page.check("#field-nesterov")
+    page.click("#submit-button")
+    expect(page.locator("#form-error")).to_contain_text("nesterov needs optimizer 'sgd' with momentum > 0")
+    expect(page.locator("#error-lr")).to_be_hidden()
+    session.screenshot("form-error")
+    assert live.api.get("/v1/jobs").json()["count"] == count, "a refused spec queues nothing"
+
+
+def png_payload(name: str, data: bytes) -> FilePayload:
+    return {"name": name, "mimeType": "image/png", "buffer": data}
+
+
+def sample_pngs(data_dir: Path, count: int) -> list[bytes]:
+    """The first test images of a data set, as PNG files."""
+    with tempfile.TemporaryDirectory() as cache:
+        arrays = load_fashion_mnist(data_dir, Path(cache))
+        return [png(np.asarray(image)) for image in arrays.test_images[:count].numpy()]
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_predict_dropped_and_chosen_images(session: Session, live: Live, trained_model: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    first, second = sample_pngs(live.data_dir, 2)
+    model_id = trained_model["model_id"]
+    session.goto(f"/predict?model={model_id}")
+    expect(page.locator("#predict-model")).to_have_value(model_id)
+    page.fill("#predict-top-k", "4")
+
+    # Drag and drop: a DataTransfer holding the file, dropped on the zone as a user's drag would.
+    page.evaluate(
+        """([bytes, name]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], name, { type: "image/png" }));
+            const zone = document.getElementById("drop-zone");
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
+            }
+        }""",
+        [list(first), "dropped.png"],
+    )
+    card = page.locator(".prediction").first
+    expect(card.locator(".bar")).to_have_count(4)
+    expect(card).to_contain_text("dropped.png")
+
+    page.set_input_files("#predict-files", files=[png_payload("chosen.png", second)])
+    expect(page.locator(".prediction")).to_have_count(2)
+    expect(page.locator("#predict-status")).to_have_text(f"Model {model_id}")
+    session.screenshot("predictions")
+
+    # The bars show the server's answer: same classes, in order, and widths that follow the probabilities.
+    for shown, image in ((page.locator(".prediction").nth(1), first), (page.locator(".prediction").first, second)):
+        answer = live.api.post(
+            "/v1/predict", params={"model": model_id, "top_k": 4}, files={"file": ("x.png", image, "image/png")}
+        ).json()["predictions"][0]
+        assert shown.locator(".bar-label").all_inner_texts() == [entry["class_name"] for entry in answer["top_k"]]
+        widths = shown.locator(".bar-fill").evaluate_all("fills => fills.map(f => parseFloat(f.style.width))")
+        assert widths == pytest.approx([100 * entry["probability"] for entry in answer["top_k"]], abs=0.06)
+        assert int(shown.get_attribute("data-class-id") or -1) == answer["class_id"]
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_the_key_box_appears_on_401_and_then_works(keyless: Session, live: Live, trained_model: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = keyless.page
+    for path in ("/v1/jobs", "/v1/sweeps"):
+        keyless.watch.expect("GET", rf"{path}\?.*", 401)
+    keyless.goto("/")
+    expect(page.locator("#key-box")).to_be_visible()
+    expect(page.locator("#key-message")).to_have_text("This server needs an API key.")
+    keyless.screenshot("key-asked")
+
+    page.fill("#key-input", "not-the-key")
+    page.click("#key-box button[type=submit]")
+    expect(page.locator("#key-message")).to_have_text("The server refused this key: enter another.")
+
+    page.fill("#key-input", live.key)
+    page.click("#key-box button[type=submit]")
+    expect(page.locator(f"#jobs tr[data-job-id='{trained_model['id']}']")).to_be_visible()
+    expect(page.locator("#key-box")).to_be_hidden()
+    expect(page.locator("#flash")).to_be_hidden()
+    assert page.evaluate("localStorage.getItem('fmnist.apiKey')") == live.key
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_models_page_sets_and_removes_an_alias(session: Session, live: Live, trained_model: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    model_id = trained_model["model_id"]
+    session.goto("/models")
+    row = page.locator(f"#models tr[data-model-id='{model_id}']")
+    expect(row).to_contain_text("784-32-10 relu")
+    page.fill("#alias-name", "staging")
+    page.select_option("#alias-model", model_id)
+    page.click("#alias-form button[type=submit]")
+    expect(row.locator(".chip[data-alias='staging']")).to_be_visible()
+    assert live.api.get("/v1/aliases/staging").json()["model_id"] == model_id
+    row.get_by_role("button", name="Samples").click()
+    expect(page.locator("#samples")).to_have_attribute("data-loaded", f"/v1/models/{model_id}/samples.svg")
+    assert page.eval_on_selector("#samples", "img => img.naturalWidth") > 100
+    session.screenshot("alias-set")
+
+    row.get_by_role("button", name="Remove the alias staging").click()
+    expect(row.locator(".chip")).to_have_count(0)
+    assert live.api.get("/v1/aliases/staging").status_code == 404
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_sweep_page_compares_its_jobs(session: Session, live: Live) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    session.goto(f"/sweeps/{live.sweep_id}")
+    expect(page.locator("#sweep-counts")).to_have_text("2 succeeded")
+    rows = page.locator("#sweep-jobs tbody tr")
+    expect(rows).to_have_count(2)
+    sweep = live.api.get(f"/v1/sweeps/{live.sweep_id}").json()
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.jobId)") == [job["id"] for job in sweep["jobs"]]
+    expect(rows.first).to_contain_text(f"lr = {sweep['jobs'][0]['params']['lr']}")
+    # The figure shows both jobs' last epochs.
+    expect(page.locator("#compare")).to_have_attribute("data-loaded", re.compile(r"/v1/compare\.svg\?jobs=.+"))
+    assert page.eval_on_selector("#compare", "img => img.naturalWidth") > 100
+    expect(page.locator("#cancel-sweep")).to_be_hidden()
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_swagger_ui_renders_offline(session: Session) -> None:
+    from playwright.sync_api import expect
+
+    session.goto("/docs")
+    expect(session.page.locator(".swagger-ui .info .title")).to_contain_text("fmnist-service")
+    expect(session.page.locator(".opblock-summary-path", has_text="/v1/jobs/{job_id}/events")).to_be_visible()
+
+
+# --- the README's screenshots --------------------------------------------------------------------------
+
+
+def readme_screenshots(folder: Path) -> None:
+    """Trains a few jobs on the real data through a real stack and photographs the dashboard at 1280x800."""
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    data_dir = real_data_dir()
+    if data_dir is None:
+        raise SystemExit("the README screenshots need the real data: set FMNIST_DATA_DIR")
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"fmnist-screenshots-{secrets.token_hex(4)}"
+    work.mkdir(parents=True)
+    stack = Stack(work / "home", data_dir, work)
+    migrations.upgrade(Settings(home=work / "home").sqlalchemy_url)
+    stack.start("api", "serve", "--port", str(stack.port))
+    stack.start("worker", "worker", "--device", "cpu", "--concurrency", "2")
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with httpx.Client(base_url=stack.url, timeout=60) as api, sync_playwright() as playwright:
+            stack.wait_ready(api)
+            sweep = api.post(
+                "/v1/sweeps",
+                json={"base": {"epochs": 10, "seed": 0}, "grid": {"hidden_layers": [[64], [256], [1024]]}},
+            ).json()
+            for job in sweep["jobs"]:
+                wait_for_job(api, job["id"], timeout=600)
+            best = api.get(f"/v1/sweeps/{sweep['id']}").json()["jobs"][0]
+            api.put("/v1/aliases/production", json={"model_id": best["model_id"]})
+            # A wider job left running, so that the job list shows a live one; cancelled at the end.
+            running = api.post("/v1/jobs", json={"hidden_layers": [1024, 512], "lr": 0.3, "epochs": 30}).json()
+
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+            page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+            page.set_default_timeout(TIMEOUT_MS)
+
+            def shot(name: str) -> None:
+                path = folder / f"dashboard-{name}.png"
+                page.screenshot(path=path)
+                # A palette of 256 colours is lossless enough for flat UI and a quarter of the size.
+                Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
+                print(path, path.stat().st_size, "bytes")
+
+            page.goto(f"{stack.url}/jobs/{best['id']}")
+            expect(page.locator("#curves")).to_have_attribute("data-epochs", "10")
+            shot("job")
+            page.goto(f"{stack.url}/")
+            expect(page.locator("#sweeps tbody tr")).to_have_count(1)
+            shot("jobs")
+            page.goto(f"{stack.url}/sweeps/{sweep['id']}")
+            expect(page.locator("#compare")).to_be_visible()
+            shot("sweep")
+            page.goto(f"{stack.url}/submit")
+            page.select_option("#field-preset", "best-mlp")
+            shot("submit")
+            page.goto(f"{stack.url}/predict")
+            images = sample_pngs(data_dir, 4)
+            page.set_input_files(
+                "#predict-files",
+                files=[png_payload(f"test-{i}.png", image) for i, image in enumerate(images)],
+            )
+            expect(page.locator(".prediction")).to_have_count(4)
+            shot("predict")
+            page.goto(f"{stack.url}/models")
+            expect(page.locator("#models tbody tr")).to_have_count(3)
+            shot("models")
+            api.post(f"/v1/jobs/{running['id']}/cancel")
+            browser.close()
+    finally:
+        stack.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    readme_screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/img"))
