@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
 
 from models.presets import PresetName
 from models.spec import SpecFields, TrainingSpec
 from service.jobs.status import JobStatus
-from service.store.tables import Job
+
+if TYPE_CHECKING:  # the ORM stays out of the client's imports (tests/client/test_imports.py)
+    from service.store.tables import Job
 
 
 class JobCreate(SpecFields):
