@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from models.checkpoints import load_checkpoint
 from models.export import export_onnx
+from service.errors import AliasNotFound, InvalidAliasName, ModelInUse, ModelNotFound, NoModelYet
 from service.store.db import Database, valid_key
 from service.store.tables import Alias, Model, RegistryState, utcnow
 
@@ -26,36 +27,6 @@ ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _MODEL_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-class ModelNotFound(LookupError):
-    def __init__(self, ref: str) -> None:
-        super().__init__(f"no model or alias named {ref!r}")
-
-
-class NoModelYet(LookupError):
-    def __init__(self) -> None:
-        super().__init__("no trained model yet: submit a training job (POST /v1/jobs) and wait for it to succeed")
-
-
-class AliasNotFound(LookupError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no alias named {name!r}")
-
-
-class InvalidAliasName(ValueError):
-    def __init__(self, name: str) -> None:
-        super().__init__(
-            f"alias {name!r} is not a valid name: use 1-64 lowercase letters, digits, '-' or '_', "
-            "starting with a letter, and not a model id (32 hex digits)"
-        )
-
-
-class ModelInUse(RuntimeError):
-    def __init__(self, model_id: str, aliases: Sequence[str]) -> None:
-        super().__init__(
-            f"model {model_id} is served by alias(es) {', '.join(sorted(aliases))}: move or delete them first"
-        )
-
-
 def bump_version(session: Session) -> None:
     """Marks, inside the caller's transaction, that model references may resolve differently now.
 
@@ -64,6 +35,13 @@ def bump_version(session: Session) -> None:
     model?) still holds when they write.
     """
     session.execute(update(RegistryState).where(RegistryState.id == 1).values(version=RegistryState.version + 1))
+
+
+def register_model(session: Session, model: Model) -> None:
+    """Adds ``model`` to the registry inside the caller's transaction (the one that ends its job ``succeeded``:
+    both commit or neither does). A new model changes what "the newest model" resolves to: the version moves."""
+    bump_version(session)
+    session.add(model)
 
 
 def current_version(db: Database) -> int:

@@ -167,6 +167,7 @@ class PredictRefusedPublic(PredictPublic):
     """No image of the request could be used: the entries as in a 200 answer, each with its `error`."""
 
     detail: str = Field(description="The first image's error (the answer's status is its), and how many others.")
+    code: str = Field(description="The first image's error `type`.")
 
 
 class HealthPublic(BaseModel):
@@ -180,8 +181,15 @@ class ReadyPublic(BaseModel):
     expected_revision: str | None
 
 
+CODE_DESCRIPTION = (
+    "What went wrong, stable across releases, for programs: `job_not_found`, `validation_error`, "
+    "`queue_limit_reached`... (service/errors.py lists them)."
+)
+
+
 class ErrorPublic(BaseModel):
     detail: str = Field(description="What went wrong and what to change.")
+    code: str = Field(description=CODE_DESCRIPTION)
 
 
 class ValidationErrorPublic(BaseModel):
@@ -194,6 +202,7 @@ class ValidationErrorsPublic(BaseModel):
     """A request that does not fit the schema: one entry per problem (FastAPI's 422 form)."""
 
     detail: list[ValidationErrorPublic]
+    code: str = Field(description=CODE_DESCRIPTION)
 
 
 class SweepCreate(BaseModel):

@@ -87,7 +87,7 @@ def test_an_unexpected_error_answers_and_logs_with_the_request_id(settings: Sett
 
     app.add_api_route("/broken", broken)
     stream = io.StringIO()
-    logger = logging.getLogger("service.api.app")
+    logger = logging.getLogger("service.api.errors")
     logger.addHandler(handler := log_handler("json", stream))
     try:
         with TestClient(app, raise_server_exceptions=False) as client:

@@ -1,4 +1,4 @@
-"""The FastAPI application: routes, and the one table that maps domain errors to HTTP answers."""
+"""The FastAPI application: its state, routers, middleware and error handlers (``service.api.errors``), assembled."""
 
 from __future__ import annotations
 
@@ -8,204 +8,27 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from models.checkpoints import CheckpointError
 from service.api import auth, metrics
-from service.api.auth import KeyStore, Unauthenticated
-from service.api.errors import (
-    ERROR_STATUS,
-    INPUT_CHARS,
-    INTERNAL_ERROR,
-    bounded_text,
-    json_invalid,
-    multipart_hint,
-    not_json_detail,
-    public_errors,
-    takes_json,
-    with_file_hints,
-)
+from service.api.auth import KeyStore
+from service.api.errors import UnexpectedErrorMiddleware, register_error_handlers
 from service.api.metrics import ApiMetrics, PredictLatencyMiddleware
 from service.api.routes import dashboard, events, health, jobs, models, plots, predict, sweeps
 from service.api.uploads import MULTIPART_OVERHEAD
-from service.jobs.queue import QueueLimitReached
-from service.jobs.specs import InvalidSpec
 from service.jobs.wakeup import QueueSignal
-from service.logs import REQUEST_ID_HEADER, RequestIdMiddleware, request_id_header
+from service.logs import REQUEST_ID_HEADER, RequestIdMiddleware
 from service.serving.predictor import Predictor
 from service.settings import Settings, get_settings
-from service.store.db import Database, means_unavailable
+from service.store.db import Database
 
 log = logging.getLogger(__name__)
 
-HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
-
-# FastAPI's 400 for a body its JSON parser raised on with anything but a JSONDecodeError.
-FASTAPI_UNPARSABLE_BODY = "There was an error parsing the body"
-# A domain error's message may quote the request (a path of 16 KB names no job): it is cut here.
-DETAIL_CHARS = 1000
 NOT_JSON_RESPONSE: dict[str, Any] = {
     "description": "The body was not sent as JSON (`Content-Type: application/json`).",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorPublic"}}},
 }
-
-
-def not_utf8(error: UnicodeDecodeError) -> dict[str, object]:
-    """A body that is not UTF-8, as a validation error like FastAPI's for invalid JSON."""
-    return json_invalid(f"the body is not UTF-8: byte {error.start} cannot be decoded", loc=("body", error.start))
-
-
-def unparsable_json(cause: BaseException) -> dict[str, object]:
-    """A JSON body that Python's parser gave up on (FastAPI answers these with a bare 400), as invalid JSON."""
-    if isinstance(cause, UnicodeDecodeError):
-        return not_utf8(cause)
-    if isinstance(cause, RecursionError):
-        return json_invalid("arrays or objects nested too deeply; no field of this API nests more than a few levels")
-    if isinstance(cause, ValueError) and "digits" in str(cause):  # int("9" * 5000): Python's limit, 4300 digits
-        return json_invalid("a number with thousands of digits; no field of this API accepts one")
-    return json_invalid(bounded_text(f"{type(cause).__name__}: {cause}"))
-
-
-def log_unexpected(scope: Scope, exc: BaseException) -> None:
-    """One log record for an error no handler expected: the request's method and path (never its body or query),
-    and the traceback, which the log formatter bounds (``service.logs.bounded_traceback``)."""
-    path = bounded_text(str(scope.get("path", "")), INPUT_CHARS)
-    log.error("unhandled error", exc_info=exc, extra={"method": scope.get("method"), "path": path})
-
-
-def internal_error() -> JSONResponse:
-    # The request-id middleware may be outside the code that answers: the id the log line carries goes back here.
-    return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500, headers=request_id_header())
-
-
-class UnexpectedErrorMiddleware:
-    """Answers an exception nothing else handled with a JSON 500, and logs it once.
-
-    Starlette's ``ServerErrorMiddleware`` answers too, then raises the exception again for the server to log:
-    uvicorn wrote the whole traceback a second time. Here it stops: one bounded record per failed request.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_tracking(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_tracking)
-        except Exception as exc:
-            if started:
-                # Too late for a 500. Outer layers own this: Starlette's body limit stops a response this way
-                # (its own 413 sent), and anything else reaches the server, which logs it (bounded) and cuts
-                # the connection.
-                raise
-            log_unexpected(scope, exc)
-            await internal_error()(scope, receive, send)
-
-
-def _register_error_handlers(app: FastAPI, settings: Settings) -> None:
-    def invalid_request(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        route = request.scope.get("route")
-        if takes_json(route) and isinstance(exc.body, bytes | bytearray) and exc.body:
-            # FastAPI leaves the body unparsed (bytes) when its Content-Type is not JSON: curl -d sends a form.
-            return JSONResponse({"detail": not_json_detail(request.headers.get("content-type"))}, status_code=415)
-        return JSONResponse({"detail": public_errors(with_file_hints(exc.errors(), route))}, status_code=422)
-
-    def invalid_spec(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, InvalidSpec)
-        return JSONResponse({"detail": public_errors(exc.errors)}, status_code=422)
-
-    app.add_exception_handler(RequestValidationError, invalid_request)
-    app.add_exception_handler(InvalidSpec, invalid_spec)
-
-    def domain_error(_request: Request, exc: Exception) -> JSONResponse:
-        status = next(code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind))
-        return JSONResponse({"detail": bounded_text(str(exc), DETAIL_CHARS)}, status_code=status)
-
-    for kind in ERROR_STATUS:
-        app.add_exception_handler(kind, domain_error)
-
-    def checkpoint_error(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("checkpoint problem: %s", exc)
-        detail = bounded_text(f"the model could not be loaded: {exc}", DETAIL_CHARS)
-        return JSONResponse({"detail": detail}, status_code=500)
-
-    def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, DBAPIError)
-        if not means_unavailable(exc):
-            return unexpected(request, exc)
-        log.error("database error: %s", exc)
-        return JSONResponse({"detail": "the database is unavailable or not migrated; see /readyz"}, status_code=503)
-
-    def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log_unexpected(request.scope, exc)
-        return internal_error()
-
-    def unauthenticated(_request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="fmnist"'}
-        )
-
-    def queue_full(_request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(exc)},
-            status_code=429,
-            headers={"Retry-After": str(settings.queue_retry_after_seconds)},
-        )
-
-    def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 413:
-            limit = request.app.max_body_size
-            detail = f"the request body is larger than the limit of {limit} bytes"
-            return JSONResponse({"detail": detail}, status_code=413)
-        if exc.status_code == 405:
-            return method_not_allowed(request)
-        route = request.scope.get("route")
-        if exc.detail == FASTAPI_UNPARSABLE_BODY and exc.__cause__ is not None and takes_json(route):
-            # FastAPI's JSON reading fails this way (not UTF-8, too deep, too many digits), where invalid JSON
-            # gets a 422.
-            return JSONResponse({"detail": public_errors([unparsable_json(exc.__cause__)])}, status_code=422)
-        detail = bounded_text(exc.detail, DETAIL_CHARS) if isinstance(exc.detail, str) else exc.detail
-        if exc.status_code == 400 and isinstance(exc.__context__, MultiPartException):
-            detail = multipart_hint(detail, route)
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
-
-    def method_not_allowed(request: Request) -> JSONResponse:
-        # Starlette's Allow lists the methods of the first route on the path; a path may have several.
-        routes = request.app.router.routes
-        methods = [
-            method
-            for method in HTTP_METHODS
-            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
-        ]
-        detail = f"{request.method} is not allowed here; use {', '.join(methods)}"
-        return JSONResponse({"detail": detail}, status_code=405, headers={"Allow": ", ".join(methods)})
-
-    app.add_exception_handler(Unauthenticated, unauthenticated)
-    app.add_exception_handler(QueueLimitReached, queue_full)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(CheckpointError, checkpoint_error)
-    app.add_exception_handler(DBAPIError, database_unavailable)
-    # Reached only by an exception from outside UnexpectedErrorMiddleware (which answers all the others).
-    app.add_exception_handler(Exception, unexpected)
 
 
 def _document_non_json_bodies(app: FastAPI) -> None:
@@ -268,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The dashboard's pages and the docs: open like /docs, since a page holds no data; its JavaScript calls /v1.
     app.include_router(dashboard.router)
     dashboard.mount_assets(app)
-    _register_error_handlers(app, settings)
+    register_error_handlers(app)
     _document_non_json_bodies(app)
     if settings.cors_origin_list:
         app.add_middleware(

@@ -26,6 +26,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from service.errors import InvalidKeyRequest, KeyNotFound, MissingScope, Unauthenticated
 from service.store.db import Database
 from service.store.tables import ApiKey, utcnow
 
@@ -34,23 +35,6 @@ KEY_PREFIX = "fmk_"
 CACHE_SECONDS = 2.0
 _KEY_FORMAT = re.compile(r"fmk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
 _NAME = re.compile(r"[\w .@-]{1,128}")
-
-
-class Unauthenticated(PermissionError):
-    """No key, or one that is not known (401)."""
-
-
-class MissingScope(PermissionError):
-    """A valid key without the scope the route needs (403)."""
-
-
-class InvalidKeyRequest(ValueError):
-    """A key cannot be created as asked."""
-
-
-class KeyNotFound(LookupError):
-    def __init__(self, key_id: str) -> None:
-        super().__init__(f"no API key with id {key_id!r}")
 
 
 @dataclass(frozen=True)

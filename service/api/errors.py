@@ -1,4 +1,4 @@
-"""Error answers: the one table from domain errors to HTTP statuses, answers that stay small and cannot fail
+"""Error answers: the one mapping from errors to HTTP answers, answers that stay small and cannot fail
 (bounded echoes of what a client sent), and hints for the usual wrong encodings.
 
 Everything here runs on untrusted input on the error path. So nothing recurses over it (a body may nest
@@ -10,45 +10,93 @@ cannot encode (a JSON escape such as ``"\\ud800"`` is a lone surrogate once pars
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from fastapi import params
+from fastapi import FastAPI, Request, Response, params
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from models.preprocessing import CorruptImage, EmptyImage, ImageTooLarge, NoObjectFound, UnsupportedImage
-from service.api.auth import MissingScope
-from service.api.uploads import ImageCountError, UploadTooLarge
-from service.jobs.queue import IdempotencyConflict, JobNotCancellable, JobNotFound, SweepNotFound
-from service.registry import AliasNotFound, InvalidAliasName, ModelInUse, ModelNotFound, NoModelYet
+from models.checkpoints import CheckpointError
+from models.preprocessing import CorruptImage, EmptyImage, ImageRejected, ImageTooLarge, NoObjectFound, UnsupportedImage
+from service.errors import InvalidRequest, ServiceError
+from service.logs import request_id_header
+from service.store.db import means_unavailable
+
+log = logging.getLogger(__name__)
 
 INPUT_CHARS = 200  # an echoed `input`: its JSON text, cut here
 TEXT_CHARS = 500  # a message, a location's key, a context value: any of them may quote the request
 MAX_ERRORS = 50  # listed validation errors; one more entry counts the rest
+DETAIL_CHARS = 1000  # an error's message may quote the request (a path of 16 KB names no job): cut here
 INTERNAL_ERROR = "internal error; the server log has the details"  # a 500's whole answer: the log has the rest
 
-
-# Domain error -> HTTP status. The error's message is the answer's `detail`.
-ERROR_STATUS: dict[type[Exception], int] = {
-    JobNotFound: 404,
-    SweepNotFound: 404,
-    ModelNotFound: 404,
-    AliasNotFound: 404,
-    InvalidAliasName: 422,
-    ModelInUse: 409,
-    JobNotCancellable: 409,
-    NoModelYet: 409,
-    EmptyImage: 400,
-    CorruptImage: 400,
-    UnsupportedImage: 415,
-    ImageTooLarge: 413,
-    NoObjectFound: 422,
-    UploadTooLarge: 413,
-    ImageCountError: 422,
-    MissingScope: 403,
-    IdempotencyConflict: 409,
+# Errors of models/, which knows nothing of HTTP (service.errors.ServiceError carries its own status and code):
+# their status and code. The first match wins: the catch-all ImageRejected comes after its subclasses.
+FOREIGN_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    EmptyImage: (400, "empty_image"),
+    CorruptImage: (400, "corrupt_image"),
+    UnsupportedImage: (415, "unsupported_image"),
+    ImageTooLarge: (413, "image_too_large"),
+    NoObjectFound: (422, "no_object_found"),
+    ImageRejected: (422, "image_rejected"),
+    CheckpointError: (500, "model_unreadable"),
 }
+# The code of an answer that no exception class describes (a framework's own 404, 405, 413...).
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def status_and_code(exc: BaseException) -> tuple[int, str] | None:
+    """The HTTP status and error code the service answers ``exc`` with; None for an error it does not expect
+    (which is a 500, logged)."""
+    if isinstance(exc, ServiceError):
+        return exc.status, exc.code
+    for kind, answer in FOREIGN_ERRORS.items():
+        if isinstance(exc, kind):
+            return answer
+    return None
+
+
+def error_answer(
+    status: int, detail: object, code: str | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """An error answer: ``{"detail": ..., "code": ...}`` (``ErrorPublic``), ``code`` by status when not given."""
+    body = {"detail": detail, "code": code or STATUS_CODES.get(status, "error")}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def domain_error_answer(exc: Exception) -> JSONResponse:
+    """The answer to an expected error: a ``ServiceError`` or one of ``FOREIGN_ERRORS``. Its message is the
+    ``detail`` (bounded); an invalid request's field errors are listed, each bounded."""
+    answer = status_and_code(exc)
+    assert answer is not None, exc
+    status, code = answer
+    headers = exc.headers() if isinstance(exc, ServiceError) else None
+    if isinstance(exc, InvalidRequest) and isinstance(exc.detail, list):
+        return error_answer(status, public_errors(exc.detail), code, headers)
+    message = f"the model could not be loaded: {exc}" if isinstance(exc, CheckpointError) else str(exc)
+    return error_answer(status, bounded_text(message, DETAIL_CHARS), code, headers)
 
 
 def bounded_text(text: str, limit: int = TEXT_CHARS) -> str:
@@ -171,6 +219,142 @@ def public_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, object]
 def json_invalid(reason: str, loc: Sequence[str | int] = ("body",)) -> dict[str, object]:
     """A body that is not JSON, in the form FastAPI gives invalid JSON."""
     return {"type": "json_invalid", "loc": list(loc), "msg": "JSON decode error", "input": {}, "ctx": {"error": reason}}
+
+
+# -- the handlers ---------------------------------------------------------------------------------
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+# FastAPI's 400 for a body its JSON parser raised on with anything but a JSONDecodeError.
+FASTAPI_UNPARSABLE_BODY = "There was an error parsing the body"
+
+
+def not_utf8(error: UnicodeDecodeError) -> dict[str, object]:
+    """A body that is not UTF-8, as a validation error like FastAPI's for invalid JSON."""
+    return json_invalid(f"the body is not UTF-8: byte {error.start} cannot be decoded", loc=("body", error.start))
+
+
+def unparsable_json(cause: BaseException) -> dict[str, object]:
+    """A JSON body that Python's parser gave up on (FastAPI answers these with a bare 400), as invalid JSON."""
+    if isinstance(cause, UnicodeDecodeError):
+        return not_utf8(cause)
+    if isinstance(cause, RecursionError):
+        return json_invalid("arrays or objects nested too deeply; no field of this API nests more than a few levels")
+    if isinstance(cause, ValueError) and "digits" in str(cause):  # int("9" * 5000): Python's limit, 4300 digits
+        return json_invalid("a number with thousands of digits; no field of this API accepts one")
+    return json_invalid(bounded_text(f"{type(cause).__name__}: {cause}"))
+
+
+def log_unexpected(scope: Scope, exc: BaseException) -> None:
+    """One log record for an error no handler expected: the request's method and path (never its body or query),
+    and the traceback, which the log formatter bounds (``service.logs.bounded_traceback``)."""
+    path = bounded_text(str(scope.get("path", "")), INPUT_CHARS)
+    log.error("unhandled error", exc_info=exc, extra={"method": scope.get("method"), "path": path})
+
+
+def internal_error() -> JSONResponse:
+    # The request-id middleware may be outside the code that answers: the id the log line carries goes back here.
+    return error_answer(500, INTERNAL_ERROR, headers=request_id_header())
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an exception nothing else handled with a JSON 500, and logs it once.
+
+    Starlette's ``ServerErrorMiddleware`` answers too, then raises the exception again for the server to log:
+    uvicorn wrote the whole traceback a second time. Here it stops: one bounded record per failed request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            if started:
+                # Too late for a 500. Outer layers own this: Starlette's body limit stops a response this way
+                # (its own 413 sent), and anything else reaches the server, which logs it (bounded) and cuts
+                # the connection.
+                raise
+            log_unexpected(scope, exc)
+            await internal_error()(scope, receive, send)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Every error becomes a JSON answer ``{"detail", "code"}`` (``ErrorPublic``): the service's own errors
+    (``ServiceError`` and ``FOREIGN_ERRORS``) by their status and code, the framework's (validation, unknown
+    routes, methods, body limits) in the same form, the database's as a 503, and anything else as a 500."""
+
+    def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        route = request.scope.get("route")
+        if takes_json(route) and isinstance(exc.body, bytes | bytearray) and exc.body:
+            # FastAPI leaves the body unparsed (bytes) when its Content-Type is not JSON: curl -d sends a form.
+            return error_answer(415, not_json_detail(request.headers.get("content-type")))
+        return error_answer(422, public_errors(with_file_hints(exc.errors(), route)), "validation_error")
+
+    def expected(_request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, CheckpointError):
+            log.error("checkpoint problem: %s", exc)
+        return domain_error_answer(exc)
+
+    def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DBAPIError)
+        if not means_unavailable(exc):
+            return unexpected(request, exc)
+        log.error("database error: %s", exc)
+        return error_answer(503, "the database is unavailable or not migrated; see /readyz")
+
+    def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log_unexpected(request.scope, exc)
+        return internal_error()
+
+    def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 413:
+            limit = request.app.max_body_size
+            return error_answer(413, f"the request body is larger than the limit of {limit} bytes")
+        if exc.status_code == 405:
+            return method_not_allowed(request)
+        route = request.scope.get("route")
+        if exc.detail == FASTAPI_UNPARSABLE_BODY and exc.__cause__ is not None and takes_json(route):
+            # FastAPI's JSON reading fails this way (not UTF-8, too deep, too many digits), where invalid JSON
+            # gets a 422.
+            return error_answer(422, public_errors([unparsable_json(exc.__cause__)]), "validation_error")
+        detail = bounded_text(exc.detail, DETAIL_CHARS) if isinstance(exc.detail, str) else exc.detail
+        if exc.status_code == 400 and isinstance(exc.__context__, MultiPartException):
+            detail = multipart_hint(detail, route)
+        return error_answer(exc.status_code, detail, headers=exc.headers)
+
+    def method_not_allowed(request: Request) -> JSONResponse:
+        # Starlette's Allow lists the methods of the first route on the path; a path may have several.
+        routes = request.app.router.routes
+        methods = [
+            method
+            for method in HTTP_METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+        ]
+        detail = f"{request.method} is not allowed here; use {', '.join(methods)}"
+        return error_answer(405, detail, headers={"Allow": ", ".join(methods)})
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    expected_kinds: list[type[Exception]] = [ServiceError, *FOREIGN_ERRORS]
+    for kind in expected_kinds:
+        app.add_exception_handler(kind, expected)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(DBAPIError, database_unavailable)
+    # Reached only by an exception from outside UnexpectedErrorMiddleware (which answers all the others).
+    app.add_exception_handler(Exception, unexpected)
 
 
 # -- what a route takes ---------------------------------------------------------------------------

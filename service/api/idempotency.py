@@ -48,4 +48,5 @@ def submitter(caller: Principal, key: str | None, body: BaseModel, settings: Set
         idempotency_key=key,
         request_sha256=request_sha256(body) if key is not None else None,
         max_queued=settings.max_queued_per_key if caller.key_id is not None else None,
+        retry_after=settings.queue_retry_after_seconds,
     )

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from fastapi import UploadFile
 
+from service.errors import UploadTooLarge
+
 # Multipart framing around the file: boundaries, headers, other fields.
 MULTIPART_OVERHEAD = 64 * 1024
-
-
-class ImageCountError(ValueError):
-    """No image, or more than a request may carry."""
-
-
-class UploadTooLarge(ValueError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the upload is larger than the limit of {limit} bytes (FMNIST_MAX_UPLOAD_BYTES)")
 
 
 async def read_upload(file: UploadFile, limit: int) -> bytes:

@@ -2,16 +2,22 @@
 
 Each takes ``--url`` and ``--api-key`` (or FMNIST_URL and FMNIST_API_KEY) and ``--json`` for scripts; tables
 otherwise. Exit codes are the ``ExitCode`` values, the same for every command.
+
+Every command is a body built by ``remote_command``: the body takes an open ``Client`` and its own options,
+and returns what the command shows; the decorator adds the connection options and ``--json``, turns the
+client's errors into exit codes (in ``connected``, the one place that does), and prints the answer.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum, IntEnum
 from http import HTTPStatus
 from pathlib import Path
@@ -38,11 +44,17 @@ from service.client import (
 )
 from service.jobs.status import JobStatus
 from service.schemas import (
+    AliasPublic,
     EpochMetricsPublic,
+    JobMetricsPublic,
     JobPublic,
+    JobsPublic,
+    ModelsPublic,
     PredictionFailedPublic,
     PredictionPublic,
+    PredictPublic,
     SweepPublic,
+    SweepsPublic,
     image_location,
 )
 
@@ -84,6 +96,12 @@ SpecFileOption = Annotated[
     Path | None,
     typer.Option("--spec", exists=True, dir_okay=False, help="A JSON file with spec fields; flags override it."),
 ]
+WaitJobOption = Annotated[
+    bool, typer.Option("--wait", help="Follow the job until it ends (exit 1 unless it succeeds).")
+]
+WaitSweepOption = Annotated[bool, typer.Option("--wait", help="Wait until every job has ended (exit 1 if one failed).")]
+JobIdArgument = Annotated[str, typer.Argument(help="The job's id.")]
+SweepIdArgument = Annotated[str, typer.Argument(help="The sweep's id.")]
 
 stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True, soft_wrap=True)  # messages stay one line for scripts that read them
@@ -92,7 +110,7 @@ alias_app = typer.Typer(help="Model aliases (`production`, ...).", no_args_is_he
 sweep_app = typer.Typer(help="Sweeps: a grid of specs submitted, ranked and cancelled together.", no_args_is_help=True)
 
 
-# -- plumbing -----------------------------------------------------------------------------------------
+# -- the scaffold: connection options, errors as exit codes, JSON or a table ---------------------------
 
 
 @contextmanager
@@ -116,15 +134,112 @@ def connected(url: str, api_key: str | None) -> Iterator[Client]:
         raise _fail(str(exc), ExitCode.timeout) from exc
 
 
-def _fail(message: str, code: ExitCode) -> typer.Exit:
+def _error_line(message: str) -> None:
     stderr.print(f"error: {message}", markup=False, highlight=False)
+
+
+def _fail(message: str, code: ExitCode) -> typer.Exit:
+    _error_line(message)
     return typer.Exit(int(code))
 
 
-def _print_json(value: Any) -> None:
+@dataclass(frozen=True)
+class Shown:
+    """What a command shows when its answer alone does not say: ``value`` under --json, else ``table()``;
+    then an ``error:`` line on stderr for each of ``errors``, and ``exit_code``."""
+
+    value: Any
+    table: Callable[[], object]
+    errors: Sequence[str] = ()
+    exit_code: ExitCode = ExitCode.ok
+
+
+@dataclass(frozen=True)
+class Paging:
+    """--limit and --offset, for a command that lists one page; its body takes ``limit`` and ``offset``."""
+
+    noun: str  # --offset's help: "Jobs to skip."
+    size: int  # --limit's default
+    most: int  # --limit's maximum
+
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        limit = Annotated[int, typer.Option(min=1, max=self.most, help="Page size.")]
+        offset = Annotated[int, typer.Option(min=0, help=f"{self.noun} to skip.")]
+        return {
+            "limit": inspect.Parameter("limit", inspect.Parameter.KEYWORD_ONLY, default=self.size, annotation=limit),
+            "offset": inspect.Parameter("offset", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=offset),
+        }
+
+
+_CONNECTION = [
+    inspect.Parameter("url", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_URL, annotation=UrlOption),
+    inspect.Parameter("api_key", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ApiKeyOption),
+]
+_JSON = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOption)
+
+
+def _set_parameters(command: Callable[..., Any], parameters: list[inspect.Parameter]) -> None:
+    """Gives ``command`` these parameters where typer reads them: its signature and its annotations."""
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+
+
+def remote_command(
+    table: Callable[[Any], object] | None = None, *, json_option: bool = True, paging: Paging | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., None]]:
+    """Makes ``body(client, **options)`` a command: adds --url, --api-key and (with ``json_option``) --json
+    after the body's own options, opens the client, and shows what the body returns: as JSON under --json
+    (a model, or a list of them), else through ``table``. A body that decides more returns a ``Shown``.
+    With ``paging``, the body's ``limit`` and ``offset`` become --limit and --offset."""
+
+    def decorate(body: Callable[..., Any]) -> Callable[..., None]:
+        _client, *own = inspect.signature(body, eval_str=True).parameters.values()
+        declared = paging.parameters() if paging else {}
+        assert declared.keys() <= {p.name for p in own}, f"{body.__name__} takes no {', '.join(declared)}"
+        own = [declared.get(p.name, p) for p in own]
+        fixed = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        rest = [p for p in own if p.kind is inspect.Parameter.VAR_KEYWORD]  # **spec_flags, for with_spec_flags
+
+        @functools.wraps(body)
+        def command(*, url: str, api_key: str | None, as_json: bool = False, **options: Any) -> None:
+            with connected(url, api_key) as client:
+                shown = body(client, **options)
+                if not isinstance(shown, Shown):
+                    assert table is not None, f"{body.__name__} returns a Shown, having no table"
+                    shown = Shown(shown, functools.partial(table, shown))
+                if as_json:
+                    _print_json(shown.value)
+                else:
+                    shown.table()
+            for message in shown.errors:
+                _error_line(message)
+            if shown.exit_code is not ExitCode.ok:
+                raise typer.Exit(int(shown.exit_code))
+
+        _set_parameters(command, [*fixed, *_CONNECTION, *([_JSON] if json_option else []), *rest])
+        return command
+
+    return decorate
+
+
+def _jsonable(value: Any) -> Any:
     if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(_jsonable(value), indent=2) + "\n")
+
+
+def _outcome(*statuses: JobStatus) -> ExitCode:
+    """1 unless every job succeeded."""
+    return ExitCode.ok if all(status is JobStatus.succeeded for status in statuses) else ExitCode.job_not_succeeded
+
+
+# -- text --------------------------------------------------------------------------------------------------
 
 
 def titled_table(title: str, columns: tuple[str, ...], no_wrap: tuple[str, ...] = (), **options: Any) -> Table:
@@ -164,6 +279,20 @@ def _layers(hidden: list[int]) -> str:
 
 def _summary(spec: TrainingSpec) -> str:
     return f"{_layers(spec.hidden_layers)} {spec.activation.value} {spec.optimizer.value} lr {spec.lr:g}"
+
+
+def _state(job: JobPublic) -> str:
+    """`running`, or `running (cancel requested)`."""
+    return job.status.value + (" (cancel requested)" if job.cancel_requested else "")
+
+
+def _counts(sweep: SweepPublic) -> str:
+    """`3 succeeded, 1 running`: the states the sweep's jobs are in."""
+    return ", ".join(f"{count} {name}" for name, count in sweep.counts.items() if count)
+
+
+def _sweep_line(sweep: SweepPublic) -> str:
+    return f"sweep {sweep.id}: {_counts(sweep)}"
 
 
 # -- spec flags, generated from TrainingSpec ------------------------------------------------------------
@@ -224,8 +353,7 @@ def with_spec_flags(command: Callable[..., None]) -> Callable[..., None]:
     """Adds an option per spec field to ``command`` (it receives them in ``**spec_flags``)."""
     signature = inspect.signature(command, eval_str=True)
     fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    command.__signature__ = signature.replace(parameters=[*fixed, *SPEC_PARAMETERS])  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}  # type: ignore[attr-defined]
+    _set_parameters(command, [*fixed, *SPEC_PARAMETERS])
     return command
 
 
@@ -325,66 +453,42 @@ class ProgressReport:
         )
 
 
-def follow(client: Client, job_id: str, as_json: bool, timeout: float | None) -> None:
-    """Waits for the job with a progress report, prints the outcome, exits 1 unless it succeeded."""
+def follow(client: Client, job_id: str, timeout: float | None) -> Shown:
+    """Waits for the job with a progress report; shows the job it ended as, and exits 1 unless it succeeded."""
     with ProgressReport(job_id, live=stderr.is_terminal) as report:
         job = client.wait(job_id, on_epoch=report.epoch, on_status=report.status, timeout=timeout)
-    if as_json:
-        _print_json(job)
-    else:
-        _print_job(job, client)
-    if job.status is not JobStatus.succeeded:
-        raise typer.Exit(int(ExitCode.job_not_succeeded))
+    return Shown(job, functools.partial(_print_job, job, client), exit_code=_outcome(job.status))
 
 
 # -- jobs -----------------------------------------------------------------------------------------------
 
 
+def _print_queued_job(job: JobPublic) -> None:
+    stdout.print(f"queued job {job.id}: {_summary(job.spec)}, {job.spec.epochs} epochs, seed {job.seed}")
+
+
 @with_spec_flags
+@remote_command(_print_queued_job)
 def submit(
+    client: Client,
     preset: PresetOption = None,
     spec_file: SpecFileOption = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Follow the job until it ends (exit 1 unless it succeeds).")
-    ] = False,
+    wait: WaitJobOption = False,
     timeout: TimeoutOption = None,
     idempotency_key: Annotated[
         str | None, typer.Option("--idempotency-key", help="Resending with the same key cannot queue twice.")
     ] = None,
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
     **spec_flags: Any,
-) -> None:
+) -> JobPublic | Shown:
     """Queue a training job: spec flags, a --preset, or a --spec file (flags override both)."""
     spec = spec_from_flags(spec_file, spec_flags)
-    with connected(url, api_key) as client:
-        job = client.submit(spec, preset=preset, idempotency_key=idempotency_key)
-        if wait:
-            follow(client, job.id, as_json, timeout)
-            return
-    if as_json:
-        _print_json(job)
-    else:
-        stdout.print(f"queued job {job.id}: {_summary(job.spec)}, {job.spec.epochs} epochs, seed {job.seed}")
+    job = client.submit(spec, preset=preset, idempotency_key=idempotency_key)
+    return follow(client, job.id, timeout) if wait else job
 
 
-def jobs(
-    status: Annotated[JobStatus | None, typer.Option("--status", help="Only jobs in this state.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500, help="Page size.")] = 20,
-    offset: Annotated[int, typer.Option(min=0, help="Jobs to skip.")] = 0,
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """List jobs, newest first."""
-    with connected(url, api_key) as client:
-        page = client.list(status, limit=limit, offset=offset)
-    if as_json:
-        _print_json(page)
-        return
+def _print_jobs(page: JobsPublic) -> None:
     table = titled_table(
-        f"jobs {offset + 1}-{offset + len(page.data)} of {page.count}",
+        f"jobs {page.offset + 1}-{page.offset + len(page.data)} of {page.count}",
         ("id", "status", "epoch", "spec", "epochs", "created", "model"),
         no_wrap=("id", "model", "created"),
     )
@@ -401,13 +505,26 @@ def jobs(
     stdout.print(table)
 
 
+@remote_command(_print_jobs, paging=Paging("Jobs", size=20, most=500))
+def jobs(
+    client: Client,
+    status: Annotated[JobStatus | None, typer.Option("--status", help="Only jobs in this state.")] = None,
+    *,
+    limit: int,
+    offset: int,
+) -> JobsPublic:
+    """List jobs, newest first."""
+    return client.list_jobs(status, limit=limit, offset=offset)
+
+
 def _print_job(job: JobPublic, client: Client | None = None) -> None:
+    """The job's fields; with a client, a succeeded job's last epoch too."""
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     rows = [
         ("id", job.id),
-        ("status", job.status.value + (" (cancel requested)" if job.cancel_requested else "")),
+        ("status", _state(job)),
         ("progress", f"epoch {job.progress.epoch} of {job.progress.epochs}"),
         ("spec", f"{_summary(job.spec)}, batch {job.spec.batch_size}, {job.spec.epochs} epochs"),
         ("seed", str(job.seed)),
@@ -426,7 +543,7 @@ def _print_job(job: JobPublic, client: Client | None = None) -> None:
     if job.error:
         rows.append(("error", job.error))
     if client is not None and job.status is JobStatus.succeeded:
-        epochs = client.metrics(job.id).epochs
+        epochs = client.get_metrics(job.id).epochs
         if epochs:
             last = epochs[-1]
             rows.append(("last epoch", f"test acc {last.test_acc:.4f}, train acc {last.train_acc:.4f}"))
@@ -435,60 +552,25 @@ def _print_job(job: JobPublic, client: Client | None = None) -> None:
     stdout.print(table)
 
 
-def status(
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
+@remote_command(_print_job)
+def status(client: Client, job_id: JobIdArgument) -> JobPublic:
     """Show a job: status, spec, progress, outcome."""
-    with connected(url, api_key) as client:
-        job = client.get(job_id)
-    if as_json:
-        _print_json(job)
-    else:
-        _print_job(job)
+    return client.get_job(job_id)
 
 
-def wait(
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
-    timeout: TimeoutOption = None,
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
+@remote_command()
+def wait(client: Client, job_id: JobIdArgument, timeout: TimeoutOption = None) -> Shown:
     """Follow a job live until it ends: epoch, loss, accuracy, ETA. Exit 1 unless it succeeded."""
-    with connected(url, api_key) as client:
-        follow(client, job_id, as_json, timeout)
+    return follow(client, job_id, timeout)
 
 
-def cancel(
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
+@remote_command(lambda job: stdout.print(f"job {job.id}: {_state(job)}"))
+def cancel(client: Client, job_id: JobIdArgument) -> JobPublic:
     """Cancel a queued or running job (a running one stops at its next batch)."""
-    with connected(url, api_key) as client:
-        job = client.cancel(job_id)
-    if as_json:
-        _print_json(job)
-    else:
-        stdout.print(f"job {job.id}: {job.status.value}" + (" (cancel requested)" if job.cancel_requested else ""))
+    return client.cancel_job(job_id)
 
 
-def metrics(
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """A job's per-epoch metrics (so far)."""
-    with connected(url, api_key) as client:
-        result = client.metrics(job_id)
-    if as_json:
-        _print_json(result)
-        return
+def _print_metrics(result: JobMetricsPublic) -> None:
     table = titled_table(
         f"job {result.job_id}: {result.status.value}",
         ("epoch", "train loss", "train acc", "val acc", "test acc", "lr", "seconds"),
@@ -507,58 +589,56 @@ def metrics(
     stdout.print(table)
 
 
+@remote_command(_print_metrics)
+def metrics(client: Client, job_id: JobIdArgument) -> JobMetricsPublic:
+    """A job's per-epoch metrics (so far)."""
+    return client.get_metrics(job_id)
+
+
 # -- predictions and models ------------------------------------------------------------------------------
 
 
+def _print_predictions(result: PredictPublic, images: list[Path], top_k: int) -> None:
+    """The images the server could classify, if any (the others have their error lines)."""
+    predicted = [
+        (path, item)
+        for path, item in zip(images, result.predictions, strict=True)
+        if isinstance(item, PredictionPublic)
+    ]
+    if not predicted:
+        return
+    table = titled_table(f"model {result.model_id}", ("image", "class", "probability", f"top {top_k}"), overflow="fold")
+    for path, item in predicted:
+        ranked = ", ".join(f"{entry.class_name} {entry.probability:.2f}" for entry in item.top_k)
+        table.add_row(str(path), item.class_name, f"{item.probability:.4f}", ranked)
+    stdout.print(table)
+
+
+@remote_command()
 def predict(
+    client: Client,
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG...).", exists=True, dir_okay=False)],
     model: Annotated[str | None, typer.Option("--model", help="Model id or alias; default: the server's.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=10, help="Classes to list per image.")] = 3,
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
+) -> Shown:
     """Classify images with a trained model: a table of the predictions, and one error line per image the
     server could not use (then exit 2, or 5 if the server failed on one)."""
-    with connected(url, api_key) as client:
-        result = client.predict(list(images), model=model, top_k=top_k)
+    result = client.predict(list(images), model=model, top_k=top_k)
+    body = result.model_dump(mode="json")
+    for path, entry in zip(images, body["predictions"], strict=True):
+        entry["image"] = str(path)
     failures = [item for item in result.predictions if isinstance(item, PredictionFailedPublic)]
-    if as_json:
-        body = result.model_dump(mode="json")
-        for path, entry in zip(images, body["predictions"], strict=True):
-            entry["image"] = str(path)
-        _print_json(body)
-    elif len(failures) < len(result.predictions):
-        table = titled_table(
-            f"model {result.model_id}", ("image", "class", "probability", f"top {top_k}"), overflow="fold"
-        )
-        for path, item in zip(images, result.predictions, strict=True):
-            if isinstance(item, PredictionPublic):
-                ranked = ", ".join(f"{entry.class_name} {entry.probability:.2f}" for entry in item.top_k)
-                table.add_row(str(path), item.class_name, f"{item.probability:.4f}", ranked)
-        stdout.print(table)
-    for item in failures:
-        line = f"error: {images[item.index]}: {item.error.status} {_phrase(item.error.status)}: {_reason(item)}"
-        stderr.print(line, markup=False, highlight=False)
-    if failures:
-        # As if each bad image had been sent alone: the server refused it (2), or failed on it (5).
-        server_failed = any(item.error.status >= 500 for item in failures)
-        raise typer.Exit(int(ExitCode.unreachable if server_failed else ExitCode.invalid))
+    errors = [
+        f"{images[item.index]}: {item.error.status} {_phrase(item.error.status)}: {_reason(item)}" for item in failures
+    ]
+    # As if each bad image had been sent alone: the server refused it (2), or failed on it (5).
+    code = ExitCode.ok if not failures else ExitCode.invalid
+    if any(item.error.status >= 500 for item in failures):
+        code = ExitCode.unreachable
+    return Shown(body, functools.partial(_print_predictions, result, images, top_k), errors, code)
 
 
-def models(
-    limit: Annotated[int, typer.Option(min=1, max=500, help="Page size.")] = 50,
-    offset: Annotated[int, typer.Option(min=0, help="Models to skip.")] = 0,
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """List trained models, newest first, with their aliases."""
-    with connected(url, api_key) as client:
-        page = client.models(limit=limit, offset=offset)
-    if as_json:
-        _print_json(page)
-        return
+def _print_models(page: ModelsPublic) -> None:
     table = titled_table(
         f"{page.count} models",
         ("id", "aliases", "summary", "parameters", "test acc", "val acc", "created"),
@@ -577,31 +657,24 @@ def models(
     stdout.print(table)
 
 
+@remote_command(_print_models, paging=Paging("Models", size=50, most=500))
+def models(client: Client, *, limit: int, offset: int) -> ModelsPublic:
+    """List trained models, newest first, with their aliases."""
+    return client.list_models(limit=limit, offset=offset)
+
+
 @alias_app.command("set", epilog=EXIT_CODES)
+@remote_command(lambda alias: stdout.print(f"{alias.name} -> {alias.model_id}"))
 def alias_set(
+    client: Client,
     name: Annotated[str, typer.Argument(help="The alias, e.g. production.")],
     model: Annotated[str, typer.Argument(help="A model id, or another alias to copy.")],
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
+) -> AliasPublic:
     """Point an alias at a model (needs an admin key when the server has keys)."""
-    with connected(url, api_key) as client:
-        alias = client.set_alias(name, model)
-    if as_json:
-        _print_json(alias)
-    else:
-        stdout.print(f"{alias.name} -> {alias.model_id}")
+    return client.set_alias(name, model)
 
 
-@alias_app.command("list", epilog=EXIT_CODES)
-def alias_list(url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
-    """List aliases and the models they point at."""
-    with connected(url, api_key) as client:
-        aliases = client.aliases()
-    if as_json:
-        _print_json([alias.model_dump(mode="json") for alias in aliases])
-        return
+def _print_aliases(aliases: list[AliasPublic]) -> None:
     table = titled_table(
         f"{len(aliases)} aliases", ("alias", "model", "updated"), no_wrap=("alias", "model", "updated")
     )
@@ -610,16 +683,19 @@ def alias_list(url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None, as_js
     stdout.print(table)
 
 
+@alias_app.command("list", epilog=EXIT_CODES)
+@remote_command(_print_aliases)
+def alias_list(client: Client) -> list[AliasPublic]:
+    """List aliases and the models they point at."""
+    return client.list_aliases()
+
+
 @alias_app.command("rm", epilog=EXIT_CODES)
-def alias_rm(
-    name: Annotated[str, typer.Argument(help="The alias.")],
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-) -> None:
+@remote_command(lambda name: stdout.print(f"removed alias {name}"), json_option=False)
+def alias_rm(client: Client, name: Annotated[str, typer.Argument(help="The alias.")]) -> str:
     """Remove an alias (the model stays)."""
-    with connected(url, api_key) as client:
-        client.delete_alias(name)
-    stdout.print(f"removed alias {name}")
+    client.delete_alias(name)
+    return name
 
 
 # -- sweeps ------------------------------------------------------------------------------------------------
@@ -653,9 +729,8 @@ def _scalar(text: str) -> Any:
 
 
 def _print_sweep(sweep: SweepPublic) -> None:
-    counts = ", ".join(f"{count} {name}" for name, count in sweep.counts.items() if count)
     table = titled_table(
-        f"sweep {sweep.id}: {counts}",
+        _sweep_line(sweep),
         ("#", "job", "params", "status", "epoch", "val acc", "test acc", "model"),
         no_wrap=("job", "model"),
     )
@@ -675,105 +750,66 @@ def _print_sweep(sweep: SweepPublic) -> None:
 
 @sweep_app.command("submit", epilog=EXIT_CODES)
 @with_spec_flags
+@remote_command(lambda sweep: stdout.print(f"queued sweep {sweep.id}: {len(sweep.jobs)} jobs"))
 def sweep_submit(
+    client: Client,
     grid: Annotated[
         list[str],
         typer.Option("--grid", help="FIELD=VALUES, repeated: lr=0.1,0.5 or 'hidden_layers=[[256],[1024]]'."),
     ],
     preset: PresetOption = None,
     spec_file: SpecFileOption = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait until every job has ended (exit 1 if one failed).")
-    ] = False,
+    wait: WaitSweepOption = False,
     timeout: TimeoutOption = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", help="Retry-safe submission.")] = None,
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
     **spec_flags: Any,
-) -> None:
+) -> SweepPublic | Shown:
     """Queue a grid search: one job per combination of the --grid values, on top of the spec flags."""
     base = spec_from_flags(spec_file, spec_flags)
-    with connected(url, api_key) as client:
-        sweep = client.submit_sweep(_parse_grid(grid), base, preset=preset, idempotency_key=idempotency_key)
-        if wait:
-            sweep = client.wait_sweep(
-                sweep.id,
-                timeout=timeout,
-                on_change=lambda s: stderr.print(
-                    f"sweep {s.id}: " + ", ".join(f"{c} {n}" for n, c in s.counts.items() if c), highlight=False
-                ),
-            )
-    if as_json:
-        _print_json(sweep)
-    elif wait:
-        _print_sweep(sweep)
-    else:
-        stdout.print(f"queued sweep {sweep.id}: {len(sweep.jobs)} jobs")
-    if wait and any(job.status is not JobStatus.succeeded for job in sweep.jobs):
-        raise typer.Exit(int(ExitCode.job_not_succeeded))
+    sweep = client.submit_sweep(_parse_grid(grid), base, preset=preset, idempotency_key=idempotency_key)
+    if not wait:
+        return sweep
+    sweep = client.wait_sweep(
+        sweep.id, timeout=timeout, on_change=lambda s: stderr.print(_sweep_line(s), highlight=False)
+    )
+    return Shown(sweep, functools.partial(_print_sweep, sweep), exit_code=_outcome(*(job.status for job in sweep.jobs)))
 
 
 @sweep_app.command("status", epilog=EXIT_CODES)
-def sweep_status(
-    sweep_id: Annotated[str, typer.Argument(help="The sweep's id.")],
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
+@remote_command(_print_sweep)
+def sweep_status(client: Client, sweep_id: SweepIdArgument) -> SweepPublic:
     """A sweep's jobs, best first."""
-    with connected(url, api_key) as client:
-        sweep = client.get_sweep(sweep_id)
-    if as_json:
-        _print_json(sweep)
-    else:
-        _print_sweep(sweep)
+    return client.get_sweep(sweep_id)
 
 
-@sweep_app.command("list", epilog=EXIT_CODES)
-def sweep_list(
-    limit: Annotated[int, typer.Option(min=1, max=100, help="Page size.")] = 20,
-    offset: Annotated[int, typer.Option(min=0, help="Sweeps to skip.")] = 0,
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """List sweeps, newest first."""
-    with connected(url, api_key) as client:
-        page = client.list_sweeps(limit=limit, offset=offset)
-    if as_json:
-        _print_json(page)
-        return
+def _print_sweeps(page: SweepsPublic) -> None:
     table = titled_table(
         f"{page.count} sweeps", ("id", "created", "grid", "jobs", "best test acc"), no_wrap=("id", "created")
     )
     for sweep in page.data:
         accuracies = [job.test_acc for job in sweep.jobs if job.test_acc is not None]
-        counts = ", ".join(f"{count} {name}" for name, count in sweep.counts.items() if count)
         table.add_row(
             sweep.id,
             _when(sweep.created_at),
             json.dumps(sweep.grid),
-            counts,
+            _counts(sweep),
             _fmt(max(accuracies) if accuracies else None),
         )
     stdout.print(table)
 
 
+@sweep_app.command("list", epilog=EXIT_CODES)
+@remote_command(_print_sweeps, paging=Paging("Sweeps", size=20, most=100))
+def sweep_list(client: Client, *, limit: int, offset: int) -> SweepsPublic:
+    """List sweeps, newest first."""
+    return client.list_sweeps(limit=limit, offset=offset)
+
+
 @sweep_app.command("cancel", epilog=EXIT_CODES)
-def sweep_cancel(
-    sweep_id: Annotated[str, typer.Argument(help="The sweep's id.")],
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
+@remote_command(lambda sweep: stdout.print(_sweep_line(sweep)))
+def sweep_cancel(client: Client, sweep_id: SweepIdArgument) -> SweepPublic:
     """Cancel every job of the sweep that has not ended."""
-    with connected(url, api_key) as client:
-        sweep = client.cancel_sweep(sweep_id)
-    if as_json:
-        _print_json(sweep)
-    else:
-        stdout.print(f"sweep {sweep.id}: " + ", ".join(f"{c} {n}" for n, c in sweep.counts.items() if c))
+    return client.cancel_sweep(sweep_id)
 
 
 def register(app: typer.Typer) -> None:

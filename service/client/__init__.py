@@ -1,29 +1,26 @@
 """The Python client of the HTTP API (httpx): importing it loads neither SQLAlchemy nor torch nor numpy.
 
-from service.client import Client
+    from service.client import Client, NotFound
+
+An error answer is raised as the class of ``service.errors`` its ``code`` names (``JobNotFound``...); the
+families below are what callers usually catch.
 """
 
-from service.client.client import (
-    DEFAULT_URL,
-    ApiError,
-    Client,
-    ClientError,
+from service.client.client import DEFAULT_URL, Client, EndEvent, EpochEvent, JobEvent, StatusEvent
+from service.client.errors import ApiError, ClientError, ServerUnreachable, WaitTimeout
+from service.errors import (
     Conflict,
-    EndEvent,
-    EpochEvent,
     Forbidden,
     InvalidRequest,
+    JobNotFound,
+    ModelNotFound,
     NotFound,
-    PredictionFailedPublic,
-    PredictionPublic,
-    PredictPublic,
     RateLimited,
     ServerError,
-    ServerUnreachable,
-    StatusEvent,
+    ServiceError,
     Unauthorized,
-    WaitTimeout,
 )
+from service.schemas import PredictionFailedPublic, PredictionPublic, PredictPublic
 
 __all__ = [
     "DEFAULT_URL",
@@ -35,6 +32,9 @@ __all__ = [
     "EpochEvent",
     "Forbidden",
     "InvalidRequest",
+    "JobEvent",
+    "JobNotFound",
+    "ModelNotFound",
     "NotFound",
     "PredictPublic",
     "PredictionFailedPublic",
@@ -42,6 +42,7 @@ __all__ = [
     "RateLimited",
     "ServerError",
     "ServerUnreachable",
+    "ServiceError",
     "StatusEvent",
     "Unauthorized",
     "WaitTimeout",

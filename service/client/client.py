@@ -14,7 +14,6 @@ server's ``detail``. Importing this module loads neither torch nor numpy.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import io
 import json
@@ -34,16 +33,8 @@ from httpx_sse import SSEError, connect_sse
 from pydantic import BaseModel
 
 from service.client.errors import (
-    ApiError,
-    ClientError,
-    Conflict,
-    Forbidden,
-    InvalidRequest,
-    NotFound,
-    RateLimited,
     ServerError,
     ServerUnreachable,
-    Unauthorized,
     WaitTimeout,
     raise_for_error,
 )
@@ -66,27 +57,6 @@ from service.schemas import (
     image_location,
 )
 
-__all__ = [
-    "ApiError",
-    "Client",
-    "ClientError",
-    "Conflict",
-    "EndEvent",
-    "EpochEvent",
-    "Forbidden",
-    "InvalidRequest",
-    "NotFound",
-    "PredictPublic",
-    "PredictionFailedPublic",
-    "PredictionPublic",
-    "RateLimited",
-    "ServerError",
-    "ServerUnreachable",
-    "StatusEvent",
-    "Unauthorized",
-    "WaitTimeout",
-]
-
 DEFAULT_URL = "http://127.0.0.1:8000"
 # What one request may carry: the pixels route's fixed limit, and FMNIST_MAX_PREDICT_FILES's default.
 PIXEL_IMAGES_PER_REQUEST = 256
@@ -106,7 +76,7 @@ ImageInput = Any
 
 @dataclass(frozen=True)
 class StatusEvent:
-    """The job changed state (or the stream just opened): the whole job, as ``get`` returns it."""
+    """The job changed state (or the stream just opened): the whole job, as ``get_job`` returns it."""
 
     job: JobPublic
 
@@ -163,7 +133,12 @@ class _Follower:
 
 
 class Client:
-    """A connection to one fmnist-service server; use it as a context manager, or call ``close``."""
+    """A connection to one fmnist-service server; use it as a context manager, or call ``close``.
+
+    Methods are named verb_noun (``get_job``, ``list_models``, ``cancel_sweep``...), but for the everyday
+    ``submit``, ``wait`` and ``predict``. The names changed before 1.0 (``get``, ``list``, ``cancel``,
+    ``metrics``, ``events``, ``models``, ``aliases`` are gone, without aliases).
+    """
 
     def __init__(
         self,
@@ -226,23 +201,23 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return JobPublic.model_validate(self._request("POST", "/v1/jobs", json=body, headers=headers).json())
 
-    def get(self, job_id: str) -> JobPublic:
+    def get_job(self, job_id: str) -> JobPublic:
         """A job's status, spec, progress and outcome."""
         return self._get(f"/v1/jobs/{_segment(job_id)}", JobPublic)
 
-    def list(self, status: JobStatus | str | None = None, *, limit: int = 50, offset: int = 0) -> JobsPublic:
+    def list_jobs(self, status: JobStatus | str | None = None, *, limit: int = 50, offset: int = 0) -> JobsPublic:
         """Jobs newest first, one page (``count`` is the total)."""
         return self._get("/v1/jobs", JobsPublic, status=_value(status), limit=limit, offset=offset)
 
-    def cancel(self, job_id: str) -> JobPublic:
+    def cancel_job(self, job_id: str) -> JobPublic:
         """Cancel a queued or running job (a running one stops at its next batch)."""
         return JobPublic.model_validate(self._request("POST", f"/v1/jobs/{_segment(job_id)}/cancel").json())
 
-    def metrics(self, job_id: str) -> JobMetricsPublic:
+    def get_metrics(self, job_id: str) -> JobMetricsPublic:
         """Per-epoch metrics so far."""
         return self._get(f"/v1/jobs/{_segment(job_id)}/metrics", JobMetricsPublic)
 
-    def events(
+    def follow_events(
         self, job_id: str, *, last_epoch: int | None = None, timeout: float | None = None
     ) -> Generator[JobEvent, None, None]:
         """Follow a job live: a `StatusEvent` first and on each change, an `EpochEvent` per epoch (after
@@ -311,7 +286,7 @@ class Client:
     def _follow_stream(self, job_id: str, follower: _Follower, deadline: float | None) -> bool:
         """Follows the stream until `end`; False when it closed before the job ended."""
         remaining = None if deadline is None else deadline - time.monotonic()
-        events = self.events(job_id, last_epoch=follower.last_epoch, timeout=remaining)
+        events = self.follow_events(job_id, last_epoch=follower.last_epoch, timeout=remaining)
         with contextlib.closing(events):
             for event in events:
                 if isinstance(event, StatusEvent):
@@ -320,15 +295,15 @@ class Client:
                     follower.epoch(event.metrics)
                 else:
                     if follower.job is None or not follower.job.status.is_terminal:
-                        follower.status(self.get(job_id))
+                        follower.status(self.get_job(job_id))
                     return True
         return False
 
     def _follow_polling(self, job_id: str, follower: _Follower, deadline: float | None, interval: float) -> None:
         while True:
-            job = self.get(job_id)
+            job = self.get_job(job_id)
             if job.progress.epoch > follower.last_epoch or job.status.is_terminal:
-                for row in self.metrics(job_id).epochs:
+                for row in self.get_metrics(job_id).epochs:
                     follower.epoch(row)
             follower.status(job)
             if job.status.is_terminal:
@@ -362,8 +337,8 @@ class Client:
         items = _as_list(images)
         if not items:
             raise ValueError("no image to classify")
-        uploads: builtins.list[tuple[int, tuple[str, bytes, str]]] = []
-        pixels: builtins.list[tuple[int, builtins.list[builtins.list[int]]]] = []
+        uploads: list[tuple[int, tuple[str, bytes, str]]] = []
+        pixels: list[tuple[int, list[list[int]]]] = []
         position = 0
         for item in items:
             for kind, payload in _encode_image(item):
@@ -374,27 +349,24 @@ class Client:
                 position += 1
         results: dict[int, PredictionPublic | PredictionFailedPublic] = {}
         model_id = model
-        for start in range(0, len(uploads), FILES_PER_REQUEST):
-            chunk = uploads[start : start + FILES_PER_REQUEST]
-            answer = self._predict_files([payload for _, payload in chunk], model_id, top_k)
-            model_id = answer.model_id
-            for (index, _), item in zip(chunk, answer.predictions, strict=True):
-                results[index] = _renumbered(item, index)
-        for start in range(0, len(pixels), PIXEL_IMAGES_PER_REQUEST):
-            chunk_pixels = pixels[start : start + PIXEL_IMAGES_PER_REQUEST]
-            answer = self._predict_pixels([grid for _, grid in chunk_pixels], model_id, top_k)
-            model_id = answer.model_id
-            for (index, _), item in zip(chunk_pixels, answer.predictions, strict=True):
-                results[index] = _renumbered(item, index)
+        routes: list[tuple[Callable[[list[Any], str | None, int], PredictPublic], list[tuple[int, Any]], int]] = [
+            (self._predict_files, uploads, FILES_PER_REQUEST),  # the first answer's model serves every request after
+            (self._predict_pixels, pixels, PIXEL_IMAGES_PER_REQUEST),
+        ]
+        for send, queued, per_request in routes:
+            for start in range(0, len(queued), per_request):
+                chunk = queued[start : start + per_request]
+                answer = send([payload for _, payload in chunk], model_id, top_k)
+                model_id = answer.model_id
+                for (index, _), item in zip(chunk, answer.predictions, strict=True):
+                    results[index] = _renumbered(item, index)
         assert model_id is not None
         predictions = [results[index] for index in range(position)]
         failed = sum(isinstance(item, PredictionFailedPublic) for item in predictions)
         return PredictPublic(model_id=model_id, predictions=predictions, failed=failed)
 
-    def _predict_files(
-        self, files: builtins.list[tuple[str, bytes, str]], model: str | None, top_k: int
-    ) -> PredictPublic:
-        params = {"top_k": top_k, **({"model": model} if model else {})}
+    def _predict_files(self, files: list[tuple[str, bytes, str]], model: str | None, top_k: int) -> PredictPublic:
+        params = _predict_params(model, top_k)
         multipart = [("files", file) for file in files]
         response = self._send("POST", "/v1/predict", params=params, files=multipart)
         if not response.is_success and _has_entries(response):
@@ -403,16 +375,14 @@ class Client:
         raise_for_error(response)
         return PredictPublic.model_validate(response.json())
 
-    def _predict_pixels(
-        self, images: builtins.list[builtins.list[builtins.list[int]]], model: str | None, top_k: int
-    ) -> PredictPublic:
-        params = {"top_k": top_k, **({"model": model} if model else {})}
+    def _predict_pixels(self, images: list[list[list[int]]], model: str | None, top_k: int) -> PredictPublic:
+        params = _predict_params(model, top_k)
         response = self._request("POST", "/v1/predict/pixels", params=params, json={"images": images})
         return PredictPublic.model_validate(response.json())
 
     # -- models and aliases
 
-    def models(self, *, limit: int = 100, offset: int = 0) -> ModelsPublic:
+    def list_models(self, *, limit: int = 100, offset: int = 0) -> ModelsPublic:
         """Trained models, newest first, with their aliases."""
         return self._get("/v1/models", ModelsPublic, limit=limit, offset=offset)
 
@@ -430,7 +400,7 @@ class Client:
         target.write_bytes(self._request("GET", f"/v1/models/{_segment(model_ref)}/download").content)
         return target
 
-    def aliases(self) -> builtins.list[AliasPublic]:
+    def list_aliases(self) -> list[AliasPublic]:
         """Every alias and the model it points at."""
         return self._get("/v1/aliases", AliasesPublic).aliases
 
@@ -504,6 +474,10 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def _predict_params(model: str | None, top_k: int) -> dict[str, Any]:
+    return {"top_k": top_k, **({"model": model} if model else {})}
+
+
 def _value(status: JobStatus | str | None) -> str | None:
     return status.value if isinstance(status, JobStatus) else status
 
@@ -574,9 +548,9 @@ def _renumbered(
     return item.model_copy(update={"index": index, "error": error})
 
 
-def _as_list(images: Any) -> builtins.list[Any]:
+def _as_list(images: Any) -> list[Any]:
     if isinstance(images, list | tuple):
-        return builtins.list(images)
+        return list(images)
     return [images]
 
 

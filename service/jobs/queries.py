@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, select
 
-from service.jobs.queue import JobNotFound
+from service.errors import JobNotFound
 from service.jobs.status import JobStatus
 from service.store.db import Database, valid_key
 from service.store.tables import EpochMetric, Job

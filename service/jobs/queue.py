@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from models.spec import TrainingSpec
 from models.training import EpochMetrics
+from service.errors import IdempotencyConflict, JobNotCancellable, JobNotFound, QueueLimitReached, SweepNotFound
 from service.jobs.status import JobStatus
-from service.registry import bump_version
+from service.registry import register_model
 from service.store.db import Database, db_now, valid_key
 from service.store.tables import EpochMetric, Job, Model, Sweep, utcnow
 
@@ -33,38 +34,8 @@ MAX_SEED = 2**31 - 1
 T = TypeVar("T")
 
 
-class JobNotFound(LookupError):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id {job_id!r}")
-
-
-class JobNotCancellable(RuntimeError):
-    def __init__(self, job_id: str, status: JobStatus) -> None:
-        super().__init__(f"job {job_id} is already {status.value}; only queued or running jobs can be cancelled")
-
-
-class SweepNotFound(LookupError):
-    def __init__(self, sweep_id: str) -> None:
-        super().__init__(f"no sweep with id {sweep_id!r}")
-
-
 class LeaseLost(RuntimeError):
     """The worker's claim on a job is no longer valid; it must stop working on it and write nothing more."""
-
-
-class IdempotencyConflict(RuntimeError):
-    def __init__(self, key: str) -> None:
-        super().__init__(
-            f"Idempotency-Key {key!r} was already used for a different request; send a new key for a new request"
-        )
-
-
-class QueueLimitReached(RuntimeError):
-    def __init__(self, limit: int, queued: int, adding: int) -> None:
-        super().__init__(
-            f"this key has {queued} jobs queued and the limit is {limit} (FMNIST_MAX_QUEUED_PER_KEY); "
-            f"{adding} more would pass it: wait for some to start, or cancel some"
-        )
 
 
 @dataclass(frozen=True)
@@ -75,6 +46,7 @@ class Submitter:
     idempotency_key: str | None = None
     request_sha256: str | None = None
     max_queued: int | None = None
+    retry_after: float | None = None  # seconds, for the answer when max_queued is reached
 
     @property
     def scoped_key(self) -> str | None:
@@ -224,7 +196,7 @@ def _check_queue_limit(session: Session, submitter: Submitter, adding: int) -> N
     owner = Job.owner.is_(None) if submitter.owner is None else Job.owner == submitter.owner
     queued = session.scalar(select(func.count()).select_from(Job).where(owner, Job.status == JobStatus.queued)) or 0
     if queued + adding > submitter.max_queued:
-        raise QueueLimitReached(submitter.max_queued, queued, adding)
+        raise QueueLimitReached(submitter.max_queued, queued, adding, retry_after=submitter.retry_after)
 
 
 def _cancel(job: Job, now: datetime) -> None:
@@ -410,7 +382,8 @@ def finish_job(
         )
         if status is not JobStatus.succeeded:
             return status
-        session.add(
+        register_model(
+            session,
             Model(
                 id=model_id,
                 job_id=claim.job_id,
@@ -421,10 +394,8 @@ def finish_job(
                 val_acc=selected.val_acc if selected else None,
                 epoch=selected.epoch if selected else None,
                 created_at=now,
-            )
+            ),
         )
-        # A new model changes what "the newest model" resolves to.
-        bump_version(session)
         return status
 
 

@@ -8,14 +8,7 @@ from pydantic import ValidationError
 
 from models.presets import resolve_spec
 from models.spec import TrainingSpec
-
-
-class InvalidSpec(ValueError):
-    """A spec (or a sweep's grid point) failed validation; ``errors`` say which field and why."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__("; ".join(str(error.get("msg")) for error in errors))
-        self.errors = errors
+from service.errors import InvalidSpec
 
 
 def validated_spec(

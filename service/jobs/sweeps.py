@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import func, select
 
 from models.spec import SpecFields, TrainingSpec
-from service.jobs.queue import SweepNotFound
-from service.jobs.specs import InvalidSpec, validated_spec
+from service.errors import InvalidSpec, SweepNotFound
+from service.jobs.specs import validated_spec
 from service.store.db import Database, valid_key
 from service.store.tables import EpochMetric, Job, Model, Sweep
 

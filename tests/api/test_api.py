@@ -123,7 +123,7 @@ def test_unknown_job_is_404_json(client: TestClient) -> None:
     for path in ("/v1/jobs/nope", "/v1/jobs/nope/metrics"):
         response = client.get(path)
         assert response.status_code == 404
-        assert response.json() == {"detail": "no job with id 'nope'"}
+        assert response.json() == {"detail": "no job with id 'nope'", "code": "job_not_found"}
     assert client.post("/v1/jobs/nope/cancel").status_code == 404
 
 

@@ -1,4 +1,4 @@
-"""Error answers that stay small and cannot fail (service/api/errors.py, the handlers in service/api/app.py and the
+"""Error answers that stay small and cannot fail (service/api/errors.py: the handlers and the
 bounded tracebacks of service/logs.py): issue 11's examples and their neighbours, through TestClient and over
 real HTTP."""
 
@@ -360,7 +360,8 @@ def test_a_500_is_logged_once_bounded_without_the_body(settings: Settings, db: D
     finally:
         root.removeHandler(handler)
     assert response.status_code == 500 and response.json() == {
-        "detail": "internal error; the server log has the details"
+        "detail": "internal error; the server log has the details",
+        "code": "internal_error",
     }
     assert response.headers["x-request-id"] == "req-deep"
     (record,) = error_records(stream)
@@ -397,7 +398,7 @@ def test_a_500_over_http_is_one_bounded_log_line(settings: Settings, db: Databas
         root.removeHandler(handler)
     assert response.status_code == 500 and response.headers["x-request-id"] == "req-http"
     (record,) = error_records(stream)
-    assert record["logger"] == "service.api.app" and record["request_id"] == "req-http"
+    assert record["logger"] == "service.api.errors" and record["request_id"] == "req-http"
     assert len(json.dumps(record)) < TRACEBACK_CHARS + 1000
 
 

@@ -134,7 +134,7 @@ def test_an_unknown_job_is_404_before_any_stream(http: httpx.Client) -> None:
     response = http.get("/v1/jobs/no-such-job/events")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"detail": "no job with id 'no-such-job'"}
+    assert response.json() == {"detail": "no job with id 'no-such-job'", "code": "job_not_found"}
 
 
 def test_a_bad_last_event_id_is_422(http: httpx.Client) -> None:

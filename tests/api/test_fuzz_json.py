@@ -297,7 +297,8 @@ def test_any_json_body_gets_a_bounded_4xx_never_a_5xx(
     encoded = body.encode()
     response = served.client.request(method, url, content=encoded, headers=headers)
     assert_bounded_4xx_or_success(response, body)
-    if len(encoded) > BODY_LIMIT:
+    # The app's limit: FMNIST_MAX_REQUEST_BYTES, or one upload of FMNIST_MAX_UPLOAD_BYTES with its framing if more.
+    if len(encoded) > served.client.app.max_body_size:
         assert response.status_code == 413
     if response.status_code == 415 and path != "/v1/predict/pixels":
         assert "Content-Type: application/json" in response.json()["detail"]

@@ -245,7 +245,10 @@ def test_a_job_with_no_epochs_yet_gets_an_empty_figure(served: Served) -> None:
 @pytest.mark.parametrize("suffix", ["curves.svg", "curves.png"])
 def test_an_unknown_job_is_a_404_json(served: Served, suffix: str) -> None:
     response = served.client.get(f"/v1/jobs/nope/{suffix}")
-    assert response.status_code == 404 and response.json() == {"detail": "no job with id 'nope'"}
+    assert response.status_code == 404 and response.json() == {
+        "detail": "no job with id 'nope'",
+        "code": "job_not_found",
+    }
 
 
 def test_compare_labels_jobs_by_what_differs(served: Served) -> None:
@@ -262,7 +265,10 @@ def test_compare_labels_jobs_by_what_differs(served: Served) -> None:
 
 def test_compare_names_every_unknown_job(served: Served) -> None:
     response = served.client.get("/v1/compare.svg", params={"jobs": f"{served.trained[0]},nope,gone"})
-    assert response.status_code == 404 and response.json() == {"detail": "no job with id 'nope', 'gone'"}
+    assert response.status_code == 404 and response.json() == {
+        "detail": "no job with id 'nope', 'gone'",
+        "code": "job_not_found",
+    }
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import Result
 from PIL import Image
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from service.cli import app
 from tests.support.live import TINY, Live, live_stack

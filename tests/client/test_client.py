@@ -106,8 +106,8 @@ def test_wait_reports_each_epoch_and_status_change_and_returns_the_finished_job(
 
     assert job.status is JobStatus.succeeded and job.model_id
     assert [m.epoch for m in epochs] == [1, 2, 3, 4]
-    assert epochs == client.metrics(job.id).epochs
-    assert statuses[-1] == job == client.get(job.id)
+    assert epochs == client.get_metrics(job.id).epochs
+    assert statuses[-1] == job == client.get_job(job.id)
     assert [s.status for s in statuses] in (
         [JobStatus.queued, JobStatus.running, JobStatus.succeeded],
         [JobStatus.running, JobStatus.succeeded],
@@ -128,7 +128,7 @@ def test_wait_falls_back_to_polling_when_the_stream_is_refused(
     ):
         assert held.response.status_code == 200
         job = client.submit(TINY, epochs=3)
-        timer = threading.Timer(1.0, client.cancel, args=[blocker.id])
+        timer = threading.Timer(1.0, client.cancel_job, args=[blocker.id])
         timer.start()
         epochs: list[int] = []
         try:
@@ -139,7 +139,7 @@ def test_wait_falls_back_to_polling_when_the_stream_is_refused(
     assert epochs == [1, 2, 3]
     assert (f"/v1/jobs/{job.id}/events", 503) in transport.exchanges
     assert (f"/v1/jobs/{job.id}/metrics", 200) in transport.exchanges
-    assert client.get(blocker.id).status is JobStatus.cancelled
+    assert client.get_job(blocker.id).status is JobStatus.cancelled
 
 
 def test_wait_gives_up_after_its_timeout_and_the_job_goes_on(client: Client) -> None:
@@ -150,22 +150,22 @@ def test_wait_gives_up_after_its_timeout_and_the_job_goes_on(client: Client) -> 
         with pytest.raises(WaitTimeout, match=waiting.id):
             client.wait(waiting.id, timeout=0.5)
         assert time.monotonic() - started < 5, "the timeout ends a silent stream, without waiting for a ping"
-        assert client.get(waiting.id).status is JobStatus.queued
+        assert client.get_job(waiting.id).status is JobStatus.queued
     finally:
-        running, queued = client.cancel(blocker.id), client.cancel(waiting.id)
+        running, queued = client.cancel_job(blocker.id), client.cancel_job(waiting.id)
     assert running.cancel_requested or running.status is JobStatus.cancelled
     assert queued.status is JobStatus.cancelled  # a queued job ends at once
     assert client.wait(blocker.id, timeout=60).status is JobStatus.cancelled
     with pytest.raises(Conflict, match="already cancelled"):
-        client.cancel(waiting.id)
+        client.cancel_job(waiting.id)
 
 
-def test_list_filters_and_pages(client: Client, trained: JobPublic) -> None:
-    page = client.list(JobStatus.succeeded, limit=1)
+def test_list_jobs_filters_and_pages(client: Client, trained: JobPublic) -> None:
+    page = client.list_jobs(JobStatus.succeeded, limit=1)
     assert page.count >= 1 and len(page.data) == 1 and page.limit == 1
     assert all(job.status is JobStatus.succeeded for job in page.data)
-    assert trained.id in {job.id for job in client.list("succeeded", limit=500).data}
-    assert client.list(offset=10_000).data == []
+    assert trained.id in {job.id for job in client.list_jobs("succeeded", limit=500).data}
+    assert client.list_jobs(offset=10_000).data == []
 
 
 def test_submit_with_a_preset_and_an_idempotency_key(client: Client) -> None:
@@ -192,9 +192,9 @@ def test_an_invalid_spec_carries_the_field_errors(client: Client) -> None:
 
 def test_unknown_ids_are_not_found_with_the_server_s_detail(client: Client) -> None:
     with pytest.raises(NotFound, match="no job with id 'nope'") as caught:
-        client.get("nope")
+        client.get_job("nope")
     assert caught.value.status == 404 and caught.value.response.status_code == 404
-    for call in (lambda: client.metrics("nope"), lambda: client.wait("nope"), lambda: client.get_sweep("nope")):
+    for call in (lambda: client.get_metrics("nope"), lambda: client.wait("nope"), lambda: client.get_sweep("nope")):
         with pytest.raises(NotFound):
             call()
     with pytest.raises(NotFound):
@@ -203,25 +203,25 @@ def test_unknown_ids_are_not_found_with_the_server_s_detail(client: Client) -> N
 
 def test_an_id_with_a_slash_stays_one_path_segment(client: Client) -> None:
     with pytest.raises(NotFound):  # not GET /v1/models, which would answer 200
-        client.get("../models")
+        client.get_job("../models")
 
 
 def test_keys_missing_unknown_or_without_the_scope(live: Live) -> None:
     with Client(live.url) as anonymous, pytest.raises(Unauthorized, match="Authorization: Bearer"):
-        anonymous.list()
+        anonymous.list_jobs()
     with Client(live.url, api_key="wrong") as stranger, pytest.raises(Unauthorized, match="not known"):
         stranger.submit(TINY)
     with Client(live.url, api_key=live.predict_key) as predictor:
         with pytest.raises(Forbidden, match="lacks the `train` scope") as caught:
             predictor.submit(TINY)
         assert caught.value.status == 403
-        assert predictor.models().count >= 0  # reading models is `predict`'s
+        assert predictor.list_models().count >= 0  # reading models is `predict`'s
 
 
 def test_an_unreachable_server() -> None:
     with Client(f"http://127.0.0.1:{free_port()}", timeout=5) as nowhere:
         with pytest.raises(ServerUnreachable, match="no answer from") as caught:
-            nowhere.list()
+            nowhere.list_jobs()
         assert isinstance(caught.value, ConnectionError)
         with pytest.raises(ServerUnreachable):
             nowhere.wait("anything", timeout=5)
@@ -343,14 +343,14 @@ def test_predict_errors(client: Client, trained: JobPublic) -> None:
 
 def test_models_and_aliases(client: Client, trained: JobPublic) -> None:
     assert trained.model_id is not None
-    models = client.models()
+    models = client.list_models()
     assert trained.model_id in {m.id for m in models.models}
     model = client.get_model("production")
     assert model.id == trained.model_id and "production" in model.aliases
 
     alias = client.set_alias("staging", trained.model_id)
     assert alias.name == "staging" and alias.model_id == trained.model_id
-    assert {a.name for a in client.aliases()} >= {"production", "staging"}
+    assert {a.name for a in client.list_aliases()} >= {"production", "staging"}
     assert client.get_alias("staging").model_id == trained.model_id
     with pytest.raises(Conflict, match="alias"):
         client.delete_model(trained.model_id)

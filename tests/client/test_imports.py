@@ -15,10 +15,11 @@ SERVER_ONLY = ("sqlalchemy", "alembic", "torch", "torchvision", "numpy", "PIL", 
 @pytest.mark.parametrize("module", ["service.client", "service.schemas", "service.errors"])
 def test_importing_the_client_loads_no_server_package(module: str) -> None:
     script = (
-        f"import json, sys; import {module}; "
-        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))"
+        f"import json, sys; import {module}; print(json.dumps(sorted({{name.split('.')[0] for name in sys.modules}})))"
     )
-    loaded = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    loaded = json.loads(
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    )
     assert "httpx" in loaded or module != "service.client"  # the probe sees the client's own imports
     assert sorted(set(SERVER_ONLY) & set(loaded)) == []
 

@@ -9,11 +9,12 @@ import pytest
 
 from models.spec import TrainingSpec
 from models.training import EpochMetrics
+from service.errors import ModelNotFound
 from service.jobs import queue
 from service.jobs.queries import get_job, get_metrics
 from service.jobs.queue import LeaseLost
 from service.jobs.status import JobStatus
-from service.registry import ModelNotFound, get_model
+from service.registry import get_model
 from service.settings import Settings
 from service.store.db import Database
 from service.store.tables import utcnow

@@ -326,7 +326,7 @@ def test_a_whole_request_problem_comes_before_its_files_own(served: TestClient) 
     """An unknown model is the request's 404, whatever its files hold: no entries, a plain detail."""
     response = post_files(served, [BAD_FILES[2][:2], *good_files(1)], model="no-such-model")
     assert response.status_code == 404
-    assert set(response.json()) == {"detail"}
+    assert set(response.json()) == {"detail", "code"}
 
 
 def test_a_large_photo_and_a_bad_file_in_one_request(served: TestClient) -> None:

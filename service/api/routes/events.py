@@ -12,13 +12,13 @@ from typing import Annotated, Any
 
 import anyio
 import uvicorn
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import DatabaseDep, SettingsDep
+from service.errors import JobNotFound, ServiceUnavailable
 from service.jobs import queries as jobs
-from service.jobs.queue import JobNotFound
 from service.schemas import EpochMetricsPublic, ErrorPublic, JobPublic
 from service.store.db import Database
 from service.store.tables import Job
@@ -74,12 +74,12 @@ async def stream_slot(request: Request) -> AsyncIterator[None]:
     """Holds one of the process's stream slots while the stream is open; 503 when none is free."""
     streams: EventStreams = request.app.state.event_streams
     if not streams.acquire():
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"this server already holds {streams.limit} event streams (FMNIST_MAX_EVENT_STREAMS); "
-            f"retry later, or poll GET /v1/jobs/{{id}}",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        busy = ServiceUnavailable(
+            f"this server already holds {streams.limit} event streams (FMNIST_MAX_EVENT_STREAMS); "
+            "retry later, or poll GET /v1/jobs/{id}"
         )
+        busy.retry_after = RETRY_AFTER_SECONDS
+        raise busy
     try:
         yield
     finally:

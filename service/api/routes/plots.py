@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import matplotlib
 import torch
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 
@@ -28,8 +28,8 @@ from models.spec import TrainingSpec
 from service import plots, registry
 from service.api.deps import DatabaseDep, PredictorDep, SettingsDep
 from service.api.routes.models import ModelRef, summarise
+from service.errors import JobNotFound, ServiceUnavailable
 from service.jobs import queries as jobs
-from service.jobs.queue import JobNotFound
 from service.schemas import ErrorPublic
 from service.settings import Settings
 
@@ -126,7 +126,7 @@ def compare_svg(job_ids: JobIds, db: DatabaseDep, request: Request) -> Response:
         except JobNotFound:
             missing.append(job_id)
     if missing:
-        raise HTTPException(404, f"no job with id {', '.join(repr(job_id) for job_id in missing)}")
+        raise JobNotFound(*missing)
     specs = [{**job.spec, "seed": job.seed} for job, _ in found]
     labels = plots.distinguishing_labels(specs, [job.id for job, _ in found])
     runs = [plots.Run(label, rows, int(job.spec["epochs"])) for label, (job, rows) in zip(labels, found, strict=True)]
@@ -232,14 +232,14 @@ def _test_set(settings: Settings) -> TestSet:
         (path for path in (settings.data_dir, settings.dataset_cache_dir) if path and locate_idx_files(path)), None
     )
     if folder is None:
-        raise HTTPException(503, "no Fashion-MNIST test set on this server: set FMNIST_DATA_DIR to draw sample images")
+        raise ServiceUnavailable("no Fashion-MNIST test set on this server: set FMNIST_DATA_DIR to draw sample images")
     with _test_sets_lock:
         if folder not in _test_sets:
             try:
                 arrays = load_fashion_mnist(folder, settings.dataset_cache_dir)
             except DatasetUnavailable as exc:
                 log.error("sample images: %s", exc)
-                raise HTTPException(503, "the Fashion-MNIST files on this server could not be read") from exc
+                raise ServiceUnavailable("the Fashion-MNIST files on this server could not be read") from exc
             digest = hashlib.sha256(
                 json.dumps({name: sha for name, sha in arrays.file_sha256.items() if name.startswith("t10k")}).encode()
             ).hexdigest()

@@ -7,9 +7,7 @@ used is the answer an error: the first image's status, as if it had come alone, 
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -21,10 +19,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
-from models.preprocessing import ImageRejected
 from service.api.deps import PredictorDep
-from service.api.errors import ERROR_STATUS, INTERNAL_ERROR, bounded_text
-from service.api.uploads import ImageCountError, UploadTooLarge, read_upload
+from service.api.errors import DETAIL_CHARS, INTERNAL_ERROR, bounded_text, status_and_code
+from service.api.uploads import read_upload
+from service.errors import ImageCountError, UploadTooLarge
 from service.schemas import (
     ClassProbabilityPublic,
     ErrorPublic,
@@ -39,9 +37,6 @@ from service.schemas import (
 from service.serving.predictor import ImageOutcome, Prediction
 
 log = logging.getLogger(__name__)
-
-# Longest `detail` of an image's error: bounded as the app bounds any error's detail.
-DETAIL_CHARS = 1000
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
@@ -106,33 +101,17 @@ class PixelsCreate(BaseModel):
     images: list[PixelImage] = Field(min_length=1, max_length=MAX_ARRAYS)
 
 
-def error_status(exc: Exception) -> int | None:
-    """The status the app answers ``exc`` with, from its table of domain errors; None for an error it does not
-    expect (a 500)."""
-    for kind, status in ERROR_STATUS.items():
-        if isinstance(exc, kind):
-            return status
-    if isinstance(exc, ImageRejected):
-        return 422  # a kind of rejection the table does not list: a well-formed request the image spoils
-    return None
-
-
-@functools.cache
-def error_type(name: str) -> str:
-    """An error's `type`: its exception's name in snake case (`CorruptImage` is `corrupt_image`)."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
-
-
 def image_error(exc: Exception, index: int, filename: str | None) -> ImageErrorPublic:
     """Why the image at ``index`` could not be classified; an unexpected error is logged and is a 500."""
     where = image_location(index, filename)
-    status = error_status(exc)
-    if status is None:
+    answer = status_and_code(exc)
+    if answer is None:
         log.error("classifying %s failed", where, exc_info=exc)
         return ImageErrorPublic(status=500, type="internal_error", detail=f"{where}: {INTERNAL_ERROR}")
+    status, code = answer
     # The message may quote the upload (a decoder's complaint): bounded like any error's detail.
     detail = bounded_text(f"{where}: {exc}", DETAIL_CHARS)
-    return ImageErrorPublic(status=status, type=error_type(type(exc).__name__), detail=detail)
+    return ImageErrorPublic(status=status, type=code, detail=detail)
 
 
 def _public(
@@ -173,6 +152,7 @@ def _refused(answer: PredictPublic) -> JSONResponse:
         detail += f" (and {them} could not be used either: each entry of `predictions` says why)"
     refused = PredictRefusedPublic(
         detail=bounded_text(detail, DETAIL_CHARS),
+        code=first.error.type,
         model_id=answer.model_id,
         predictions=answer.predictions,
         failed=answer.failed,
