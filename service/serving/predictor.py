@@ -72,8 +72,8 @@ class PredictRequest:
     encoded: list[bytes | Exception] = field(default_factory=list)
     images: torch.Tensor | None = None
     rejected: dict[int, Exception] = field(default_factory=dict)
-    inline_only: bool = True  # cleared once the slow parts have been done in the thread pool
-    loaded_model: bool = False  # its model was not in the cache: the thread pool loaded it (a cache miss)
+    prepared: bool = False  # the slow parts (decoding large uploads, loading the model) are done
+    cache_miss: bool = False  # its model was not in the cache when it first reached the batch
 
     @property
     def count(self) -> int:
@@ -93,8 +93,13 @@ class PredictRequest:
         return [self.rejected[index] if index in self.rejected else next(usable) for index in range(self.count)]
 
 
-class _NeedsThreadPool(Exception):
-    """The request has work that would hold up the rest of its batch."""
+class Deferred:
+    """The batch's answer to a request with work that would hold up the rest of its batch (a large upload to
+    decode, a model to load): do that work in the thread pool, then submit the request again."""
+
+
+DEFERRED = Deferred()
+BatchOutcome = tuple[str, list[ImageOutcome]] | Deferred
 
 
 class ModelCache:
@@ -128,7 +133,7 @@ class Predictor:
         self.settings, self.db = settings, db
         self.device = resolve_device(settings.predict_device)
         self.cache = ModelCache(settings.model_cache_size)
-        self.batcher: MicroBatcher[PredictRequest, tuple[str, list[ImageOutcome]]] = MicroBatcher(
+        self.batcher: MicroBatcher[PredictRequest, BatchOutcome] = MicroBatcher(
             self._process,
             max_batch=settings.predict_max_batch,
             max_wait=settings.predict_max_wait_ms / 1000,
@@ -173,26 +178,29 @@ class Predictor:
         or an unexpected one); ``images`` are all usable, so all predicted. Raises what concerns the whole
         request: `ModelNotFound`, `NoModelYet`, `CheckpointError`."""
         request = PredictRequest(model, top_k, encoded=encoded or [], images=images)
-        try:
-            return await self.batcher.submit(request)
-        except _NeedsThreadPool:
+        outcome = await self.batcher.submit(request)
+        if isinstance(outcome, Deferred):
             await run_in_threadpool(self._prepare, request)
-            request.inline_only = False
-            return await self.batcher.submit(request)
+            outcome = await self.batcher.submit(request)
+        assert not isinstance(outcome, Deferred)  # a prepared request is never deferred
+        return outcome
 
     def _prepare(self, request: PredictRequest) -> None:
         """The slow parts, in the thread pool: decode every upload, load the model into the cache."""
         if request.images is None:
-            request.images, request.rejected = self._decode(request.encoded, inline_only=False)
+            decoded = self._decode(request.encoded, max_pixels=None)
+            assert decoded is not None  # with no pixel bound, every upload is decoded or rejected
+            request.images, request.rejected = decoded
         record = self._resolve(current_version(self.db), request.model)
         if self.cache.get(record.id) is None:
-            self._module(record)
-            request.loaded_model = True
+            self._load(record)
+        request.prepared = True
 
     def _decode(
-        self, encoded: list[bytes | Exception], *, inline_only: bool
-    ) -> tuple[torch.Tensor, dict[int, Exception]]:
-        """The usable uploads as (M, 28, 28) uint8, and why each of the others cannot be used, by index."""
+        self, encoded: list[bytes | Exception], *, max_pixels: int | None
+    ) -> tuple[torch.Tensor, dict[int, Exception]] | None:
+        """The usable uploads as (M, 28, 28) uint8, and why each of the others cannot be used, by index; None
+        as soon as an upload has more than ``max_pixels`` pixels (too slow to decode here)."""
         images: list[torch.Tensor] = []
         rejected: dict[int, Exception] = {}
         for index, data in enumerate(encoded):
@@ -201,12 +209,14 @@ class Predictor:
                 continue
             try:
                 image = open_upload(data, max_pixels=self.settings.max_image_pixels)
-                if inline_only and image.width * image.height > INLINE_PIXELS:
-                    raise _NeedsThreadPool
-                images.append(preprocess_image(load_image(image)))
-            except _NeedsThreadPool:
-                raise
             except Exception as exc:  # this upload's problem alone: the others in the request go on
+                rejected[index] = exc
+                continue
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                return None
+            try:
+                images.append(preprocess_image(load_image(image)))
+            except Exception as exc:
                 rejected[index] = exc
         if not images:
             return torch.empty((0, SIZE, SIZE), dtype=torch.uint8), rejected
@@ -225,30 +235,40 @@ class Predictor:
                     self._resolved[name] = record
         return record
 
-    def _module(self, record: Model, *, inline_only: bool = False) -> nn.Module:
-        module = self.cache.get(record.id)
-        if module is None:
-            if inline_only:
-                raise _NeedsThreadPool
-            module, _spec = load_checkpoint(
-                self.settings.checkpoint_dir / record.filename, expected_sha256=record.sha256, device=self.device
-            )
-            with torch.inference_mode():  # warm: the first request should not pay for lazy set-up
-                module(torch.zeros(1, INPUT_FEATURES, device=self.device))
-            self.cache.put(record.id, module)
+    def _load(self, record: Model) -> nn.Module:
+        """Loads ``record``'s checkpoint into the cache, warmed by one forward pass."""
+        module, _spec = load_checkpoint(
+            self.settings.checkpoint_dir / record.filename, expected_sha256=record.sha256, device=self.device
+        )
+        with torch.inference_mode():  # warm: the first request should not pay for lazy set-up
+            module(torch.zeros(1, INPUT_FEATURES, device=self.device))
+        self.cache.put(record.id, module)
         return module
 
-    def _process(self, requests: list[PredictRequest]) -> list[tuple[str, list[ImageOutcome]] | BaseException]:
-        """One batch, in the batching thread: every request's outcome, in order."""
-        outcomes: list[tuple[str, list[ImageOutcome]] | BaseException | None] = [None] * len(requests)
+    def _process(self, requests: list[PredictRequest]) -> list[BatchOutcome | BaseException]:
+        """One batch, in the batching thread: every request's outcome, in order. A request whose model is not
+        cached, or that holds a large upload, is ``DEFERRED`` the first time: its slow work would hold up the
+        batch. Once prepared, it is served here whatever happened meanwhile (a model evicted since is loaded)."""
+        outcomes: list[BatchOutcome | BaseException | None] = [None] * len(requests)
         version = current_version(self.db)  # one read for the batch; it began after every request arrived
         groups: dict[str, tuple[nn.Module, list[int]]] = {}
         for index, request in enumerate(requests):
             try:
                 record = self._resolve(version, request.model)
-                module = self._module(record, inline_only=request.inline_only)
+                module = self.cache.get(record.id)
+                if not request.prepared:
+                    request.cache_miss = module is None
+                    if module is None:
+                        outcomes[index] = DEFERRED
+                        continue
                 if request.images is None:
-                    request.images, request.rejected = self._decode(request.encoded, inline_only=request.inline_only)
+                    decoded = self._decode(request.encoded, max_pixels=None if request.prepared else INLINE_PIXELS)
+                    if decoded is None:
+                        outcomes[index] = DEFERRED
+                        continue
+                    request.images, request.rejected = decoded
+                if module is None:
+                    module = self._load(record)
             except Exception as exc:
                 outcomes[index] = exc
                 continue
@@ -256,7 +276,7 @@ class Predictor:
                 outcomes[index] = (record.id, request.outcomes([]))
                 continue
             groups.setdefault(record.id, (module, []))[1].append(index)
-            if request.loaded_model:
+            if request.cache_miss:
                 self.cache_misses += 1
             else:
                 self.cache_hits += 1
