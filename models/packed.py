@@ -19,6 +19,8 @@ runs in a small multiple of one member's time.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -62,6 +64,11 @@ def pack_key(spec: TrainingSpec) -> PackKey:
         spec.epochs,
         spec.val_fraction,
     )
+
+
+def pack_digest(spec: TrainingSpec) -> str:
+    """``pack_key`` as 32 hex digits, to store beside a job and match in a query."""
+    return hashlib.sha256(json.dumps(pack_key(spec)).encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -141,6 +148,7 @@ class PackedTrainer:
         self.best_epoch: list[int | None] = [None] * len(specs)
         self.best_state: list[list[torch.Tensor] | None] = [None] * len(specs)
         self.outcomes: dict[int, MemberOutcome] = {}
+        self._on_end: Callable[[int, MemberOutcome], None] | None = None
 
     def _column(self, values: list[float]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=self.device)
@@ -236,9 +244,12 @@ class PackedTrainer:
         self,
         on_epoch: Callable[[int, EpochMetrics], None] | None = None,
         should_stop: Callable[[int], bool] | None = None,
+        on_end: Callable[[int, MemberOutcome], None] | None = None,
     ) -> list[MemberOutcome]:
         """Trains every member to its end; returns one outcome per spec, in order. ``on_epoch(i, metrics)``
-        after each epoch of member i; ``should_stop(i)`` is asked before every step (keep it cheap)."""
+        after each epoch of member i (``member_state(i)`` is its resume state then); ``should_stop(i)`` is
+        asked before every step (keep it cheap); ``on_end(i, outcome)`` as soon as member i leaves the pack."""
+        self._on_end = on_end
         started = time.monotonic()
         deadlines = [started + spec.max_seconds if spec.max_seconds is not None else math.inf for spec in self.specs]
         while self.members and self.epoch < self.epochs:
@@ -277,11 +288,11 @@ class PackedTrainer:
                 if self._patience_exhausted(member) or self.epoch == self.epochs:
                     finished.append(member)
                 elif time.monotonic() > deadlines[member]:
-                    self.outcomes[member] = MemberOutcome(error=_time_limit(spec))
+                    self._end(member, MemberOutcome(error=_time_limit(spec)))
                     finished.append(member)
             for member in finished:
                 if member not in self.outcomes:
-                    self.outcomes[member] = MemberOutcome(result=self._result(member))
+                    self._end(member, MemberOutcome(result=self._result(member)))
             self._drop(finished)
         return [self.outcomes[member] for member in range(len(self.specs))]
 
@@ -330,12 +341,17 @@ class PackedTrainer:
         leaving = []
         for member in self.members:
             if should_stop is not None and should_stop(member):
-                self.outcomes[member] = MemberOutcome(error=TrainingStopped(self.epoch))
+                self._end(member, MemberOutcome(error=TrainingStopped(self.epoch)))
                 leaving.append(member)
             elif now > deadlines[member]:
-                self.outcomes[member] = MemberOutcome(error=_time_limit(self.specs[member]))
+                self._end(member, MemberOutcome(error=_time_limit(self.specs[member])))
                 leaving.append(member)
         return leaving
+
+    def _end(self, member: int, outcome: MemberOutcome) -> None:
+        self.outcomes[member] = outcome
+        if self._on_end is not None:
+            self._on_end(member, outcome)
 
     def _drop(self, members: list[int]) -> None:
         """Cuts ``members`` out of every stacked tensor; the others go on as they were."""
@@ -386,6 +402,39 @@ class PackedTrainer:
                 standardizer.mean.copy_(self.mean[position])
                 standardizer.std.copy_(self.std[position])
         return model
+
+    def member_state(self, member: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Member ``member``'s resume state, as ``Trainer.state()`` writes it for a lone run of its spec and seed
+        after the same epoch: a member that leaves the pack (a crash, a retry) resumes alone from it.
+        Copies, safe to keep while the pack trains on."""
+        position = self.members.index(member)
+        current = [tensor[position].detach() for tensor in self.parameters]
+        tensors = {f"model.{k}": v.clone() for k, v in self._module(position, current).state_dict().items()}
+        best = self.best_state[member]
+        if best is not None:
+            tensors.update({f"best.{k}": v.clone() for k, v in self._module(position, best).state_dict().items()})
+
+        def lone(buffer: torch.Tensor) -> torch.Tensor:  # a weight's buffers are stacked (in, out), as it is
+            row = buffer[position]
+            return (row.t() if row.dim() == 2 else row).contiguous().clone()
+
+        for slot, state in enumerate(self.state):
+            if self.optimizer is Optimizer.sgd:
+                if "momentum" in state and float(self.momentum[position]) > 0:
+                    tensors[f"optim.{slot}.momentum_buffer"] = lone(state["momentum"])
+            elif "exp_avg" in state:
+                tensors[f"optim.{slot}.step"] = torch.tensor(float(self.step_count))
+                tensors[f"optim.{slot}.exp_avg"] = lone(state["exp_avg"])
+                tensors[f"optim.{slot}.exp_avg_sq"] = lone(state["exp_avg_sq"])
+        tensors["rng.shuffle"] = self.shuffles[member].get_state()
+        tensors["rng.dropout"] = self.dropout_generators[member].get_state()
+        meta = {
+            "epoch": self.epoch,
+            "history": [metrics.as_dict() for metrics in self.history[member]],
+            "best_epoch": self.best_epoch[member],
+            "optimizer_scalars": {},
+        }
+        return tensors, meta
 
     def _result(self, member: int) -> TrainResult:
         position = self.members.index(member)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from models.packed import pack_digest
 from models.spec import TrainingSpec
 from models.training import EpochMetrics
 from service.errors import IdempotencyConflict, JobNotCancellable, JobNotFound, QueueLimitReached, SweepNotFound
@@ -90,6 +91,7 @@ def _new_job(spec: TrainingSpec, max_attempts: int, now: datetime, **extra: Any)
         max_attempts=max_attempts,
         lease_token=0,
         cancel_requested=False,
+        pack_key=pack_digest(spec),
         created_at=now,
         updated_at=now,
         **extra,
@@ -240,10 +242,19 @@ def cancel_sweep(db: Database, sweep_id: str) -> int:
 
 
 def claim_next_job(db: Database, worker_id: str, lease_seconds: float, device: str) -> Claim | None:
-    """Atomically takes the oldest queued job: one UPDATE ... RETURNING, so no two workers get the same one.
+    """Atomically takes the oldest queued job (``claim_jobs`` with a limit of 1)."""
+    claims = claim_jobs(db, worker_id, lease_seconds, device, limit=1)
+    return claims[0] if claims else None
 
-    On SQLite the write transaction begins IMMEDIATE; on PostgreSQL the subquery locks with SKIP LOCKED.
-    The lease runs on the database's clock, which every worker and the reaper share.
+
+def claim_jobs(db: Database, worker_id: str, lease_seconds: float, device: str, limit: int) -> list[Claim]:
+    """Atomically takes the oldest queued job and, when ``limit`` > 1 and it starts from scratch, up to
+    ``limit`` - 1 more queued jobs of the same shape that start from scratch too (a pack: they train together,
+    models.packed). Oldest first; each claim is a job's own, with its own attempt, lease and fencing token.
+
+    One write transaction of UPDATE ... RETURNING statements, so no two workers get the same job: on SQLite
+    it begins IMMEDIATE; on PostgreSQL the subqueries lock with SKIP LOCKED. The lease runs on the database's
+    clock, which every worker and the reaper share. A job that has recorded epochs resumes alone.
     """
     oldest_queued = (
         select(Job.id)
@@ -255,33 +266,58 @@ def claim_next_job(db: Database, worker_id: str, lease_seconds: float, device: s
     )
     with db.write() as session:
         now = db_now(session)
-        statement = (
-            update(Job)
-            .where(Job.id == oldest_queued, Job.status == JobStatus.queued)
-            .values(
-                status=JobStatus.running,
-                attempt=Job.attempt + 1,
-                lease_token=Job.lease_token + 1,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                worker_id=worker_id,
-                device=device,
-                started_at=now,
-                updated_at=now,
+        claimed = list(session.execute(_claiming(Job.id == oldest_queued, now, worker_id, lease_seconds, device)))
+        if claimed and limit > 1 and claimed[0].epochs_done == 0 and claimed[0].pack_key is not None:
+            companions = (
+                select(Job.id)
+                .where(Job.status == JobStatus.queued, Job.pack_key == claimed[0].pack_key, Job.epochs_done == 0)
+                .order_by(Job.created_at, Job.id)
+                .limit(limit - 1)
+                .with_for_update(skip_locked=True)
             )
-            .returning(Job.id, Job.spec, Job.seed, Job.attempt, Job.max_attempts, Job.lease_token, Job.epochs_done)
-            .execution_options(synchronize_session=False)
+            rows = session.execute(_claiming(Job.id.in_(companions), now, worker_id, lease_seconds, device)).all()
+            claimed += sorted(rows, key=lambda row: (row.created_at, row.id))
+    return [
+        Claim(
+            job_id=row.id,
+            spec=TrainingSpec.model_validate(row.spec),
+            seed=row.seed,
+            attempt=row.attempt,
+            max_attempts=row.max_attempts,
+            token=row.lease_token,
+            epochs_done=row.epochs_done,
         )
-        row = session.execute(statement).one_or_none()
-    if row is None:
-        return None
-    return Claim(
-        job_id=row.id,
-        spec=TrainingSpec.model_validate(row.spec),
-        seed=row.seed,
-        attempt=row.attempt,
-        max_attempts=row.max_attempts,
-        token=row.lease_token,
-        epochs_done=row.epochs_done,
+        for row in claimed
+    ]
+
+
+def _claiming(which: ColumnElement[bool], now: datetime, worker_id: str, lease_seconds: float, device: str) -> Any:
+    """The UPDATE that claims the queued jobs ``which`` selects, RETURNING what a Claim needs."""
+    return (
+        update(Job)
+        .where(which, Job.status == JobStatus.queued)
+        .values(
+            status=JobStatus.running,
+            attempt=Job.attempt + 1,
+            lease_token=Job.lease_token + 1,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            worker_id=worker_id,
+            device=device,
+            started_at=now,
+            updated_at=now,
+        )
+        .returning(
+            Job.id,
+            Job.spec,
+            Job.seed,
+            Job.attempt,
+            Job.max_attempts,
+            Job.lease_token,
+            Job.epochs_done,
+            Job.pack_key,
+            Job.created_at,
+        )
+        .execution_options(synchronize_session=False)
     )
 
 

@@ -101,10 +101,13 @@ class Job(Base):
     owner: Mapped[str | None] = mapped_column(String(64), index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(320), unique=True)
     request_sha256: Mapped[str | None] = mapped_column(String(64))
+    # The shape it shares with the jobs it may train beside in one pack (models.packed.pack_digest).
+    pack_key: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_created", "created_at"),
+        Index("ix_jobs_status_pack_key_created", "status", "pack_key", "created_at"),
     )
 
 

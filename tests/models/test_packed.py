@@ -133,3 +133,34 @@ def test_a_member_past_its_time_limit_fails_alone(synthetic_dataset: DeviceDatas
     outcomes = PackedTrainer(specs, [1, 2], synthetic_dataset).run()
     assert isinstance(outcomes[0].error, TimeLimitExceeded)
     assert outcomes[1].result is not None and len(outcomes[1].result.history) == BASE["epochs"]
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        {"lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3, "dropout": 0.2},
+        {"optimizer": "adam", "lr": 2e-3, "normalize_inputs": True, "val_fraction": 0.2},
+        {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "lr_schedule": "cosine"},
+    ],
+    ids=["sgd", "adam", "adamw"],
+)
+def test_a_member_resumes_alone_from_its_state_after_any_epoch(
+    member: dict[str, object], synthetic_dataset: DeviceDataset
+) -> None:
+    """What a crash mid-pack leaves: each member's state after its last epoch, from which it goes on alone."""
+    [spec, other] = _specs([{**member, "epochs": 3}, {**member, "epochs": 3, "seed": 9}])
+    saved: dict[int, tuple[dict[str, torch.Tensor], dict[str, object]]] = {}
+    packed = PackedTrainer([spec, other], [4, 9], synthetic_dataset)
+
+    def keep_first_epoch(index: int, metrics: EpochMetrics) -> None:
+        if metrics.epoch == 1:
+            saved[index] = packed.member_state(index)
+
+    packed.run(on_epoch=keep_first_epoch)
+    resumed = Trainer(spec, synthetic_dataset, seed=4, step_mode="eager")
+    resumed.restore(*saved[0])  # type: ignore[arg-type]
+    assert resumed.epoch == 1
+    history = resumed.run().history
+    alone, _ = _alone(spec, 4, synthetic_dataset)
+    assert [m.train_loss for m in history] == pytest.approx([m.train_loss for m in alone], abs=1e-4)
+    assert [m.test_acc for m in history] == pytest.approx([m.test_acc for m in alone], abs=0.01)
