@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         default="auto", description="Where the API runs predictions: auto (the first GPU, else the CPU), cpu, cuda:N."
     )
     cuda_graphs: bool = Field(default=True, description="Capture training steps as CUDA graphs on a GPU.")
+    pack_max: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Most queued jobs of one shape a worker slot claims at once and trains together as one stacked "
+        "model (a pack: models/packed.py); 1 trains every job alone.",
+    )
     gpu_memory_fraction: float = Field(
         default=1.0,
         gt=0.0,

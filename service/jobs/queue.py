@@ -268,15 +268,18 @@ def claim_jobs(db: Database, worker_id: str, lease_seconds: float, device: str, 
         now = db_now(session)
         claimed = list(session.execute(_claiming(Job.id == oldest_queued, now, worker_id, lease_seconds, device)))
         if claimed and limit > 1 and claimed[0].epochs_done == 0 and claimed[0].pack_key is not None:
-            companions = (
+            # Selected (and on PostgreSQL locked) first, then claimed by id: an UPDATE ... WHERE id IN (a
+            # subquery with LIMIT and SKIP LOCKED) may claim more rows than the limit on PostgreSQL.
+            companions = session.scalars(
                 select(Job.id)
                 .where(Job.status == JobStatus.queued, Job.pack_key == claimed[0].pack_key, Job.epochs_done == 0)
                 .order_by(Job.created_at, Job.id)
                 .limit(limit - 1)
                 .with_for_update(skip_locked=True)
-            )
-            rows = session.execute(_claiming(Job.id.in_(companions), now, worker_id, lease_seconds, device)).all()
-            claimed += sorted(rows, key=lambda row: (row.created_at, row.id))
+            ).all()
+            if companions:
+                rows = session.execute(_claiming(Job.id.in_(companions), now, worker_id, lease_seconds, device)).all()
+                claimed += sorted(rows, key=lambda row: (row.created_at, row.id))
     return [
         Claim(
             job_id=row.id,

@@ -48,6 +48,7 @@ import torch
 from models.checkpoints import save_checkpoint
 from models.data import DeviceDataset, load_fashion_mnist, to_device
 from models.devices import device_label
+from models.packed import PackedTrainer
 from models.spec import INPUT_FEATURES
 from models.training import EpochMetrics, Trainer, TrainingStopped
 from service.jobs.queue import Claim
@@ -197,6 +198,14 @@ Outcome = Trained | Stopped | Failed | Died
 
 
 @dataclass(frozen=True)
+class ForMember:
+    """A message about one member of the pack a slot runs (``member``: its index in the pack)."""
+
+    member: int
+    message: Progress | Trained | Stopped | Failed
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     """How to run a trainer process: device, slots, data set, and the few settings it needs."""
 
@@ -206,6 +215,7 @@ class TrainerConfig:
     dataset_cache_dir: Path
     download: bool
     cuda_graphs: bool
+    pack_max: int = 1
     gpu_memory_fraction: float = 1.0
     fault_injection: FaultInjection | None = None
     logging: tuple[str, Literal["text", "json"]] | None = None
@@ -220,6 +230,7 @@ class TrainerConfig:
             dataset_cache_dir=settings.dataset_cache_dir,
             download=settings.download,
             cuda_graphs=settings.cuda_graphs,
+            pack_max=settings.pack_max,
             gpu_memory_fraction=settings.gpu_memory_fraction,
             fault_injection=settings.fault_injection,
             logging=logging_configuration(),
@@ -309,7 +320,7 @@ class _Slot:
     ) -> None:
         self.index, self.config, self.device = index, config, device
         self.datasets, self.stop, self.sender = datasets, stop, sender
-        self.jobs: queue.SimpleQueue[TrainingJob] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[tuple[TrainingJob, ...]] = queue.SimpleQueue()
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.warmed_up = threading.Event()
 
@@ -355,37 +366,52 @@ class _Slot:
             logging_flush()
             os._exit(1)
 
-    def _serve_one(self, job: TrainingJob) -> None:
+    def _serve_one(self, jobs: tuple[TrainingJob, ...]) -> None:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        with job_context(job.claim.job_id, job.claim.attempt):
-            outcome = self._run(job)
-            self.sender.send(self.index, outcome)
-            if isinstance(outcome, Failed) and outcome.device_lost:
+        with job_context(jobs[0].claim.job_id, jobs[0].claim.attempt):
+            device_lost = self._run(jobs)
+            if device_lost:
                 # Nothing more can run in this process: let the worker start a new one.
                 log.error("the device is unusable after this job's error; the trainer process exits")
                 logging_flush()
                 os._exit(DEVICE_LOST_EXIT)
-            del outcome  # a Failed holds the error, whose traceback holds the job's tensors and graphs
             memory = self._release_device_memory()
         self.sender.send(self.index, SlotIdle(memory, self.datasets.loads))
 
-    def _run(self, job: TrainingJob) -> Outcome:
-        claim = job.claim
+    def _send(self, member: int, message: Progress | Trained | Stopped | Failed) -> None:
+        self.sender.send(self.index, ForMember(member, message))
+
+    def _stop_requested(self, member: int) -> bool:
+        return bool(self.stop[self.index * self.config.pack_max + member])
+
+    def _run(self, jobs: tuple[TrainingJob, ...]) -> bool:
+        """Runs the pack and sends each member's outcome; True when the device is unusable since."""
         try:
             with self._on_own_stream():
-                outcome = self._train(job)
+                outcomes = self._train(jobs[0]) if len(jobs) == 1 else self._train_pack(jobs)
             if self.stream is not None:
                 self.stream.synchronize()
-            return outcome
         except TrainingStopped as stopped:
-            return Stopped(stopped.completed_epochs)
+            outcomes = [Stopped(stopped.completed_epochs)]
         except Exception as error:
             device_lost = not _device_usable(self.device)
-            log.error("job %s: %s", claim.job_id, describe(error), exc_info=not isinstance(error, ValueError | OSError))
-            return Failed(_portable(error), device_lost=device_lost)
+            log.error(
+                "job %s: %s",
+                ", ".join(job.claim.job_id for job in jobs),
+                describe(error),
+                exc_info=not isinstance(error, ValueError | OSError),
+            )
+            failed = Failed(_portable(error), device_lost=device_lost)
+            del error  # its traceback holds the run's tensors and graphs
+            for member in range(len(jobs)):
+                self._send(member, failed)
+            return device_lost
+        for member, outcome in enumerate(outcomes):
+            self._send(member, outcome)
+        return False
 
-    def _train(self, job: TrainingJob) -> Outcome:
+    def _train(self, job: TrainingJob) -> list[Trained | Stopped | Failed]:
         claim, config = job.claim, self.config
         dataset = self.datasets.get()
         trainer = Trainer(claim.spec, dataset, seed=claim.seed, cuda_graphs=config.cuda_graphs)
@@ -398,23 +424,51 @@ class _Slot:
             "resumed_from_epoch": trainer.epoch,
             "train_samples": trainer.n_train,  # for samples/s (GET /metrics): an epoch's seconds are stored
         }
-        self.sender.send(self.index, AttemptBegun(list(trainer.history), record))
+        self._send(0, AttemptBegun(list(trainer.history), record))
         fault = config.fault_injection
 
         def epoch_done(metrics: EpochMetrics) -> None:
             save_resume_state(job.resume_file, claim, *trainer.state())
-            self.sender.send(self.index, EpochFinished(metrics))
+            self._send(0, EpochFinished(metrics))
             if fault is not None and _fault_applies(fault, claim, metrics.epoch):
                 fire(fault, self.device)
 
-        def should_stop() -> bool:
-            return bool(self.stop[self.index])
+        result = trainer.run(on_epoch=epoch_done, should_stop=lambda: self._stop_requested(0))
+        return [_trained(job, result.model, result.selected)]
 
-        result = trainer.run(on_epoch=epoch_done, should_stop=should_stop)
-        checkpoint = save_checkpoint(
-            job.checkpoint_file, result.model, claim.spec, extra={"job_id": claim.job_id, "seed": str(claim.seed)}
-        )
-        return Trained(result.selected, checkpoint.sha256, checkpoint.size_bytes)
+    def _train_pack(self, jobs: tuple[TrainingJob, ...]) -> list[Trained | Stopped | Failed]:
+        """Trains the jobs together (models/packed.py); each keeps its metrics, resume state and checkpoint.
+        Packs are made of jobs that start from scratch (service.jobs.queue.claim_jobs)."""
+        claims = [job.claim for job in jobs]
+        dataset = self.datasets.get()
+        pack = PackedTrainer([claim.spec for claim in claims], [claim.seed for claim in claims], dataset)
+        record = {
+            **provenance(device_label(self.device), dataset.file_sha256, False),
+            "resumed_from_epoch": 0,
+            "train_samples": pack.n_train,
+            "pack_size": len(jobs),
+        }
+        for member in range(len(jobs)):
+            self._send(member, AttemptBegun([], record))
+        fault = self.config.fault_injection
+
+        def epoch_done(member: int, metrics: EpochMetrics) -> None:
+            save_resume_state(jobs[member].resume_file, claims[member], *pack.member_state(member))
+            self._send(member, EpochFinished(metrics))
+            if fault is not None and _fault_applies(fault, claims[member], metrics.epoch):
+                fire(fault, self.device)
+
+        outcomes: list[Trained | Stopped | Failed] = []
+        for job, ended in zip(jobs, pack.run(on_epoch=epoch_done, should_stop=self._stop_requested), strict=True):
+            if ended.result is not None:
+                outcomes.append(_trained(job, ended.result.model, ended.result.selected))
+            elif isinstance(ended.error, TrainingStopped):
+                outcomes.append(Stopped(ended.error.completed_epochs))
+            else:
+                assert ended.error is not None
+                log.error("job %s: %s", job.claim.job_id, describe(ended.error))
+                outcomes.append(Failed(_portable(ended.error)))
+        return outcomes
 
     def _release_device_memory(self) -> DeviceMemory | None:
         """Hands the ended job's cached blocks back to the driver: a cancelled, failed (out of memory included)
@@ -433,6 +487,14 @@ class _Slot:
             reserved=torch.cuda.memory_reserved(self.device),
             peak_allocated=torch.cuda.max_memory_allocated(self.device),
         )
+
+
+def _trained(job: TrainingJob, model: torch.nn.Module, selected: EpochMetrics | None) -> Trained:
+    claim = job.claim
+    checkpoint = save_checkpoint(
+        job.checkpoint_file, model, claim.spec, extra={"job_id": claim.job_id, "seed": str(claim.seed)}
+    )
+    return Trained(selected, checkpoint.sha256, checkpoint.size_bytes)
 
 
 def trainer_main(conn: Connection, stop: Any, config: TrainerConfig) -> None:
@@ -576,7 +638,7 @@ class TrainerProcess:
 
     def _start(self) -> _Child:
         ours, theirs = self._context.Pipe(duplex=True)
-        stop = self._context.RawArray(ctypes.c_bool, self.config.slots)
+        stop = self._context.RawArray(ctypes.c_bool, self.config.slots * self.config.pack_max)
         process = self._context.Process(
             target=trainer_main, args=(theirs, stop, self.config), name="fmnist-trainer", daemon=True
         )
@@ -603,23 +665,29 @@ class TrainerProcess:
     def run(
         self,
         slot: int,
-        job: TrainingJob,
-        on_progress: Callable[[Progress], None],
-        should_stop: Callable[[], bool],
-    ) -> tuple[Outcome, SlotIdle | None]:
-        """Runs ``job`` on ``slot`` of the child: ``on_progress`` gets each message as it comes (in this
-        thread); ``should_stop`` is asked every ``STOP_POLL_SECONDS`` and on each message, and once it is
-        true the child stops the run at its next step. Returns the job's outcome and, unless the child died,
-        the slot's state after clean-up."""
+        jobs: list[TrainingJob],
+        on_progress: Callable[[int, Progress], None],
+        should_stop: Callable[[int], bool],
+    ) -> tuple[list[Outcome], SlotIdle | None]:
+        """Runs ``jobs`` (one, or a pack of at most ``pack_max`` trained together) on ``slot`` of the child:
+        ``on_progress(member, message)`` gets each message as it comes (in this thread); ``should_stop(member)``
+        is asked every ``STOP_POLL_SECONDS`` and on each message, and once it is true the child stops that
+        member at its next step. Returns each member's outcome and, unless the child died, the slot's state
+        after clean-up."""
+        if not 1 <= len(jobs) <= self.config.pack_max:
+            raise ValueError(f"a pack holds 1 to {self.config.pack_max} jobs, not {len(jobs)}")
         child = self.ensure_running()
-        child.stop[slot] = False
+        flags = range(slot * self.config.pack_max, slot * self.config.pack_max + len(jobs))
+        for flag in flags:
+            child.stop[flag] = False
         with child.send_lock:
-            child.conn.send((slot, job))
+            child.conn.send((slot, tuple(jobs)))
         inbox = child.slots[slot]
-        outcome: Outcome | None = None
+        outcomes: list[Outcome | None] = [None] * len(jobs)
         while True:
-            if outcome is None and should_stop():
-                child.stop[slot] = True
+            for member, flag in enumerate(flags):
+                if outcomes[member] is None and not child.stop[flag] and should_stop(member):
+                    child.stop[flag] = True
             try:
                 message = inbox.get(timeout=STOP_POLL_SECONDS)
             except queue.Empty:
@@ -627,20 +695,20 @@ class TrainerProcess:
             if message is _DEATH:
                 child.dead = True
                 description = _describe_exit(child.process)
-                if outcome is None:
-                    return Died(description), None
-                log.warning("%s after job %s ended", description, job.claim.job_id)
-                return outcome, None
+                if all(outcome is not None for outcome in outcomes):
+                    log.warning("%s after job %s ended", description, jobs[0].claim.job_id)
+                return [outcome if outcome is not None else Died(description) for outcome in outcomes], None
             if isinstance(message, SlotIdle):
-                assert outcome is not None, "a slot went idle before its job ended"
-                return outcome, message
-            if isinstance(message, Trained | Stopped | Failed):
-                outcome = message
-                if isinstance(message, Failed) and message.device_lost:
+                assert all(outcome is not None for outcome in outcomes), "a slot went idle before its jobs ended"
+                return [outcome for outcome in outcomes if outcome is not None], message
+            assert isinstance(message, ForMember)
+            member, payload = message.member, message.message
+            if isinstance(payload, Trained | Stopped | Failed):
+                outcomes[member] = payload
+                if isinstance(payload, Failed) and payload.device_lost:
                     child.retired = True
-                continue
-            if outcome is None:
-                on_progress(message)  # type: ignore[arg-type]
+            elif outcomes[member] is None:
+                on_progress(member, payload)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stops the child (call it once the slots are idle); kills it past ``timeout`` seconds."""

@@ -149,11 +149,13 @@ class Worker:
         """
         device = self._trainer_device()
         queue.requeue_expired_leases(self.db)
-        claim = queue.claim_next_job(self.db, self.worker_id, self.settings.lease_seconds, device=device)
-        if claim is None:
+        claims = queue.claim_jobs(
+            self.db, self.worker_id, self.settings.lease_seconds, device=device, limit=self.settings.pack_max
+        )
+        if not claims:
             return False
-        with job_context(claim.job_id, claim.attempt):
-            self.run_job(claim)
+        with job_context(claims[0].job_id, claims[0].attempt):
+            self.run_jobs(claims)
         return True
 
     def _trainer_device(self) -> str:
@@ -168,39 +170,61 @@ class Worker:
                     raise
                 time.sleep(min(2.0**failures, 30.0))
 
-    # -- one job ----------------------------------------------------------------------------------
+    # -- one job, or a pack of them ------------------------------------------------------------------
     def run_job(self, claim: Claim) -> None:
-        log.info("job %s: attempt %d, spec %s", claim.job_id, claim.attempt, claim.spec.model_dump_json())
-        keeper = LeaseKeeper(
-            self.db, claim, self.settings.lease_seconds, check_seconds=min(0.5, self.settings.lease_seconds / 4)
-        )
-        keeper.start()
-        state_file = resume_path(self.settings.resume_dir, claim.job_id)
-        job = TrainingJob(claim, state_file, self.settings.checkpoint_dir / f"{queue.new_id()}.safetensors")
-        # The first database error while recording progress (a lost lease, or another): the run is stopped.
-        broken: list[Exception] = []
+        self.run_jobs([claim])
 
-        def record(message: Progress) -> None:
-            if broken:
+    def run_jobs(self, claims: list[Claim]) -> None:
+        """Runs the claimed jobs (one, or a pack that trains together) and ends each as its own outcome says."""
+        for claim in claims:
+            log.info("job %s: attempt %d, spec %s", claim.job_id, claim.attempt, claim.spec.model_dump_json())
+        if len(claims) > 1:
+            log.info("packed %d jobs: %s", len(claims), ", ".join(claim.job_id for claim in claims))
+        check_seconds = min(0.5, self.settings.lease_seconds / 4)
+        keepers = [LeaseKeeper(self.db, claim, self.settings.lease_seconds, check_seconds) for claim in claims]
+        for keeper in keepers:
+            keeper.start()
+        jobs = [
+            TrainingJob(
+                claim,
+                resume_path(self.settings.resume_dir, claim.job_id),
+                self.settings.checkpoint_dir / f"{queue.new_id()}.safetensors",
+            )
+            for claim in claims
+        ]
+        # Per job, the first database error while recording its progress (a lost lease, or another): it stops.
+        broken: list[Exception | None] = [None] * len(claims)
+
+        def record(member: int, message: Progress) -> None:
+            if broken[member] is not None:
                 return
             try:
                 if isinstance(message, AttemptBegun):
-                    queue.begin_attempt(self.db, claim, message.history, message.provenance)
+                    queue.begin_attempt(self.db, claims[member], message.history, message.provenance)
                 elif isinstance(message, EpochFinished):
-                    queue.record_epoch(self.db, claim, message.metrics)
+                    queue.record_epoch(self.db, claims[member], message.metrics)
             except Exception as error:
-                broken.append(error)
+                broken[member] = error
 
-        def should_stop() -> bool:
-            return bool(broken) or keeper.cancel_requested.is_set() or keeper.lost.is_set() or self.shutdown.is_set()
+        def should_stop(member: int) -> bool:
+            keeper = keepers[member]
+            return (
+                broken[member] is not None
+                or keeper.cancel_requested.is_set()
+                or keeper.lost.is_set()
+                or self.shutdown.is_set()
+            )
 
         try:
-            outcome, idle = self.trainer.run(self.slot, job, record, should_stop)
+            outcomes, idle = self.trainer.run(self.slot, jobs, record, should_stop)
         finally:
-            keeper.stop()
+            for keeper in keepers:
+                keeper.stop()
         if idle is not None:
             self.last_idle = idle
-        self._conclude(claim, job, outcome, keeper, broken[0] if broken else None)
+        for claim, job, outcome, keeper, error in zip(claims, jobs, outcomes, keepers, broken, strict=True):
+            with job_context(claim.job_id, claim.attempt):
+                self._conclude(claim, job, outcome, keeper, error)
 
     def _conclude(
         self, claim: Claim, job: TrainingJob, outcome: Outcome, keeper: LeaseKeeper, broken: Exception | None
