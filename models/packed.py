@@ -4,7 +4,7 @@ Members share what fixes the shape of a step (``pack_key``: layer widths, activa
 standardisation, optimizer kind, batch size, epochs, validation fraction) and keep everything else their
 own: learning rate and schedule, momentum, Nesterov, weight decay, initialisation, label smoothing, seed
 (its own initial weights, train/validation split, shuffle and dropout stream), early stopping and time
-limit. Weights are stacked as (N, in, out) and every layer is one batched matmul (``torch.baddbmm``); the
+limit. Weights are stacked as (N, out, in) and every layer is one batched matmul (``torch.baddbmm``); the
 losses of the members are summed, so each member's gradient is the one it would have alone.
 
 A member trained in a pack equals the same spec and seed trained alone by ``models.training.Trainer``
@@ -108,7 +108,7 @@ class PackedTrainer:
         for spec, seed in zip(specs, seeds, strict=True):
             model = build_mlp(spec, generator=torch.Generator().manual_seed(seed))
             linears = [m for m in model if isinstance(m, nn.Linear)]
-            weights.append([m.weight.detach().t() for m in linears])  # (in, out): the matmul's own layout
+            weights.append([m.weight.detach() for m in linears])
             biases.append([m.bias.detach() for m in linears])
             train_index, val_index = _split(len(data.train_x), spec.val_fraction, seed, self.device)
             self.train_index.append(train_index)
@@ -155,7 +155,7 @@ class PackedTrainer:
 
     @property
     def parameters(self) -> list[torch.Tensor]:
-        """The stacked parameters, layer by layer: weight (N, in, out), then bias (N, out)."""
+        """The stacked parameters, layer by layer: weight (N, out, in), then bias (N, out)."""
         return [tensor for pair in zip(self.weights, self.biases, strict=True) for tensor in pair]
 
     # -- the step ------------------------------------------------------------------------------------
@@ -168,7 +168,8 @@ class PackedTrainer:
             hidden = hidden.expand(len(self.members), *hidden.shape)
         last = len(self.weights) - 1
         for index, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            hidden = torch.baddbmm(bias.unsqueeze(1), hidden, weight)
+            # x @ W^T as nn.Linear computes it: the same kernels' orientation, so the same sums as a lone run.
+            hidden = torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
             if index < last:
                 hidden = self.activation(hidden)
                 if train and self.dropout > 0:
@@ -372,7 +373,7 @@ class PackedTrainer:
     @torch.no_grad()
     def _accuracy(self, inputs: torch.Tensor, labels: torch.Tensor) -> list[float]:
         """Every member's top-1 accuracy on one shared set of inputs."""
-        widest = max(weight.shape[2] for weight in self.weights)
+        widest = max(weight.shape[1] for weight in self.weights)
         rows = max(1, EVAL_ELEMENTS // (len(self.members) * widest))
         correct = torch.zeros(len(self.members), dtype=torch.int64, device=self.device)
         for start in range(0, len(inputs), rows):
@@ -395,7 +396,7 @@ class PackedTrainer:
         linears = [m for m in model if isinstance(m, nn.Linear)]
         with torch.no_grad():
             for layer, linear in enumerate(linears):
-                linear.weight.copy_(tensors[2 * layer].t())
+                linear.weight.copy_(tensors[2 * layer])
                 linear.bias.copy_(tensors[2 * layer + 1])
             standardizer = next((m for m in model if isinstance(m, Standardize)), None)
             if standardizer is not None:
@@ -414,9 +415,8 @@ class PackedTrainer:
         if best is not None:
             tensors.update({f"best.{k}": v.clone() for k, v in self._module(position, best).state_dict().items()})
 
-        def lone(buffer: torch.Tensor) -> torch.Tensor:  # a weight's buffers are stacked (in, out), as it is
-            row = buffer[position]
-            return (row.t() if row.dim() == 2 else row).contiguous().clone()
+        def lone(buffer: torch.Tensor) -> torch.Tensor:
+            return buffer[position].clone()
 
         for slot, state in enumerate(self.state):
             if self.optimizer is Optimizer.sgd:

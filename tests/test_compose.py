@@ -219,7 +219,7 @@ def test_the_build_context_holds_what_the_image_needs(path: str) -> None:
         ".git/HEAD",
         "var/fmnist.db",
         ".env",
-        "tests/test_api.py",
+        "tests/api/test_api.py",
         "bench/training.py",
         "test-artifacts/dashboard.png",
         "service/__pycache__/cli.cpython-311.pyc",

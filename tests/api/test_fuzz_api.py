@@ -10,7 +10,7 @@ What this cannot find: schemathesis builds bodies from the schemas and sends the
 they are valid JSON a few levels deep (its free-form values have 2 to 5 leaves), with finite floats, text
 without lone surrogates, file fields always sent as files; its Content-Type probes only check for a 5xx.
 The 500s of issue 11 (a 500-deep array, a `"\ud800"` escape) and the 251 KB echo of a file sent as a text
-field were out of its reach. tests/test_fuzz_json.py writes such bodies itself, for every route the
+field were out of its reach. tests/api/test_fuzz_json.py writes such bodies itself, for every route the
 document lists.
 """
 

@@ -72,6 +72,19 @@ def test_a_packed_member_trains_as_it_would_alone(name: str, synthetic_dataset: 
             torch.testing.assert_close(state[key], tensor, atol=2e-4, rtol=1e-3)
 
 
+def test_on_the_real_data_the_first_epoch_loss_agrees_to_1e_5_even_at_a_high_learning_rate(
+    real_dataset: DeviceDataset,
+) -> None:
+    """The d2l recipe at lr 0.05 and 0.4 (a high rate amplifies any difference in the order of float sums: the
+    batched matmuls must sum as nn.Linear's do)."""
+    specs = [TrainingSpec(hidden_layers=[256], epochs=1, lr=lr) for lr in (0.05, 0.4)]
+    outcomes = PackedTrainer(specs, [0, 1], real_dataset).run()
+    for spec, seed, outcome in zip(specs, [0, 1], outcomes, strict=True):
+        assert outcome.result is not None
+        [alone], _ = _alone(spec, seed, real_dataset)
+        assert outcome.result.history[0].train_loss == pytest.approx(alone.train_loss, abs=1e-5)
+
+
 def test_a_pack_of_one_is_the_lone_run(synthetic_dataset: DeviceDataset) -> None:
     spec = TrainingSpec.model_validate({**BASE, "lr": 0.2, "momentum": 0.9})
     [outcome] = PackedTrainer([spec], [5], synthetic_dataset).run()
@@ -164,3 +177,24 @@ def test_a_member_resumes_alone_from_its_state_after_any_epoch(
     alone, _ = _alone(spec, 4, synthetic_dataset)
     assert [m.train_loss for m in history] == pytest.approx([m.train_loss for m in alone], abs=1e-4)
     assert [m.test_acc for m in history] == pytest.approx([m.test_acc for m in alone], abs=0.01)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["sgd, dropout", "adam, dropout, standardised inputs, validation"])
+def test_a_packed_member_on_a_gpu_trains_as_it_would_alone_there(name: str, synthetic_dataset: DeviceDataset) -> None:
+    """The packed step on CUDA (its own generators on the device, batched matmuls) against the lone eager step."""
+    device = torch.device("cuda")
+    data = DeviceDataset(
+        train_x=synthetic_dataset.train_x.to(device),
+        train_y=synthetic_dataset.train_y.to(device),
+        test_x=synthetic_dataset.test_x.to(device),
+        test_y=synthetic_dataset.test_y.to(device),
+        file_sha256=synthetic_dataset.file_sha256,
+    )
+    specs = _specs(PACKS[name])
+    outcomes = PackedTrainer(specs, [3, 4, 5][: len(specs)], data).run()
+    for spec, seed, outcome in zip(specs, [3, 4, 5], outcomes, strict=False):
+        assert outcome.result is not None
+        alone, _ = _alone(spec, seed, data)
+        assert [m.train_loss for m in outcome.result.history] == pytest.approx([m.train_loss for m in alone], abs=1e-4)

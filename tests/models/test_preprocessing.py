@@ -588,7 +588,7 @@ def test_exif_orientation_is_applied(orientation: int, heavy_end: str) -> None:
 
 
 def _with_broken_exif(fmt: str) -> bytes:
-    """The garment with an EXIF block whose TIFF header is damaged (found by tests/test_fuzz_images.py)."""
+    """The garment with an EXIF block whose TIFF header is damaged (found by tests/models/test_fuzz_images.py)."""
     data = _encode(Image.fromarray(_garment()), fmt, exif=_exif_block(6))
     tiff_header = data.index(b"II*\x00") if b"II*\x00" in data else data.index(b"MM\x00*")
     broken = data[:tiff_header] + b"LM" + data[tiff_header + 2 :]
@@ -627,7 +627,7 @@ def _png_declaring(width: int, height: int) -> bytes:
 
 def test_max_pixels_above_pillows_own_bomb_limit_applies() -> None:
     """Pillow's process-wide limit (89M pixels) refused a 100M-pixel image that max_pixels=200M allows, saying
-    "more than 200000000 pixels"; found by tests/test_fuzz_images.py."""
+    "more than 200000000 pixels"; found by tests/models/test_fuzz_images.py."""
     assert open_upload(_png_declaring(10_000, 10_000), max_pixels=200_000_000).size == (10_000, 10_000)
     with pytest.raises(ImageTooLarge, match="10000x10000 pixels; the limit is 99999999 pixels"):
         open_upload(_png_declaring(10_000, 10_000), max_pixels=99_999_999)
