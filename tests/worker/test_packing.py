@@ -4,7 +4,6 @@ stacked model (models/packed.py), each still a whole job of its own."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from service.store.db import Database
 from service.worker.resume import resume_path
 from service.worker.worker import Worker
 from tests.support.specs import spec_of
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.db
 
@@ -104,7 +104,7 @@ def test_a_cancelled_member_ends_cancelled_and_the_others_are_undisturbed(settin
     thread = threading.Thread(target=worker.run_once)
     thread.start()
     try:
-        wait_for(lambda: get_job(db, ids[1]).status is JobStatus.running)
+        wait_until(lambda: get_job(db, ids[1]).status is JobStatus.running, timeout=60)
         queue.request_cancel(db, ids[1])
         thread.join(timeout=120)
         assert not thread.is_alive()
@@ -145,16 +145,6 @@ def test_a_trainer_killed_mid_pack_leaves_every_member_to_resume_alone(settings:
     assert [job.attempt for job in jobs] == [2, 2, 2]
     for job_id in ids:
         assert [row.epoch for row in get_metrics(db, job_id)[1]] == [1, 2, 3]  # every epoch recorded once
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def test_racing_pack_claims_take_every_job_exactly_once(db: Database) -> None:

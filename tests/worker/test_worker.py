@@ -8,7 +8,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from service.store.tables import Model, utcnow
 from service.worker.resume import resume_path
 from service.worker.worker import Worker, WorkerPool
 from tests.support.specs import spec_of
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.db
 
@@ -39,14 +39,6 @@ LONG = spec_of(hidden_layers=[16], batch_size=8, epochs=500, seed=3)
 
 def make_worker(settings: Settings, db: Database) -> Worker:
     return Worker(settings, db, torch.device("cpu"), burst=True)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def run_in_thread(worker: Worker) -> threading.Thread:
