@@ -48,7 +48,7 @@ import torch
 from models.checkpoints import save_checkpoint
 from models.data import DeviceDataset, load_fashion_mnist, to_device
 from models.devices import device_label
-from models.packed import PackedTrainer
+from models.packed import MemberOutcome, PackedTrainer
 from models.spec import INPUT_FEATURES
 from models.training import EpochMetrics, Trainer, TrainingStopped
 from service.jobs.queue import Claim
@@ -386,14 +386,24 @@ class _Slot:
         return bool(self.stop[self.index * self.config.pack_max + member])
 
     def _run(self, jobs: tuple[TrainingJob, ...]) -> bool:
-        """Runs the pack and sends each member's outcome; True when the device is unusable since."""
+        """Runs the pack and sends each member's outcome as soon as it has one; True when the device is
+        unusable since."""
+        ended: set[int] = set()
+
+        def end(member: int, outcome: Trained | Stopped | Failed) -> None:
+            if self.stream is not None:
+                self.stream.synchronize()  # its work on the device is done (and an asynchronous error shows) first
+            ended.add(member)
+            self._send(member, outcome)
+
         try:
             with self._on_own_stream():
-                outcomes = self._train(jobs[0]) if len(jobs) == 1 else self._train_pack(jobs)
-            if self.stream is not None:
-                self.stream.synchronize()
+                if len(jobs) == 1:
+                    self._train(jobs[0], end)
+                else:
+                    self._train_pack(jobs, end)
         except TrainingStopped as stopped:
-            outcomes = [Stopped(stopped.completed_epochs)]
+            end(0, Stopped(stopped.completed_epochs))
         except Exception as error:
             device_lost = not _device_usable(self.device)
             log.error(
@@ -405,13 +415,12 @@ class _Slot:
             failed = Failed(_portable(error), device_lost=device_lost)
             del error  # its traceback holds the run's tensors and graphs
             for member in range(len(jobs)):
-                self._send(member, failed)
+                if member not in ended:
+                    self._send(member, failed)
             return device_lost
-        for member, outcome in enumerate(outcomes):
-            self._send(member, outcome)
         return False
 
-    def _train(self, job: TrainingJob) -> list[Trained | Stopped | Failed]:
+    def _train(self, job: TrainingJob, end: Callable[[int, Trained | Stopped | Failed], None]) -> None:
         claim, config = job.claim, self.config
         dataset = self.datasets.get()
         trainer = Trainer(claim.spec, dataset, seed=claim.seed, cuda_graphs=config.cuda_graphs)
@@ -434,11 +443,14 @@ class _Slot:
                 fire(fault, self.device)
 
         result = trainer.run(on_epoch=epoch_done, should_stop=lambda: self._stop_requested(0))
-        return [_trained(job, result.model, result.selected)]
+        end(0, _trained(job, result.model, result.selected))
 
-    def _train_pack(self, jobs: tuple[TrainingJob, ...]) -> list[Trained | Stopped | Failed]:
-        """Trains the jobs together (models/packed.py); each keeps its metrics, resume state and checkpoint.
-        Packs are made of jobs that start from scratch (service.jobs.queue.claim_jobs)."""
+    def _train_pack(
+        self, jobs: tuple[TrainingJob, ...], end: Callable[[int, Trained | Stopped | Failed], None]
+    ) -> None:
+        """Trains the jobs together (models/packed.py); each keeps its metrics, resume state and checkpoint,
+        and ends (``end``) as it leaves the pack. Packs are made of jobs that start from scratch
+        (service.jobs.queue.claim_jobs)."""
         claims = [job.claim for job in jobs]
         dataset = self.datasets.get()
         pack = PackedTrainer([claim.spec for claim in claims], [claim.seed for claim in claims], dataset)
@@ -458,17 +470,18 @@ class _Slot:
             if fault is not None and _fault_applies(fault, claims[member], metrics.epoch):
                 fire(fault, self.device)
 
-        outcomes: list[Trained | Stopped | Failed] = []
-        for job, ended in zip(jobs, pack.run(on_epoch=epoch_done, should_stop=self._stop_requested), strict=True):
+        def member_ended(member: int, ended: MemberOutcome) -> None:
+            job = jobs[member]
             if ended.result is not None:
-                outcomes.append(_trained(job, ended.result.model, ended.result.selected))
+                end(member, _trained(job, ended.result.model, ended.result.selected))
             elif isinstance(ended.error, TrainingStopped):
-                outcomes.append(Stopped(ended.error.completed_epochs))
+                end(member, Stopped(ended.error.completed_epochs))
             else:
                 assert ended.error is not None
                 log.error("job %s: %s", job.claim.job_id, describe(ended.error))
-                outcomes.append(Failed(_portable(ended.error)))
-        return outcomes
+                end(member, Failed(_portable(ended.error)))
+
+        pack.run(on_epoch=epoch_done, should_stop=self._stop_requested, on_end=member_ended)
 
     def _release_device_memory(self) -> DeviceMemory | None:
         """Hands the ended job's cached blocks back to the driver: a cancelled, failed (out of memory included)
@@ -668,11 +681,13 @@ class TrainerProcess:
         jobs: list[TrainingJob],
         on_progress: Callable[[int, Progress], None],
         should_stop: Callable[[int], bool],
+        on_outcome: Callable[[int, Outcome], None] | None = None,
     ) -> tuple[list[Outcome], SlotIdle | None]:
         """Runs ``jobs`` (one, or a pack of at most ``pack_max`` trained together) on ``slot`` of the child:
         ``on_progress(member, message)`` gets each message as it comes (in this thread); ``should_stop(member)``
         is asked every ``STOP_POLL_SECONDS`` and on each message, and once it is true the child stops that
-        member at its next step. Returns each member's outcome and, unless the child died, the slot's state
+        member at its next step; ``on_outcome(member, outcome)`` as each member ends (a member the child's
+        death ends, at the end). Returns each member's outcome and, unless the child died, the slot's state
         after clean-up."""
         if not 1 <= len(jobs) <= self.config.pack_max:
             raise ValueError(f"a pack holds 1 to {self.config.pack_max} jobs, not {len(jobs)}")
@@ -697,7 +712,12 @@ class TrainerProcess:
                 description = _describe_exit(child.process)
                 if all(outcome is not None for outcome in outcomes):
                     log.warning("%s after job %s ended", description, jobs[0].claim.job_id)
-                return [outcome if outcome is not None else Died(description) for outcome in outcomes], None
+                for member, outcome in enumerate(outcomes):
+                    if outcome is None:
+                        outcomes[member] = died = Died(description)
+                        if on_outcome is not None:
+                            on_outcome(member, died)
+                return [outcome for outcome in outcomes if outcome is not None], None
             if isinstance(message, SlotIdle):
                 assert all(outcome is not None for outcome in outcomes), "a slot went idle before its jobs ended"
                 return [outcome for outcome in outcomes if outcome is not None], message
@@ -707,6 +727,8 @@ class TrainerProcess:
                 outcomes[member] = payload
                 if isinstance(payload, Failed) and payload.device_lost:
                     child.retired = True
+                if on_outcome is not None:
+                    on_outcome(member, payload)
             elif outcomes[member] is None:
                 on_progress(member, payload)
 

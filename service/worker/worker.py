@@ -215,16 +215,34 @@ class Worker:
                 or self.shutdown.is_set()
             )
 
+        # A member of a pack ends as soon as its outcome comes (cancelled, or stopped early, while the others
+        # train on); a lone job once its slot is idle, its device memory given back. An error in ending one
+        # (the database down) is raised once the slot is idle, not in the middle.
+        errors: list[Exception] = []
+        packed = len(claims) > 1
+
+        def conclude(member: int, outcome: Outcome) -> None:
+            claim = claims[member]
+            keepers[member].stop()
+            try:
+                with job_context(claim.job_id, claim.attempt):
+                    self._conclude(claim, jobs[member], outcome, keepers[member], broken[member])
+            except Exception as error:
+                errors.append(error)
+
         try:
-            outcomes, idle = self.trainer.run(self.slot, jobs, record, should_stop)
+            outcomes, idle = self.trainer.run(
+                self.slot, jobs, record, should_stop, on_outcome=conclude if packed else None
+            )
         finally:
             for keeper in keepers:
                 keeper.stop()
         if idle is not None:
             self.last_idle = idle
-        for claim, job, outcome, keeper, error in zip(claims, jobs, outcomes, keepers, broken, strict=True):
-            with job_context(claim.job_id, claim.attempt):
-                self._conclude(claim, job, outcome, keeper, error)
+        if not packed:
+            conclude(0, outcomes[0])
+        if errors:
+            raise errors[0]
 
     def _conclude(
         self, claim: Claim, job: TrainingJob, outcome: Outcome, keeper: LeaseKeeper, broken: Exception | None

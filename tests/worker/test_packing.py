@@ -106,6 +106,9 @@ def test_a_cancelled_member_ends_cancelled_and_the_others_are_undisturbed(settin
     try:
         wait_until(lambda: get_job(db, ids[1]).status is JobStatus.running, timeout=60)
         queue.request_cancel(db, ids[1])
+        # It ends while the rest of its pack trains on.
+        wait_until(lambda: get_job(db, ids[1]).status is JobStatus.cancelled, timeout=60)
+        assert get_job(db, ids[0]).status is JobStatus.running
         thread.join(timeout=120)
         assert not thread.is_alive()
     finally:
