@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -340,12 +340,29 @@ def _guarded_update(session: Session, claim: Claim, now: datetime | None = None,
 
 
 def renew_lease(db: Database, claim: Claim, lease_seconds: float) -> LeaseState:
-    """Extends the lease (the heartbeat) and reports whether a cancel was asked for."""
+    """Extends the lease (the heartbeat) and reports whether a cancel was asked for; LeaseLost when the claim
+    no longer holds."""
+    [state] = renew_leases(db, [claim], lease_seconds)
+    if state is None:
+        raise LeaseLost(f"job {claim.job_id}: lease token {claim.token} is no longer current")
+    return state
+
+
+def renew_leases(db: Database, claims: Sequence[Claim], lease_seconds: float) -> list[LeaseState | None]:
+    """Extends every claim's lease in one transaction (a pack's heartbeat); per claim, whether a cancel was
+    asked for, or None for a claim that no longer holds (its lease is lost; the others are renewed)."""
+    states: list[LeaseState | None] = []
     with db.write() as session:
         now = db_now(session)
-        _guarded_update(session, claim, now, lease_expires_at=now + timedelta(seconds=lease_seconds))
-        cancel = session.scalar(select(Job.cancel_requested).where(Job.id == claim.job_id))
-    return LeaseState(cancel_requested=bool(cancel))
+        for claim in claims:
+            try:
+                _guarded_update(session, claim, now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+            except LeaseLost:
+                states.append(None)
+                continue
+            cancel = session.scalar(select(Job.cancel_requested).where(Job.id == claim.job_id))
+            states.append(LeaseState(cancel_requested=bool(cancel)))
+    return states
 
 
 def record_epoch(db: Database, claim: Claim, metrics: EpochMetrics) -> None:

@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -53,44 +54,67 @@ log = logging.getLogger(__name__)
 MAX_TRAINER_START_FAILURES = 3
 
 
-class LeaseKeeper(threading.Thread):
-    """Renews a claim's lease in the background and raises flags the training loop reads per step."""
+@dataclass(frozen=True)
+class LeaseFlags:
+    """What the lease keeper has seen of one claim: a cancel asked for, the lease lost."""
 
-    def __init__(self, db: Database, claim: Claim, lease_seconds: float, check_seconds: float) -> None:
-        super().__init__(name=f"lease-{claim.job_id[:8]}", daemon=True)
-        self.db, self.claim, self.lease_seconds = db, claim, lease_seconds
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the leases of the claims a slot runs (one job, or a pack) in the background, one transaction per
+    heartbeat, and raises each claim's flags, which the training loop reads per step."""
+
+    def __init__(self, db: Database, claims: list[Claim], lease_seconds: float, check_seconds: float) -> None:
+        super().__init__(name=f"lease-{claims[0].job_id[:8]}", daemon=True)
+        self.db, self.claims, self.lease_seconds = db, claims, lease_seconds
         self.check_seconds = check_seconds
-        self.cancel_requested = threading.Event()
-        self.lost = threading.Event()
+        self.flags = [LeaseFlags() for _ in claims]
+        self._held = set(range(len(claims)))  # the claims still renewed
+        self._lock = threading.Lock()
         self._done = threading.Event()
 
     def run(self) -> None:
-        with job_context(self.claim.job_id, self.claim.attempt):  # a thread starts with a context of its own
+        first = self.claims[0]
+        with job_context(first.job_id, first.attempt):  # a thread starts with a context of its own
             self._renew_until_stopped()
+
+    def release(self, member: int) -> None:
+        """Stops renewing ``member``'s lease: its job has ended."""
+        with self._lock:
+            self._held.discard(member)
 
     def _renew_until_stopped(self) -> None:
         last_renewal = time.monotonic()
         while not self._done.wait(self.check_seconds):
+            with self._lock:
+                members = sorted(self._held)
+            if not members:
+                continue
             try:
-                state = queue.renew_lease(self.db, self.claim, self.lease_seconds)
-            except LeaseLost:
-                log.error("job %s: lease lost, stopping it", self.claim.job_id)
-                self.lost.set()
-                return
+                states = queue.renew_leases(self.db, [self.claims[member] for member in members], self.lease_seconds)
             except Exception:
-                # A passing database error: keep training while the lease has time left, stop before it runs out.
-                log.exception("job %s: lease renewal failed", self.claim.job_id)
+                # A passing database error: keep training while the leases have time left, stop before they run out.
+                log.exception("lease renewal failed for %d job(s)", len(members))
                 if time.monotonic() - last_renewal > self.lease_seconds * 2 / 3:
-                    self.lost.set()
+                    for member in members:
+                        self.flags[member].lost.set()
                     return
                 continue
             last_renewal = time.monotonic()
-            if state.cancel_requested:
-                self.cancel_requested.set()
+            for member, state in zip(members, states, strict=True):
+                if state is None:
+                    log.error("job %s: lease lost, stopping it", self.claims[member].job_id)
+                    self.flags[member].lost.set()
+                    self.release(member)
+                elif state.cancel_requested:
+                    self.flags[member].cancel_requested.set()
 
     def stop(self) -> None:
         self._done.set()
-        self.join()
+        if self.is_alive():
+            self.join()
 
 
 class Worker:
@@ -181,9 +205,8 @@ class Worker:
         if len(claims) > 1:
             log.info("packed %d jobs: %s", len(claims), ", ".join(claim.job_id for claim in claims))
         check_seconds = min(0.5, self.settings.lease_seconds / 4)
-        keepers = [LeaseKeeper(self.db, claim, self.settings.lease_seconds, check_seconds) for claim in claims]
-        for keeper in keepers:
-            keeper.start()
+        keeper = LeaseKeeper(self.db, claims, self.settings.lease_seconds, check_seconds)
+        keeper.start()
         jobs = [
             TrainingJob(
                 claim,
@@ -207,11 +230,11 @@ class Worker:
                 broken[member] = error
 
         def should_stop(member: int) -> bool:
-            keeper = keepers[member]
+            flags = keeper.flags[member]
             return (
                 broken[member] is not None
-                or keeper.cancel_requested.is_set()
-                or keeper.lost.is_set()
+                or flags.cancel_requested.is_set()
+                or flags.lost.is_set()
                 or self.shutdown.is_set()
             )
 
@@ -223,10 +246,10 @@ class Worker:
 
         def conclude(member: int, outcome: Outcome) -> None:
             claim = claims[member]
-            keepers[member].stop()
+            keeper.release(member)
             try:
                 with job_context(claim.job_id, claim.attempt):
-                    self._conclude(claim, jobs[member], outcome, keepers[member], broken[member])
+                    self._conclude(claim, jobs[member], outcome, keeper.flags[member], broken[member])
             except Exception as error:
                 errors.append(error)
 
@@ -235,8 +258,7 @@ class Worker:
                 self.slot, jobs, record, should_stop, on_outcome=conclude if packed else None
             )
         finally:
-            for keeper in keepers:
-                keeper.stop()
+            keeper.stop()
         if idle is not None:
             self.last_idle = idle
         if not packed:
@@ -245,11 +267,11 @@ class Worker:
             raise errors[0]
 
     def _conclude(
-        self, claim: Claim, job: TrainingJob, outcome: Outcome, keeper: LeaseKeeper, broken: Exception | None
+        self, claim: Claim, job: TrainingJob, outcome: Outcome, lease: LeaseFlags, broken: Exception | None
     ) -> None:
         if not isinstance(outcome, Trained):
             job.checkpoint_file.unlink(missing_ok=True)  # never written, unless the run ended just as it was stopped
-        if isinstance(broken, LeaseLost) or keeper.lost.is_set():
+        if isinstance(broken, LeaseLost) or lease.lost.is_set():
             job.checkpoint_file.unlink(missing_ok=True)
             log.error("job %s: lease lost mid-run; abandoning it", claim.job_id)
         elif broken is not None:
@@ -258,16 +280,16 @@ class Worker:
         elif isinstance(outcome, Trained):
             self._persist(claim, job, outcome)
         elif isinstance(outcome, Stopped):
-            self._stopped(claim, keeper, outcome, job.resume_file)
+            self._stopped(claim, lease, outcome, job.resume_file)
         elif isinstance(outcome, Failed):
             self._failed(claim, outcome.error, job.resume_file)
         else:
             assert isinstance(outcome, Died)
             self._failed(claim, TrainerCrashed(outcome.description), job.resume_file)
 
-    def _stopped(self, claim: Claim, keeper: LeaseKeeper, stopped: Stopped, state_file: Path) -> None:
+    def _stopped(self, claim: Claim, lease: LeaseFlags, stopped: Stopped, state_file: Path) -> None:
         try:
-            if keeper.cancel_requested.is_set():
+            if lease.cancel_requested.is_set():
                 queue.cancel_claimed_job(self.db, claim)
                 discard_resume_state(state_file)
                 log.info("job %s: cancelled after %d epoch(s)", claim.job_id, stopped.completed_epochs)

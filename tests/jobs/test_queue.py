@@ -160,6 +160,20 @@ def test_renew_lease_extends_it_and_reports_cancel_requests(db: Database) -> Non
     assert queue.renew_lease(db, claim, 60).cancel_requested is True
 
 
+def test_a_packs_heartbeat_renews_every_claim_that_holds_and_names_those_that_do_not(db: Database) -> None:
+    ids = [queue.enqueue_job(db, SPEC.model_copy(update={"seed": seed}), max_attempts=3).id for seed in (1, 2, 3)]
+    claims = queue.claim_jobs(db, "w1", 5, device="cpu", limit=3)
+    assert [claim.job_id for claim in claims] == ids
+    queue.request_cancel(db, ids[1])
+    queue.fail_job(db, claims[2], "ended elsewhere")  # its lease no longer holds
+    states = queue.renew_leases(db, claims, 60)
+    assert states[0] is not None and states[0].cancel_requested is False
+    assert states[1] is not None and states[1].cancel_requested is True
+    assert states[2] is None
+    renewed = get_job(db, ids[0]).lease_expires_at
+    assert renewed is not None and renewed > get_job(db, ids[0]).updated_at + timedelta(seconds=50)
+
+
 def test_record_epoch_stores_metrics_and_progress(db: Database) -> None:
     job = queue.enqueue_job(db, SPEC, max_attempts=3)
     claim = queue.claim_next_job(db, "w1", 30, device="cpu")
