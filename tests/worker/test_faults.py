@@ -116,7 +116,10 @@ class Fleet:
             self.meant_to_run.discard(name)
             if self.processes[name].poll() is None:
                 self.processes[name].send_signal(sig)
-        return [self.processes[name].wait(timeout=timeout) for name in names]
+        try:
+            return [self.processes[name].wait(timeout=timeout) for name in names]
+        except subprocess.TimeoutExpired as expired:  # what the stuck process last wrote says where it hangs
+            raise AssertionError(f"{expired}; their logs:\n{self.logs()}") from expired
 
     def close(self) -> None:
         for process in self.processes.values():
