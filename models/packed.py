@@ -37,11 +37,11 @@ from models.schedule import lr_at
 from models.spec import Optimizer, TrainingSpec
 from models.training import (
     _DROPOUT_SALT,
-    _SPLIT_SALT,
     EpochMetrics,
     TimeLimitExceeded,
     TrainingStopped,
     TrainResult,
+    train_val_split,
 )
 
 # Rows of a shared input (the test set) per batched forward pass in evaluation, for all members together.
@@ -92,7 +92,7 @@ class PackedTrainer:
         keys = {pack_key(spec) for spec in specs}
         if len(keys) != 1:
             raise ValueError(f"these specs cannot share a pack: {len(keys)} different shapes")
-        self.specs, self.seeds, self.data = list(specs), list(seeds), data
+        self.specs, self.data = list(specs), data
         self.device = data.device
         first = specs[0]
         self.optimizer = first.optimizer
@@ -110,7 +110,7 @@ class PackedTrainer:
             linears = [m for m in model if isinstance(m, nn.Linear)]
             weights.append([m.weight.detach() for m in linears])
             biases.append([m.bias.detach() for m in linears])
-            train_index, val_index = _split(len(data.train_x), spec.val_fraction, seed, self.device)
+            train_index, val_index = train_val_split(len(data.train_x), spec.val_fraction, seed, self.device)
             self.train_index.append(train_index)
             self.val_index.append(val_index)
             rows = data.train_x if train_index is None else data.train_x[train_index]
@@ -143,12 +143,22 @@ class PackedTrainer:
         self.step_count = 0
         # ``members[p]``: which of ``specs`` sits at position p of the stacked tensors.
         self.members = list(range(len(specs)))
+        self._note_terms()
         self.epoch = 0
         self.history: list[list[EpochMetrics]] = [[] for _ in specs]
         self.best_epoch: list[int | None] = [None] * len(specs)
         self.best_state: list[list[torch.Tensor] | None] = [None] * len(specs)
         self.outcomes: dict[int, MemberOutcome] = {}
         self._on_end: Callable[[int, MemberOutcome], None] | None = None
+
+    def _note_terms(self) -> None:
+        """Which update terms some member of the pack uses: read from the specs (a flag per term, not a test on
+        the device each step, which would wait for the device)."""
+        specs = [self.specs[member] for member in self.members]
+        self._decays = any(spec.weight_decay > 0 for spec in specs)
+        self._momentum = any(spec.momentum > 0 for spec in specs)
+        self._any_nesterov = any(spec.nesterov for spec in specs)
+        self._all_nesterov = all(spec.nesterov for spec in specs)
 
     def _column(self, values: list[float]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=self.device)
@@ -197,7 +207,7 @@ class PackedTrainer:
         """One optimizer step for every member, as torch.optim's SGD, Adam or AdamW would take it. A term no
         member uses (weight decay, momentum, Nesterov) is skipped: each costs a pass over every weight."""
         self.step_count += 1
-        decays = bool((self.weight_decay > 0).any())
+        decays = self._decays
         for slot, param in enumerate(self.parameters):
             grad = param.grad
             assert grad is not None
@@ -208,18 +218,16 @@ class PackedTrainer:
                 if decays:
                     grad = torch.addcmul(grad, decay, param)
                 direction = grad
-                if bool((self.momentum > 0).any()):
+                if self._momentum:
                     momentum = self.momentum.view(shape)
                     # buffer = momentum * buffer + grad: with momentum 0 that is grad itself, as torch's SGD takes.
                     buffer = state.setdefault("momentum", torch.zeros_like(param))
                     buffer.mul_(momentum).add_(grad)
                     direction = buffer
-                    if bool(self.nesterov.any()):
+                    if self._any_nesterov:
                         ahead = torch.addcmul(grad, momentum, buffer)
                         direction = (
-                            ahead
-                            if bool(self.nesterov.all())
-                            else torch.where(self.nesterov.view(shape), ahead, buffer)
+                            ahead if self._all_nesterov else torch.where(self.nesterov.view(shape), ahead, buffer)
                         )
                 param.addcmul_(lr, direction, value=-1.0)
             else:
@@ -289,7 +297,7 @@ class PackedTrainer:
                 if self._patience_exhausted(member) or self.epoch == self.epochs:
                     finished.append(member)
                 elif time.monotonic() > deadlines[member]:
-                    self._end(member, MemberOutcome(error=_time_limit(spec)))
+                    self._end(member, MemberOutcome(error=TimeLimitExceeded.of(spec)))
                     finished.append(member)
             for member in finished:
                 if member not in self.outcomes:
@@ -345,7 +353,7 @@ class PackedTrainer:
                 self._end(member, MemberOutcome(error=TrainingStopped(self.epoch)))
                 leaving.append(member)
             elif now > deadlines[member]:
-                self._end(member, MemberOutcome(error=_time_limit(self.specs[member])))
+                self._end(member, MemberOutcome(error=TimeLimitExceeded.of(self.specs[member])))
                 leaving.append(member)
         return leaving
 
@@ -368,6 +376,7 @@ class PackedTrainer:
         self.momentum, self.weight_decay = self.momentum[rows], self.weight_decay[rows]
         self.label_smoothing, self.nesterov = self.label_smoothing[rows], self.nesterov[rows]
         self.members = [self.members[position] for position in keep]
+        self._note_terms()
 
     # -- evaluation and results ------------------------------------------------------------------------
     @torch.no_grad()
@@ -420,7 +429,7 @@ class PackedTrainer:
 
         for slot, state in enumerate(self.state):
             if self.optimizer is Optimizer.sgd:
-                if "momentum" in state and float(self.momentum[position]) > 0:
+                if "momentum" in state and self.specs[member].momentum > 0:
                     tensors[f"optim.{slot}.momentum_buffer"] = lone(state["momentum"])
             elif "exp_avg" in state:
                 tensors[f"optim.{slot}.step"] = torch.tensor(float(self.step_count))
@@ -448,18 +457,3 @@ class PackedTrainer:
             best_epoch=self.best_epoch[member],
             stopped_early=self._patience_exhausted(member),
         )
-
-
-def _split(
-    n: int, val_fraction: float, seed: int, device: torch.device
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The train/validation split a lone Trainer of this seed makes (models.training.Trainer._split)."""
-    if val_fraction == 0:
-        return None, None
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed ^ _SPLIT_SALT))
-    n_val = max(1, round(n * val_fraction))
-    return order[n_val:].to(device), order[:n_val].to(device)
-
-
-def _time_limit(spec: TrainingSpec) -> TimeLimitExceeded:
-    return TimeLimitExceeded(f"the job ran past its max_seconds of {spec.max_seconds:g} s")

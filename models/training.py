@@ -86,6 +86,22 @@ class TrainingStopped(Exception):
 class TimeLimitExceeded(RuntimeError):
     """The run went past the spec's ``max_seconds``."""
 
+    @classmethod
+    def of(cls, spec: TrainingSpec) -> TimeLimitExceeded:
+        return cls(f"the job ran past its max_seconds of {spec.max_seconds:g} s")
+
+
+def train_val_split(
+    n: int, val_fraction: float, seed: int, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The training and validation rows of a run with this seed, (indices, indices), or (None, None) without
+    validation: a random ``val_fraction`` of the ``n`` training rows (at least one), held out."""
+    if val_fraction == 0:
+        return None, None
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed ^ _SPLIT_SALT))
+    n_val = max(1, round(n * val_fraction))
+    return order[n_val:].to(device), order[:n_val].to(device)
+
 
 def make_optimizer(
     spec: TrainingSpec, model: nn.Module, lr: float | torch.Tensor, fused: bool
@@ -158,7 +174,7 @@ class Trainer:
         if self.use_graphs and self.dropouts and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
             # This torch cannot replay a graph with a generator of its own: run the same step uncaptured.
             self.step_mode, self.use_graphs = "static", False
-        self.train_index, self.val_index = self._split()
+        self.train_index, self.val_index = train_val_split(len(data.train_x), spec.val_fraction, seed, self.device)
         self.n_train = len(self.train_index) if self.train_index is not None else len(data.train_x)
         self._standardize()
         self.shuffle = torch.Generator(device=self.device).manual_seed(seed)
@@ -175,14 +191,6 @@ class Trainer:
         self._graph_step: _GraphStep | None = None
 
     # -- set-up -----------------------------------------------------------------------------------
-    def _split(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if self.spec.val_fraction == 0:
-            return None, None
-        n = len(self.data.train_x)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed ^ _SPLIT_SALT))
-        n_val = max(1, round(n * self.spec.val_fraction))
-        return order[n_val:].to(self.device), order[:n_val].to(self.device)
-
     def _standardize(self) -> None:
         standardizer = input_standardizer(self.model)
         if standardizer is None:
@@ -282,7 +290,7 @@ class Trainer:
                 on_epoch(metrics)
             stopped_early = self._patience_exhausted()
             if time.monotonic() > deadline and self.epoch < spec.epochs and not stopped_early:
-                raise TimeLimitExceeded(f"the job ran past its max_seconds of {spec.max_seconds:g} s")
+                raise TimeLimitExceeded.of(spec)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self.model.eval()
@@ -309,7 +317,7 @@ class Trainer:
         if should_stop is not None and should_stop():
             raise TrainingStopped(self.epoch)
         if time.monotonic() > deadline:
-            raise TimeLimitExceeded(f"the job ran past its max_seconds of {self.spec.max_seconds:g} s")
+            raise TimeLimitExceeded.of(self.spec)
 
     def _eager_epoch(
         self, order: torch.Tensor, first_step: int, should_stop: Callable[[], bool] | None, deadline: float

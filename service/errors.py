@@ -52,7 +52,7 @@ class ServiceError(Exception):
         code = body.get("code") if isinstance(body, Mapping) else None
         kind = _BY_CODE.get(code) if isinstance(code, str) else None
         if kind is None or kind.status // 100 != status // 100:
-            kind = _family(status)
+            kind = family(status)
         error = kind.__new__(kind)
         ServiceError.__init__(error, detail)
         error.args = (f"{status} {_phrase(status)}: {describe_detail(detail)}",)
@@ -337,7 +337,9 @@ _FAMILY_BY_STATUS: dict[int, type[ServiceError]] = {
 }
 
 
-def _family(status: int) -> type[ServiceError]:
+def family(status: int) -> type[ServiceError]:
+    """The class of an error answer with this HTTP status and no more specific code: its family
+    (``NotFound`` for a 404...), ``ServerError`` for another 5xx, else ``ServiceError``."""
     if status in _FAMILY_BY_STATUS:
         return _FAMILY_BY_STATUS[status]
     if status >= 500:

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.checkpoints import CheckpointError
 from models.preprocessing import CorruptImage, EmptyImage, ImageRejected, ImageTooLarge, NoObjectFound, UnsupportedImage
-from service.errors import InvalidRequest, ServiceError
+from service.errors import InvalidRequest, ServiceError, family
 from service.logs import request_id_header
 from service.store.db import means_unavailable
 
@@ -50,21 +50,6 @@ FOREIGN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     ImageRejected: (422, "image_rejected"),
     CheckpointError: (500, "model_unreadable"),
 }
-# The code of an answer that no exception class describes (a framework's own 404, 405, 413...).
-STATUS_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request",
-    429: "rate_limited",
-    500: "internal_error",
-    503: "unavailable",
-}
 
 
 def status_and_code(exc: BaseException) -> tuple[int, str] | None:
@@ -82,7 +67,7 @@ def error_answer(
     status: int, detail: object, code: str | None = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """An error answer: ``{"detail": ..., "code": ...}`` (``ErrorPublic``), ``code`` by status when not given."""
-    body = {"detail": detail, "code": code or STATUS_CODES.get(status, "error")}
+    body = {"detail": detail, "code": code or family(status).code}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -195,9 +195,6 @@ class Worker:
                 time.sleep(min(2.0**failures, 30.0))
 
     # -- one job, or a pack of them ------------------------------------------------------------------
-    def run_job(self, claim: Claim) -> None:
-        self.run_jobs([claim])
-
     def run_jobs(self, claims: list[Claim]) -> None:
         """Runs the claimed jobs (one, or a pack that trains together) and ends each as its own outcome says."""
         for claim in claims:

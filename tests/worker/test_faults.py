@@ -46,7 +46,7 @@ FMNIST = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "service
 
 # ~0.5 s per epoch of the synthetic data on one CPU thread: long enough to land a kill inside one.
 SLOW_EPOCHS = TrainingSpec(hidden_layers=[1024, 1024], batch_size=4)
-# The claim line the worker logs (Worker.run_job): "... [pid] job_id=… attempt=N job <id>: attempt N, spec".
+# The claim line the worker logs (Worker.run_jobs): "... [pid] job_id=… attempt=N job <id>: attempt N, spec".
 CLAIM_LINE = re.compile(r"\[(\d+)\][^\n]*? job ([0-9a-f]{32}): attempt (\d+), spec")
 DEADLINE = 120.0
 
