@@ -241,6 +241,13 @@ class SweepNotFound(NotFound):
         super().__init__(f"no sweep with id {sweep_id!r}")
 
 
+class StudyNotFound(NotFound):
+    code = "study_not_found"
+
+    def __init__(self, study_id: str) -> None:
+        super().__init__(f"no study with id {study_id!r}")
+
+
 class ModelNotFound(NotFound):
     code = "model_not_found"
 

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializeAsAny,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from models.presets import PresetName
 from models.spec import SpecFields, TrainingSpec
@@ -48,6 +57,7 @@ class JobPublic(BaseModel):
     device: str | None = Field(default=None, description="Where the job ran.")
     preset: str | None = None
     sweep_id: str | None = None
+    study_id: str | None = None
     provenance: dict[str, Any] | None = Field(
         default=None, description="torch version, device, data files' sha256 and code version of the last attempt."
     )
@@ -73,6 +83,7 @@ class JobPublic(BaseModel):
             device=job.device,
             preset=job.preset,
             sweep_id=job.sweep_id,
+            study_id=job.study_id,
             provenance=job.provenance,
             cancel_requested=job.cancel_requested,
             created_at=job.created_at,
@@ -239,6 +250,219 @@ class SweepPublic(BaseModel):
 
 class SweepsPublic(BaseModel):
     data: list[SweepPublic]
+    count: int
+
+
+Condition = Field(
+    default=None,
+    description="Suggest this parameter only when these fields (base fields or parameters listed earlier) have "
+    'these values, e.g. {"optimizer": "sgd"}; otherwise the spec\'s value stands.',
+)
+
+
+class ParamRange(BaseModel):
+    """A numeric spec field searched over [low, high]; whole numbers for integer fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
+    log: bool = Field(default=False, description="Sample on a log scale (low > 0), as learning rates usually are.")
+    step: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="Only multiples of step above low.")
+    when: dict[str, Any] | None = Condition
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ParamRange:
+        if self.low > self.high:
+            raise ValueError("low must not exceed high")
+        if self.log and self.low <= 0:
+            raise ValueError("a log scale needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("give log or step, not both")
+        return self
+
+    def as_space(self) -> dict[str, Any]:
+        # Integers stay integers in JSON (an int field's bounds), so the space reads back as written.
+        exact = {
+            k: int(v) if isinstance(v, float) and v.is_integer() else v
+            for k, v in self.model_dump(exclude_none=True).items()
+        }
+        return {k: v for k, v in exact.items() if k != "log" or v}
+
+
+class ParamChoices(BaseModel):
+    """A spec field searched over a list of values (any field: layer lists, activations, numbers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    choices: list[Any] = Field(min_length=1, max_length=64, examples=[[[64], [256], [1024]]])
+    when: dict[str, Any] | None = Condition
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct(cls, choices: list[Any]) -> list[Any]:
+        texts = [repr(choice) for choice in choices]
+        if len(set(texts)) != len(texts):
+            raise ValueError("choices must be distinct")
+        return choices
+
+    def as_space(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class SamplerConfig(BaseModel):
+    """Which Optuna sampler suggests the trials: ``"tpe"``, ``"random"`` or ``"grid"`` (or an object with
+    ``type`` and options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["tpe", "random", "grid"] = "tpe"
+    n_startup_trials: int = Field(default=10, ge=0, le=1000, description="TPE: random trials before it models.")
+    multivariate: bool = Field(default=False, description="TPE: model the parameters jointly.")
+
+
+class MedianPruner(BaseModel):
+    """Stops a trial whose best validation accuracy so far is below the median of finished trials' at the same
+    epoch (median stopping rule, Google Vizier)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["median"]
+    n_startup_trials: int = Field(default=5, ge=0, le=1000, description="Finished trials needed before it prunes.")
+    n_warmup_steps: int = Field(default=0, ge=0, le=1000, description="Epochs a trial always runs.")
+
+
+class SuccessiveHalvingPruner(BaseModel):
+    """Asynchronous successive halving (ASHA): at rungs min_resource x reduction_factor^k epochs, a trial goes
+    on only in the top 1/reduction_factor of the trials that reached that rung."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["successive_halving"]
+    min_resource: int | None = Field(
+        default=None, ge=1, le=1000, description="First rung, in epochs (auto if omitted)."
+    )
+    reduction_factor: int = Field(default=4, ge=2, le=100)
+    min_early_stopping_rate: int = Field(default=0, ge=0, le=100)
+
+
+class HyperbandPruner(BaseModel):
+    """Hyperband: several successive-halving brackets with different first rungs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["hyperband"]
+    min_resource: int = Field(default=1, ge=1, le=1000, description="Epochs of the smallest rung.")
+    max_resource: int | None = Field(
+        default=None, ge=1, le=1000, description="Epochs of a full trial (auto if omitted)."
+    )
+    reduction_factor: int = Field(default=3, ge=2, le=100)
+
+
+class NoPruner(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["none"]
+
+
+PrunerConfig = Annotated[
+    MedianPruner | SuccessiveHalvingPruner | HyperbandPruner | NoPruner, Field(discriminator="type")
+]
+
+
+def _param_kind(value: Any) -> str:
+    return "choices" if isinstance(value, ParamChoices) or (isinstance(value, dict) and "choices" in value) else "range"
+
+
+ParamSpace = Annotated[
+    Annotated[ParamRange, Tag("range")] | Annotated[ParamChoices, Tag("choices")], Discriminator(_param_kind)
+]
+
+
+def _tagged(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
+
+
+class StudyCreate(BaseModel):
+    """An adaptive search: Optuna's sampler suggests specs from ``space`` on top of ``base``; the pruner stops
+    trials whose validation accuracy falls behind. Each trial is one job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: JobCreate = Field(
+        default_factory=JobCreate,
+        description="The spec every trial starts from. val_fraction defaults to 0.1: trials are judged on it.",
+    )
+    space: dict[str, ParamSpace] = Field(
+        description="Spec field -> range or choices, suggested in this order.",
+        examples=[
+            {
+                "lr": {"low": 0.01, "high": 0.5, "log": True},
+                "hidden_layers": {"choices": [[64], [256], [1024], [256, 256]]},
+                "momentum": {"low": 0.0, "high": 0.95, "when": {"optimizer": "sgd"}},
+            }
+        ],
+    )
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description='"tpe", "random" or "grid".')
+    pruner: PrunerConfig = Field(
+        default_factory=lambda: MedianPruner(type="median"),
+        description='"median", "successive_halving", "hyperband" or "none" (or an object with type and options).',
+    )
+    trials: int = Field(default=20, ge=1, le=1000, description="How many trials the study runs in all.")
+    max_concurrent: int = Field(default=4, ge=1, le=256, description="Trials queued or running at once.")
+    seed: int | None = Field(
+        default=None, ge=0, le=2**31 - 1, description="Seeds the sampler and the trials; drawn when omitted."
+    )
+
+    @field_validator("sampler", "pruner", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _tagged(value)
+
+
+class StudyTrialPublic(BaseModel):
+    number: int = Field(description="The trial's place in the order of suggestion, from 0.")
+    job_id: str
+    params: dict[str, Any] = Field(description="The values the sampler suggested.")
+    status: JobStatus
+    progress: JobProgress
+    val_acc: float | None = Field(
+        description="The objective: the kept epoch's validation accuracy (latest while running)."
+    )
+    test_acc: float | None = Field(description="Test accuracy of the kept (or latest) epoch; never used to choose.")
+    curve: list[float | None] = Field(description="Validation accuracy per epoch, from epoch 1: what the pruner saw.")
+    pruned_at_epoch: int | None = None
+    error: str | None = None
+
+
+class StudyBestPublic(BaseModel):
+    number: int
+    job_id: str
+    params: dict[str, Any]
+    val_acc: float
+    test_acc: float | None
+    model_id: str | None
+
+
+class StudyPublic(BaseModel):
+    id: str
+    status: str = Field(description="running, completed or cancelled.")
+    base: dict[str, Any]
+    space: dict[str, Any]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    n_trials: int = Field(description="How many trials the study runs in all.")
+    max_concurrent: int
+    seed: int
+    counts: dict[str, int] = Field(description="Trials per status.")
+    trials: list[StudyTrialPublic] = Field(description="In the order the sampler suggested them.")
+    best: StudyBestPublic | None = Field(description="The succeeded trial with the best validation accuracy.")
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class StudiesPublic(BaseModel):
+    data: list[StudyPublic]
     count: int
 
 

@@ -22,11 +22,19 @@ from sqlalchemy.orm import Session
 from models.packed import pack_digest
 from models.spec import TrainingSpec
 from models.training import EpochMetrics
-from service.errors import IdempotencyConflict, JobNotCancellable, JobNotFound, QueueLimitReached, SweepNotFound
+from service.errors import (
+    IdempotencyConflict,
+    JobNotCancellable,
+    JobNotFound,
+    QueueLimitReached,
+    StudyNotFound,
+    SweepNotFound,
+)
+from service.jobs import studies
 from service.jobs.status import JobStatus
 from service.registry import register_model
 from service.store.db import Database, db_now, valid_key
-from service.store.tables import EpochMetric, Job, Model, Sweep, utcnow
+from service.store.tables import EpochMetric, Job, Model, Study, Sweep, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,7 @@ class Claim:
     max_attempts: int
     token: int
     epochs_done: int
+    study_id: str | None = None  # a study's trial: its pruner may end it early
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,68 @@ def enqueue_sweep(
     return _submit(db, submitter, add, existing_sweep)
 
 
+def enqueue_study(db: Database, study: Study, submitter: Submitter = Submitter()) -> tuple[Study, bool]:
+    """Stores a new study (``studies.new_study_row``) and queues its first trials (as many as it may run at
+    once), in one transaction; whether it is new, as ``submit_job`` (idempotency, the submitter's limit) says."""
+
+    def add(session: Session) -> tuple[Study, bool]:
+        existing = _idempotent_match(session, Study, submitter)
+        if existing is not None:
+            return existing, False
+        _check_queue_limit(session, submitter, adding=min(study.max_concurrent, study.n_trials))
+        session.add(study)
+        session.flush()
+        studies.ask_trials(session, study, _study_job_maker(study))
+        return study, True
+
+    return _submit(db, submitter, add, lambda session: (_idempotent_match(session, Study, submitter), False))
+
+
+def _study_job_maker(study: Study) -> Callable[..., Job]:
+    def make(spec: TrainingSpec, created_at: datetime, **extra: Any) -> Job:
+        return _new_job(
+            spec, study.max_attempts, created_at, owner=study.owner, preset=study.base.get("preset"), **extra
+        )
+
+    return make
+
+
+def advance_study(db: Database, study_id: str) -> list[Job]:
+    """Queues the study's next trials if it has room (a trial ended), or marks it completed; the new jobs."""
+    with db.read() as session:
+        study = session.get(Study, study_id)
+    if study is None:
+        return []
+    return studies.advance(db, study_id, _study_job_maker(study))
+
+
+def advance_studies(db: Database) -> int:
+    """``advance_study`` for every running study (a worker's poll: tops up a study whose last decision was lost
+    with its process); how many trials it queued."""
+    return sum(len(advance_study(db, study_id)) for study_id in studies.running_study_ids(db))
+
+
+def cancel_study(db: Database, study_id: str) -> int:
+    """Ends the study (no more trials) and cancels its trials that have not ended; returns how many it reached.
+    Cancelling a study that has ended changes nothing."""
+    with db.write() as session:
+        study = session.get(Study, study_id, with_for_update=True) if valid_key(study_id) else None
+        if study is None:
+            raise StudyNotFound(study_id)
+        now = db_now(session)
+        if study.status == studies.StudyStatus.running:
+            study.status, study.finished_at = studies.StudyStatus.cancelled, now
+        live = session.scalars(
+            select(Job)
+            .where(Job.study_id == study_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+            .order_by(Job.id)
+            .with_for_update()
+        ).all()
+        for job in live:
+            _cancel(job, now)
+        return len(live)
+
+
 def _submit(db: Database, submitter: Submitter, add: Callable[[Session], T], existing: Callable[[Session], Any]) -> T:
     try:
         with db.write() as session:
@@ -181,7 +252,7 @@ def _submit(db: Database, submitter: Submitter, add: Callable[[Session], T], exi
             return found  # type: ignore[no-any-return]
 
 
-def _idempotent_match(session: Session, table: type[Job] | type[Sweep], submitter: Submitter) -> Any:
+def _idempotent_match(session: Session, table: type[Job] | type[Sweep] | type[Study], submitter: Submitter) -> Any:
     if submitter.scoped_key is None:
         return None
     row = session.scalars(select(table).where(table.idempotency_key == submitter.scoped_key)).one_or_none()
@@ -289,6 +360,7 @@ def claim_jobs(db: Database, worker_id: str, lease_seconds: float, device: str, 
             max_attempts=row.max_attempts,
             token=row.lease_token,
             epochs_done=row.epochs_done,
+            study_id=row.study_id,
         )
         for row in claimed
     ]
@@ -319,6 +391,7 @@ def _claiming(which: ColumnElement[bool], now: datetime, worker_id: str, lease_s
             Job.epochs_done,
             Job.pack_key,
             Job.created_at,
+            Job.study_id,
         )
         .execution_options(synchronize_session=False)
     )
@@ -476,6 +549,17 @@ def cancel_claimed_job(db: Database, claim: Claim) -> None:
     with db.write() as session:
         now = db_now(session)
         _guarded_update(session, claim, now, status=JobStatus.cancelled, finished_at=now, lease_expires_at=None)
+
+
+def prune_claimed_job(db: Database, claim: Claim, epoch: int) -> JobStatus:
+    """Ends a study's trial that its pruner stopped after ``epoch``: ``pruned``, its metrics kept (``cancelled``
+    instead if a cancel was asked for); returns which."""
+    with db.write() as session:
+        now = db_now(session)
+        status = _end_attempt(session, claim, now, JobStatus.pruned, finished_at=now, lease_expires_at=None)
+        if status is JobStatus.pruned:
+            studies.record_pruned(session, claim.job_id, epoch)
+        return status
 
 
 def release_job(db: Database, claim: Claim) -> JobStatus:

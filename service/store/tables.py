@@ -69,6 +69,43 @@ class Sweep(Base):
     request_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
+class Study(Base):
+    """An adaptive hyperparameter search (service.jobs.studies): Optuna's sampler and pruner over a space of
+    spec fields, each trial one job. The search's whole state is here and in ``study_trials``; nothing else."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)  # running, completed, cancelled
+    base: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    space: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    sampler: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    pruner: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    n_trials: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_concurrent: Mapped[int] = mapped_column(Integer, nullable=False)
+    seed: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    max_attempts: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(320), unique=True)
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class StudyTrial(Base):
+    """One suggestion of a study's sampler: its number (0, 1, ... in the order asked), the parameters, the
+    sampler's and pruner's own bookkeeping (Optuna's system attributes) and the job that runs it."""
+
+    __tablename__ = "study_trials"
+
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), nullable=False, unique=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    system_attrs: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    pruned_at_epoch: Mapped[int | None] = mapped_column(Integer)
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -92,6 +129,7 @@ class Job(Base):
     model_id: Mapped[str | None] = mapped_column(String(32))
     preset: Mapped[str | None] = mapped_column(String(64))
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id"), index=True)
     # Where and with what the last attempt ran: torch version, device, data files' sha256, code version.
     provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -22,7 +22,7 @@ from types import FrameType
 
 import torch
 
-from service.jobs import queue
+from service.jobs import queue, studies
 from service.jobs.queue import Claim, LeaseLost
 from service.jobs.status import JobStatus
 from service.jobs.wakeup import QueueSignal
@@ -173,6 +173,7 @@ class Worker:
         """
         device = self._trainer_device()
         queue.requeue_expired_leases(self.db)
+        self._advance_studies()
         claims = queue.claim_jobs(
             self.db, self.worker_id, self.settings.lease_seconds, device=device, limit=self.settings.pack_max
         )
@@ -181,6 +182,17 @@ class Worker:
         with job_context(claims[0].job_id, claims[0].attempt):
             self.run_jobs(claims)
         return True
+
+    def _advance_studies(self, study_id: str | None = None) -> None:
+        """Queues the next trials of one study (a trial of it just ended) or of every running one (a poll: a
+        study whose deciding process died is topped up here). Never fatal: the next poll tries again."""
+        try:
+            added = len(queue.advance_study(self.db, study_id)) if study_id else queue.advance_studies(self.db)
+        except Exception:
+            log.exception("could not advance %s", f"study {study_id}" if study_id else "the running studies")
+            return
+        if added:
+            self.signal.notify()
 
     def _trainer_device(self) -> str:
         failures = 0
@@ -214,10 +226,12 @@ class Worker:
         ]
         # Per job, the first database error while recording its progress (a lost lease, or another): it stops.
         broken: list[Exception | None] = [None] * len(claims)
+        # Per study trial, the epoch after which its study's pruner stopped it.
+        pruned: list[int | None] = [None] * len(claims)
 
         def record(member: int, message: Progress) -> None:
-            if broken[member] is not None:
-                return
+            if broken[member] is not None or pruned[member] is not None:
+                return  # broken, or pruned: the epochs a trainer ran ahead before it saw the flag are not kept
             try:
                 if isinstance(message, AttemptBegun):
                     queue.begin_attempt(self.db, claims[member], message.history, message.provenance)
@@ -225,11 +239,15 @@ class Worker:
                     queue.record_epoch(self.db, claims[member], message.metrics)
             except Exception as error:
                 broken[member] = error
+                return
+            if isinstance(message, EpochFinished) and pruned[member] is None:
+                pruned[member] = self._pruned_after(claims[member], message.metrics.epoch)
 
         def should_stop(member: int) -> bool:
             flags = keeper.flags[member]
             return (
                 broken[member] is not None
+                or pruned[member] is not None
                 or flags.cancel_requested.is_set()
                 or flags.lost.is_set()
                 or self.shutdown.is_set()
@@ -246,9 +264,11 @@ class Worker:
             keeper.release(member)
             try:
                 with job_context(claim.job_id, claim.attempt):
-                    self._conclude(claim, jobs[member], outcome, keeper.flags[member], broken[member])
+                    self._conclude(claim, jobs[member], outcome, keeper.flags[member], broken[member], pruned[member])
             except Exception as error:
                 errors.append(error)
+            if claim.study_id is not None:
+                self._advance_studies(claim.study_id)  # a trial ended or left the queue: its study asks for the next
 
         try:
             outcomes, idle = self.trainer.run(
@@ -263,8 +283,25 @@ class Worker:
         if errors:
             raise errors[0]
 
+    def _pruned_after(self, claim: Claim, epoch: int) -> int | None:
+        """``epoch`` when the claim is a study's trial that its pruner stops after this epoch, else None (also
+        after the last epoch: a trial that has run to its end is complete, not pruned)."""
+        if claim.study_id is None or epoch >= claim.spec.epochs:
+            return None
+        try:
+            return epoch if studies.should_prune(self.db, claim.job_id, epoch) else None
+        except Exception:
+            log.exception("job %s: the pruner could not decide after epoch %d; the trial goes on", claim.job_id, epoch)
+            return None
+
     def _conclude(
-        self, claim: Claim, job: TrainingJob, outcome: Outcome, lease: LeaseFlags, broken: Exception | None
+        self,
+        claim: Claim,
+        job: TrainingJob,
+        outcome: Outcome,
+        lease: LeaseFlags,
+        broken: Exception | None,
+        pruned_at: int | None = None,
     ) -> None:
         if not isinstance(outcome, Trained):
             job.checkpoint_file.unlink(missing_ok=True)  # never written, unless the run ended just as it was stopped
@@ -276,6 +313,8 @@ class Worker:
             self._failed(claim, broken, job.resume_file)
         elif isinstance(outcome, Trained):
             self._persist(claim, job, outcome)
+        elif isinstance(outcome, Stopped) and pruned_at is not None:
+            self._pruned(claim, pruned_at, job.resume_file)
         elif isinstance(outcome, Stopped):
             self._stopped(claim, lease, outcome, job.resume_file)
         elif isinstance(outcome, Failed):
@@ -297,6 +336,15 @@ class Worker:
                 log.info("job %s: released to the queue after %d epoch(s)", claim.job_id, stopped.completed_epochs)
         except LeaseLost:
             log.error("job %s: lease lost before it could be stopped cleanly", claim.job_id)
+
+    def _pruned(self, claim: Claim, epoch: int, state_file: Path) -> None:
+        try:
+            status = queue.prune_claimed_job(self.db, claim, epoch)
+        except LeaseLost:
+            log.error("job %s: lease lost before its pruning could be recorded", claim.job_id)
+            return
+        discard_resume_state(state_file)
+        log.info("job %s: %s after epoch %d", claim.job_id, status.value, epoch)
 
     def _failed(self, claim: Claim, error: BaseException, state_file: Path) -> None:
         decision = self.retry_policy.decide(error, claim.attempt, claim.max_attempts)
