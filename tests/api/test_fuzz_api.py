@@ -77,7 +77,8 @@ CONFIG = schemathesis.Config.from_dict(
                 # A spec's rules across fields (early stopping needs a validation split, a preset's fields
                 # must fit each other, a grid's values must make valid specs) are the model validator's;
                 # the document carries each field's own bounds only.
-                "include-name": ["POST /v1/jobs", "POST /v1/sweeps"],
+                # A study's space adds its own: a field searched and fixed at once, conditions, a grid's size.
+                "include-name": ["POST /v1/jobs", "POST /v1/sweeps", "POST /v1/studies"],
                 "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", 404, 409, 422, 429]}},
             },
         ],
@@ -114,7 +115,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -
         sweep = client.post("/v1/sweeps", json={"base": TINY, "grid": {"lr": [0.1, 0.2]}})
         assert sweep.status_code == 202
         SERVED.app = app
-        yield Served(client, {"<job>": job["id"], "<model>": model_id, "<sweep>": sweep.json()["id"]})
+        study = client.post("/v1/studies", json={"base": TINY, "space": {"lr": {"low": 0.1, "high": 0.2}}, "trials": 2})
+        assert study.status_code == 202
+        ids = {"<job>": job["id"], "<model>": model_id, "<sweep>": sweep.json()["id"], "<study>": study.json()["id"]}
+        yield Served(client, ids)
         SERVED.app = None
     db.dispose()
 
@@ -147,6 +151,8 @@ RESPONSE_CHECKS = [
         ("POST", "/v1/jobs/{job_id}/cancel", {"job_id": "<job>"}, 409),  # it has ended
         ("GET", "/v1/sweeps/{sweep_id}", {"sweep_id": "<sweep>"}, 200),
         ("POST", "/v1/sweeps/{sweep_id}/cancel", {"sweep_id": "<sweep>"}, 200),
+        ("GET", "/v1/studies/{study_id}", {"study_id": "<study>"}, 200),
+        ("POST", "/v1/studies/{study_id}/cancel", {"study_id": "<study>"}, 200),
     ],
 )
 def test_existing_rows_answer_as_documented(
@@ -248,14 +254,14 @@ def test_predict_422s_are_documented_in_both_forms(client: TestClient) -> None:
 
 
 def test_an_offset_past_64_bits_is_a_422_on_every_list(client: TestClient) -> None:
-    for path in ("/v1/jobs", "/v1/sweeps", "/v1/models"):
+    for path in ("/v1/jobs", "/v1/sweeps", "/v1/studies", "/v1/models"):
         assert client.get(path, params={"offset": INT64_MAX}).status_code == 200
         response = client.get(path, params={"offset": INT64_MAX + 1})
         assert response.status_code == 422, path
         assert response.json()["detail"][0]["loc"] == ["query", "offset"]
 
 
-@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/sweeps", "/v1/aliases/x", "/v1/predict/pixels"])
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/sweeps", "/v1/studies", "/v1/aliases/x", "/v1/predict/pixels"])
 def test_a_body_that_is_not_utf8_is_a_422_naming_the_byte(client: TestClient, path: str) -> None:
     method = "PUT" if path.startswith("/v1/aliases") else "POST"
     body = b'{"epochs": "\xff"}'

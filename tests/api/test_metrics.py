@@ -132,7 +132,7 @@ def test_the_durations_window_is_bounded(settings: Settings, db: Database) -> No
         m for m in DatabaseCollector(db, recent_jobs=1).collect() if m.name == "fmnist_job_duration_seconds"
     ]
     counts = {s.labels["status"]: s.value for s in histogram.samples if s.name.endswith("_gcount")}
-    assert counts == {"succeeded": 1, "failed": 0, "cancelled": 0}
+    assert counts == {"succeeded": 1, "failed": 0, "cancelled": 0, "pruned": 0}
 
 
 def test_a_running_job_reports_its_training_speed(client: TestClient, settings: Settings, db: Database) -> None:
