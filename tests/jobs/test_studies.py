@@ -257,7 +257,7 @@ def test_the_median_pruner_stops_a_trial_below_the_median_at_its_epoch_and_not_o
 
 
 def test_the_median_pruner_waits_for_its_startup_trials(client: TestClient, db: Database) -> None:
-    study_id, claims = _pruning_study(client, db, {"type": "median", "n_startup_trials": 3})
+    _study_id, claims = _pruning_study(client, db, {"type": "median", "n_startup_trials": 3})
     run_curve(db, claims[2], [0.1, 0.1], finish=False)  # far behind, but only two trials have finished
     assert not studies.should_prune(db, claims[2].job_id, 2)
 
@@ -399,3 +399,50 @@ def test_a_worker_runs_a_study_to_the_end_pruning_the_hopeless_trials(
         if trial["params"]["lr"] in fast:
             assert trial["status"] == "succeeded" and trial["progress"]["epoch"] == 4
     assert final["best"]["params"]["lr"] in fast and final["best"]["model_id"]
+
+
+def test_a_study_whose_refill_was_lost_is_topped_up_by_the_next_worker(
+    client: TestClient, settings: Settings, db: Database
+) -> None:
+    # A trial ended, and its process died before asking for the next one: the study has room and nothing queued.
+    study = submit(client, base=BASE, space={"lr": {"choices": [0.1, 0.2]}}, trials=2, max_concurrent=1, sampler="grid")
+    [claim] = claim_all(db)
+    run_curve(db, claim, [0.5, 0.6, 0.7])
+    assert client.get(f"/v1/studies/{study['id']}").json()["counts"] == {"succeeded": 1}
+    assert Worker(settings, db, torch.device("cpu"), burst=True).run() == 0
+    final = client.get(f"/v1/studies/{study['id']}").json()
+    assert final["status"] == "completed" and final["counts"] == {"succeeded": 2}
+
+
+def test_trials_of_one_shape_pack_together_and_a_pruned_member_leaves_its_pack(
+    client: TestClient, settings: Settings, db: Database
+) -> None:
+    slow, fast = (1e-5, 2e-5, 3e-5), 0.3
+    study = submit(
+        client,
+        base={"hidden_layers": [16], "batch_size": 64, "epochs": 4, "val_fraction": 0.2},
+        space={"lr": {"choices": [*slow, fast]}},
+        trials=4,
+        max_concurrent=2,
+        seed=0,
+        sampler="grid",
+        pruner={"type": "median", "n_startup_trials": 2},
+    )
+    for claim in claim_all(db):  # the first two trials, scripted: 0.4 at every epoch
+        run_curve(db, claim, [0.4] * 4)
+    assert len(queue.advance_study(db, study["id"])) == 2
+    worker = Worker(settings.model_copy(update={"pack_max": 4}), db, torch.device("cpu"), burst=True)
+    try:
+        assert worker.run_once() is True  # one claim: the two trials together
+    finally:
+        worker.close()
+    final = client.get(f"/v1/studies/{study['id']}").json()
+    packed = final["trials"][2:]
+    assert all(client.get(f"/v1/jobs/{t['job_id']}").json()["provenance"]["pack_size"] == 2 for t in packed)
+    assert any(trial["params"]["lr"] in slow for trial in packed)  # three of the four grid points are slow
+    for trial in packed:
+        if trial["params"]["lr"] in slow:
+            assert trial["status"] == "pruned" and trial["pruned_at_epoch"] == 1, trial
+        else:
+            assert trial["status"] == "succeeded" and trial["progress"]["epoch"] == 4, trial  # trained on
+    assert final["status"] == "completed"

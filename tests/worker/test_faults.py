@@ -7,19 +7,16 @@ outcome from the database. Waits poll with deadlines; the only fixed sleeps plac
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import psutil
@@ -32,120 +29,20 @@ from service.jobs import queue
 from service.jobs.queries import get_job, get_metrics
 from service.jobs.status import JobStatus
 from service.jobs.wakeup import QueueSignal
-from service.settings import Settings
 from service.store.db import Database
 from service.store.tables import Job, Model
 from service.worker.resume import resume_path
+from tests.support.fleet import Fleet, wait_for
 from tests.support.servers import free_port, wait_ready
 
 # Each takes 10-50 s on two quiet cores; the timeout leaves room for a machine busy with other work.
 pytestmark = [pytest.mark.db, pytest.mark.faults, pytest.mark.timeout(300)]
 
-_SCRIPT = Path(sys.executable).with_name("fmnist")
-FMNIST = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "service.cli"]
 
 # ~0.5 s per epoch of the synthetic data on one CPU thread: long enough to land a kill inside one.
 SLOW_EPOCHS = TrainingSpec(hidden_layers=[1024, 1024], batch_size=4)
 # The claim line the worker logs (Worker.run_jobs): "... [pid] job_id=… attempt=N job <id>: attempt N, spec".
 CLAIM_LINE = re.compile(r"\[(\d+)\][^\n]*? job ([0-9a-f]{32}): attempt (\d+), spec")
-DEADLINE = 120.0
-
-T = TypeVar("T")
-
-
-class Fleet:
-    """``fmnist`` processes on one FMNIST_HOME and database, each logging to its own file."""
-
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.settings, self.log_dir = settings, log_dir
-        self.env = {
-            **os.environ,
-            "FMNIST_HOME": str(settings.home),
-            "FMNIST_DATA_DIR": str(settings.data_dir),
-            "FMNIST_POLL_SECONDS": "0.1",
-            # One thread each: several processes share two cores, and tiny steps split across oversubscribed
-            # OpenMP threads run up to 30x slower (an epoch of 0.5 s took 15 s).
-            "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
-        if settings.database_url is None:
-            self.env.pop("FMNIST_DATABASE_URL", None)
-        else:
-            self.env["FMNIST_DATABASE_URL"] = settings.database_url
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.meant_to_run: set[str] = set()
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        with (self.log_dir / f"{name}.log").open("wb") as log:
-            process = subprocess.Popen([*FMNIST, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        self.processes[name] = process
-        self.meant_to_run.add(name)
-        return process
-
-    def start_worker(self) -> str:
-        name = f"worker-{sum(n.startswith('worker-') for n in self.processes)}"
-        self.start(name, "worker", "--device", "cpu")
-        return name
-
-    def worker_named(self, worker_id: str | None) -> str:
-        """The name of the process a job's ``worker_id`` (host:pid:slot) points at."""
-        assert worker_id is not None
-        pid = int(worker_id.split(":")[-2])
-        return next(name for name, process in self.processes.items() if process.pid == pid)
-
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {name}\n{self.log(name)[-3000:]}" for name in self.processes)
-
-    def check_running(self) -> None:
-        for name in self.meant_to_run:
-            if self.processes[name].poll() is not None:
-                raise AssertionError(f"{name} exited with {self.processes[name].returncode}:\n{self.log(name)}")
-
-    def kill(self, name: str, *, wait: bool = True) -> None:
-        self.meant_to_run.discard(name)
-        self.processes[name].kill()
-        if wait:
-            self.processes[name].wait(timeout=30)
-
-    def stop(self, *names: str, sig: int = signal.SIGTERM, timeout: float = 30) -> list[int]:
-        """Signals them all (SIGTERM: how an orchestrator stops a worker), then waits; their exit codes."""
-        for name in names:
-            self.meant_to_run.discard(name)
-            if self.processes[name].poll() is None:
-                self.processes[name].send_signal(sig)
-        try:
-            return [self.processes[name].wait(timeout=timeout) for name in names]
-        except subprocess.TimeoutExpired as expired:  # what the stuck process last wrote says where it hangs
-            raise AssertionError(f"{expired}; their logs:\n{self.logs()}") from expired
-
-    def close(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.kill()  # SIGKILL ends a SIGSTOPped process too
-            process.wait()
-
-
-@pytest.fixture
-def fleet(settings: Settings, db: Database, tmp_path: Path) -> Iterator[Fleet]:
-    # `db` has migrated the database the processes share.
-    instance = Fleet(settings, tmp_path)
-    yield instance
-    instance.close()
-
-
-def wait_for(what: str, probe: Callable[[], T | None], fleet: Fleet, timeout: float = DEADLINE) -> T:
-    """Polls ``probe`` until it returns something other than None (or False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        fleet.check_running()
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n{fleet.logs()}")
 
 
 def started(fleet: Fleet, name: str) -> bool:
