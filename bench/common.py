@@ -163,7 +163,7 @@ def wait_for(
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
         while time.monotonic() < deadline:
             row = connection.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row and row[0] in ("succeeded", "failed", "cancelled"):
+            if row and row[0] in ("succeeded", "failed", "cancelled", "pruned"):
                 job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
                 return job
             time.sleep(poll)
