@@ -422,7 +422,7 @@ class StudyCreate(BaseModel):
 
 class StudyTrialPublic(BaseModel):
     number: int = Field(description="The trial's place in the order of suggestion, from 0.")
-    job_id: str
+    job_id: str | None = Field(description="The job that runs it; none for a suggestion that is not a valid spec.")
     params: dict[str, Any] = Field(description="The values the sampler suggested.")
     status: JobStatus
     progress: JobProgress

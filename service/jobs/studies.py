@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.presets import PRESETS, resolve_spec
+from models.presets import PRESETS
 from models.spec import SpecFields
 from service.errors import InvalidSpec, StudyNotFound
 from service.jobs.specs import validated_spec
@@ -278,17 +278,35 @@ def _pruner(config: dict[str, Any]) -> Any:
 
 @dataclass(frozen=True)
 class TrialRow:
-    """A trial as the study reads it: its row, its job, its learning curve and result."""
+    """A trial as the study reads it: its row, its job (None for a suggestion that was never a valid spec),
+    its learning curve and result."""
 
     trial: StudyTrial
-    job: Job
+    job: Job | None
     curve: dict[int, float]  # epoch -> validation accuracy
     model: Model | None
 
     @property
+    def status(self) -> JobStatus:
+        return self.job.status if self.job is not None else JobStatus.failed
+
+    @property
+    def error(self) -> str | None:
+        return self.job.error if self.job is not None else self.trial.error
+
+    @property
+    def epochs_done(self) -> int:
+        return self.job.epochs_done if self.job is not None else 0
+
+    @property
+    def epochs(self) -> int:
+        """The epochs the trial's spec runs (0 for a trial that never became a job)."""
+        return int(self.job.spec["epochs"]) if self.job is not None else 0
+
+    @property
     def value(self) -> float | None:
         """The objective: the kept model's validation accuracy (None until the trial succeeded)."""
-        if self.job.status is not JobStatus.succeeded:
+        if self.status is not JobStatus.succeeded:
             return None
         if self.model is not None and self.model.val_acc is not None:
             return self.model.val_acc
@@ -298,12 +316,13 @@ class TrialRow:
 def _trial_rows(session: Session, study_id: str) -> list[TrialRow]:
     pairs = session.execute(
         select(StudyTrial, Job)
-        .join(Job, Job.id == StudyTrial.job_id)
+        .outerjoin(Job, Job.id == StudyTrial.job_id)
         .where(StudyTrial.study_id == study_id)
         .order_by(StudyTrial.number)
     ).all()
-    ids = [job.id for _trial, job in pairs]
+    ids = [job.id for _trial, job in pairs if job is not None]
     curves: dict[str, dict[int, float]] = {job_id: {} for job_id in ids}
+    models: dict[str, Model] = {}
     if ids:
         for job_id, epoch, val_acc in session.execute(
             select(EpochMetric.job_id, EpochMetric.epoch, EpochMetric.val_acc).where(EpochMetric.job_id.in_(ids))
@@ -311,14 +330,14 @@ def _trial_rows(session: Session, study_id: str) -> list[TrialRow]:
             if val_acc is not None:
                 curves[job_id][epoch] = val_acc
         models = {m.job_id: m for m in session.scalars(select(Model).where(Model.job_id.in_(ids)))}
-    else:
-        models = {}
-    return [TrialRow(trial, job, curves[job.id], models.get(job.id)) for trial, job in pairs]
+    return [
+        TrialRow(trial, job, curves[job.id] if job else {}, models.get(job.id) if job else None) for trial, job in pairs
+    ]
 
 
 def _frozen(optuna: Any, row: TrialRow, distributions: dict[str, Any]) -> Any:
     state = optuna.trial.TrialState
-    status = row.job.status
+    status = row.status
     value = row.value
     if status is JobStatus.succeeded and value is not None:
         trial_state = state.COMPLETE
@@ -423,56 +442,61 @@ def _lock(session: Session, study_id: str) -> Study | None:
 def ask_trials(session: Session, study: Study, new_job: Any) -> list[Job]:
     """Tops the study up, in the caller's write transaction with the study locked: asks the sampler for as many
     trials as ``max_concurrent`` and the budget allow, queueing one job each; completes the study when every
-    trial has ended. ``new_job(spec, created_at, **columns)`` makes a queued job row. Returns the new jobs."""
+    trial has ended. ``new_job(spec, created_at, **columns)`` makes a queued job row. Returns the new jobs.
+
+    A suggestion that the spec's cross-field rules refuse (nesterov without momentum, a run over the size
+    ceiling) fails as it is asked: a trial with no job and an ``error``, so the sampler learns nothing from it
+    and the budget moves on; the next trial is asked in its place."""
     rows = _trial_rows(session, study.id)
-    live = sum(row.job.status in LIVE for row in rows)
-    wanted = min(study.n_trials - len(rows), study.max_concurrent - live)
-    if wanted <= 0:
-        if len(rows) >= study.n_trials and live == 0 and study.status == StudyStatus.running:
-            study.status = StudyStatus.completed
-            study.finished_at = db_now(session)
-            log.info("study %s: completed (%d trials)", study.id, len(rows))
-        return []
-    optuna = _optuna()
-    preset = study.base.get("preset")
-    base = {k: v for k, v in study.base.items() if k != "preset"}
-    base_values = _base_values(preset, base)
-    rebuilt = optuna_study(study, rows)
-    now = db_now(session)
+    live = sum(row.status in LIVE for row in rows)
+    number = len(rows)
     jobs: list[Job] = []
-    for offset in range(wanted):
-        number = len(rows) + offset
-        rebuilt.sampler = _sampler(study, number)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            trial = rebuilt.ask()
-            params = _suggest(trial, study, base_values)
-        assert trial.number == number, (trial.number, number)
-        attrs = rebuilt.trials[number].system_attrs
-        explicit = {**base, **params}
-        if "seed" not in explicit:
-            explicit["seed"] = _derived_seed(study.seed, number, "job", MAX_SEED)
-        created = now + timedelta(microseconds=offset)
-        try:
-            spec = validated_spec(preset, explicit, loc=("body", "space"))
-        except InvalidSpec as exc:
-            # A combination the spec's cross-field rules refuse (nesterov without momentum...): the trial is
-            # recorded as failed, so the sampler learns nothing from it and the budget moves on.
-            job = new_job(resolve_spec(preset, {}), created, study_id=study.id)
-            job.spec = {**job.spec, **_base_values(preset, base)}
-            job.spec = {**job.spec, **params}
-            job.status, job.finished_at = JobStatus.failed, now
-            job.error = "the suggested parameters do not make a valid spec: " + "; ".join(
-                f"{'.'.join(map(str, e['loc'][2:])) or 'spec'}: {e['msg']}" for e in exc.errors
-            )
-            rebuilt.tell(trial, state=optuna.trial.TrialState.FAIL)
-        else:
-            job = new_job(spec, created, study_id=study.id)
-        session.add(job)
+    if number < study.n_trials and live < study.max_concurrent:
+        optuna = _optuna()
+        preset = study.base.get("preset")
+        base = {k: v for k, v in study.base.items() if k != "preset"}
+        base_values = _base_values(preset, base)
+        rebuilt = optuna_study(study, rows)
+        now = db_now(session)
+        while number < study.n_trials and live + len(jobs) < study.max_concurrent:
+            rebuilt.sampler = _sampler(study, number)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                trial = rebuilt.ask()
+                params = _suggest(trial, study, base_values)
+            assert trial.number == number, (trial.number, number)
+            attrs = rebuilt.trials[number].system_attrs
+            explicit = {**base, **params}
+            if "seed" not in explicit:
+                explicit["seed"] = _derived_seed(study.seed, number, "job", MAX_SEED)
+            try:
+                spec = validated_spec(preset, explicit, loc=("body", "space"))
+            except InvalidSpec as exc:
+                error = "the suggested parameters do not make a valid spec: " + "; ".join(
+                    f"{'.'.join(map(str, e['loc'][2:])) or 'spec'}: {e['msg']}" for e in exc.errors
+                )
+                rebuilt.tell(trial, state=optuna.trial.TrialState.FAIL)
+                session.add(
+                    StudyTrial(
+                        study_id=study.id, number=number, job_id=None, params=params, system_attrs=attrs, error=error
+                    )
+                )
+                log.warning("study %s: trial %d failed as asked: %s", study.id, number, error)
+            else:
+                # Distinct creation times keep the order of suggestion in the queue (claims take the oldest first).
+                job = new_job(spec, now + timedelta(microseconds=len(jobs)), study_id=study.id)
+                session.add(job)
+                session.flush()
+                session.add(
+                    StudyTrial(study_id=study.id, number=number, job_id=job.id, params=params, system_attrs=attrs)
+                )
+                jobs.append(job)
+            number += 1
         session.flush()
-        session.add(StudyTrial(study_id=study.id, number=number, job_id=job.id, params=params, system_attrs=attrs))
-        jobs.append(job)
-    session.flush()
+    if number >= study.n_trials and live + len(jobs) == 0 and study.status == StudyStatus.running:
+        study.status = StudyStatus.completed
+        study.finished_at = db_now(session)
+        log.info("study %s: completed (%d trials)", study.id, number)
     return jobs
 
 
@@ -485,7 +509,8 @@ def advance(db: Database, study_id: str, new_job: Any) -> list[Job]:
         counts = dict(
             session.execute(
                 select(Job.status, func.count())
-                .join(StudyTrial, StudyTrial.job_id == Job.id)
+                .select_from(StudyTrial)
+                .outerjoin(Job, Job.id == StudyTrial.job_id)
                 .where(StudyTrial.study_id == study_id)
                 .group_by(Job.status)
             ).all()
@@ -522,7 +547,7 @@ def should_prune(db: Database, job_id: str, epoch: int) -> bool:
             return False
         rows = _trial_rows(session, study.id)
         row = rows[trial.number]
-        if row.job.status is not JobStatus.running or epoch not in row.curve:
+        if row.status is not JobStatus.running or epoch not in row.curve:
             return False  # an ended trial, or no validation accuracy for this epoch: nothing to judge
         # Judged at ``epoch``: the pruner reads the trial's last step.
         rows[trial.number] = TrialRow(row.trial, row.job, {e: v for e, v in row.curve.items() if e <= epoch}, row.model)
@@ -552,7 +577,7 @@ class StudyView:
 
     @property
     def counts(self) -> dict[str, int]:
-        return dict(Counter(row.job.status.value for row in self.rows))
+        return dict(Counter(row.status.value for row in self.rows))
 
     @property
     def best(self) -> TrialRow | None:

@@ -94,16 +94,19 @@ class Study(Base):
 
 class StudyTrial(Base):
     """One suggestion of a study's sampler: its number (0, 1, ... in the order asked), the parameters, the
-    sampler's and pruner's own bookkeeping (Optuna's system attributes) and the job that runs it."""
+    sampler's and pruner's own bookkeeping (Optuna's system attributes) and the job that runs it (none when the
+    suggested spec is invalid: the trial failed as it was asked)."""
 
     __tablename__ = "study_trials"
 
     study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True)
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), nullable=False, unique=True)
+    # None for a suggestion the spec's cross-field rules refuse: it never becomes a job; ``error`` says why.
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), unique=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     system_attrs: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     pruned_at_epoch: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Job(Base):

@@ -337,9 +337,19 @@ def test_a_suggestion_the_spec_refuses_is_a_failed_trial_and_the_study_goes_on(
         seed=0,
         sampler="grid",
     )
-    failed = [trial for trial in bad["trials"] if trial["status"] == "failed"]
-    assert len(failed) == 1 and failed[0]["params"] == {"momentum": 0.0}
-    assert "nesterov" in failed[0]["error"]
+    # The invalid suggestion is a failed trial with no job (a job's spec is always valid), and the next trial
+    # is asked in its place: the study still has max_concurrent trials queued, as far as the budget allows.
+    [failed] = [trial for trial in bad["trials"] if trial["status"] == "failed"]
+    assert failed["params"] == {"momentum": 0.0} and failed["job_id"] is None
+    assert "nesterov" in failed["error"]
+    [queued] = [trial for trial in bad["trials"] if trial["status"] == "queued"]
+    assert client.get(f"/v1/jobs/{queued['job_id']}").json()["spec"]["momentum"] == 0.5
+    assert client.get("/v1/jobs").status_code == 200
+    [claim] = [claim for claim in claim_all(db) if claim.job_id == queued["job_id"]]
+    run_curve(db, claim, [0.5, 0.6, 0.7])
+    queue.advance_study(db, bad["id"])
+    final = client.get(f"/v1/studies/{bad['id']}").json()
+    assert final["status"] == "completed" and final["best"]["params"] == {"momentum": 0.5}
 
 
 def test_cancelling_a_study_cancels_its_trials_and_asks_for_no_more(client: TestClient, db: Database) -> None:

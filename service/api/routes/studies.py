@@ -11,6 +11,7 @@ from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, Offset, QueueSignalDep, SettingsDep
 from service.api.idempotency import IdempotencyKey, idempotent_responses, submitter
 from service.jobs import queue, studies
+from service.jobs.status import JobStatus
 from service.jobs.studies import StudyView, get_study, list_studies
 from service.schemas import (
     ErrorPublic,
@@ -28,7 +29,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic, "descr
 
 
 def _curve(row: studies.TrialRow) -> list[float | None]:
-    last = max([row.job.epochs_done, *row.curve], default=0)
+    last = max([row.epochs_done, *row.curve], default=0)
     return [row.curve.get(epoch) for epoch in range(1, last + 1)]
 
 
@@ -42,15 +43,15 @@ def study_public(view: StudyView) -> StudyPublic:
     trials = [
         StudyTrialPublic(
             number=row.trial.number,
-            job_id=row.job.id,
+            job_id=row.job.id if row.job else None,
             params=row.trial.params,
-            status=row.job.status,
-            progress=JobProgress(epoch=row.job.epochs_done, epochs=row.job.spec["epochs"]),
+            status=row.status,
+            progress=JobProgress(epoch=row.epochs_done, epochs=row.epochs),
             val_acc=row.value if row.value is not None else _latest(row),
             test_acc=row.model.test_acc if row.model is not None else None,
             curve=_curve(row),
             pruned_at_epoch=row.trial.pruned_at_epoch,
-            error=row.job.error if row.job.status.value == "failed" else None,
+            error=row.error if row.status is JobStatus.failed else None,
         )
         for row in view.rows
     ]
@@ -68,7 +69,7 @@ def study_public(view: StudyView) -> StudyPublic:
         counts=view.counts,
         trials=trials,
         best=None
-        if best is None or best.value is None
+        if best is None or best.value is None or best.job is None
         else StudyBestPublic(
             number=best.trial.number,
             job_id=best.job.id,
