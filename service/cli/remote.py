@@ -1,4 +1,5 @@
-"""The ``fmnist`` commands that talk to a running server over HTTP: submit, jobs, wait, predict, models...
+"""The ``fmnist`` commands that talk to a running server over HTTP: submit, jobs, wait, predict, models, sweeps,
+studies...
 
 Each takes ``--url`` and ``--api-key`` (or FMNIST_URL and FMNIST_API_KEY) and ``--json`` for scripts; tables
 otherwise. Exit codes are the ``ExitCode`` values, the same for every command.
@@ -18,7 +19,7 @@ import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum, IntEnum
+from enum import Enum, IntEnum, StrEnum
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -53,6 +54,8 @@ from service.schemas import (
     PredictionFailedPublic,
     PredictionPublic,
     PredictPublic,
+    StudiesPublic,
+    StudyPublic,
     SweepPublic,
     SweepsPublic,
     image_location,
@@ -61,7 +64,9 @@ from service.schemas import (
 
 class ExitCode(IntEnum):
     ok = 0
-    job_not_succeeded = 1  # wait, submit --wait: the job (or a sweep's job) ended failed or cancelled
+    # wait, submit --wait: the job (or a sweep's job) ended failed or cancelled; study submit --wait: the study was
+    # cancelled, or completed without a succeeded trial
+    job_not_succeeded = 1
     invalid = 2  # usage, or a request the server refused (4xx other than those below)
     not_found = 3
     auth = 4  # 401 or 403
@@ -70,7 +75,8 @@ class ExitCode(IntEnum):
 
 
 EXIT_CODES = (
-    "Exit codes: 0 ok; 1 the job (or a job of the sweep) ended failed or cancelled; 2 usage error, "
+    "Exit codes: 0 ok; 1 the job (or a job of the sweep) ended failed or cancelled, or the study was cancelled "
+    "or completed without a succeeded trial; 2 usage error, "
     "invalid request, or (predict) an image the server could not use; 3 not found; 4 missing or refused API "
     "key; 5 server unreachable or server error; 6 --timeout passed first."
 )
@@ -100,14 +106,23 @@ WaitJobOption = Annotated[
     bool, typer.Option("--wait", help="Follow the job until it ends (exit 1 unless it succeeds).")
 ]
 WaitSweepOption = Annotated[bool, typer.Option("--wait", help="Wait until every job has ended (exit 1 if one failed).")]
+WaitStudyOption = Annotated[
+    bool,
+    typer.Option("--wait", help="Wait until the study ends (exit 1 if it was cancelled or no trial succeeded)."),
+]
 JobIdArgument = Annotated[str, typer.Argument(help="The job's id.")]
 SweepIdArgument = Annotated[str, typer.Argument(help="The sweep's id.")]
+StudyIdArgument = Annotated[str, typer.Argument(help="The study's id.")]
 
 stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True, soft_wrap=True)  # messages stay one line for scripts that read them
 
 alias_app = typer.Typer(help="Model aliases (`production`, ...).", no_args_is_help=True)
 sweep_app = typer.Typer(help="Sweeps: a grid of specs submitted, ranked and cancelled together.", no_args_is_help=True)
+study_app = typer.Typer(
+    help="Studies: adaptive searches (Optuna) whose sampler suggests the trials and whose pruner stops the hopeless.",
+    no_args_is_help=True,
+)
 
 
 # -- the scaffold: connection options, errors as exit codes, JSON or a table ---------------------------
@@ -351,9 +366,19 @@ SPEC_PARAMETERS = [
 
 def with_spec_flags(command: Callable[..., None]) -> Callable[..., None]:
     """Adds an option per spec field to ``command`` (it receives them in ``**spec_flags``)."""
+    return _with_flags(command, SPEC_PARAMETERS)
+
+
+def with_base_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """``with_spec_flags`` but for --seed, which a study's command takes for itself: the study's seed, from which
+    each trial's training seed derives (a --spec file may still fix one for every trial)."""
+    return _with_flags(command, [p for p in SPEC_PARAMETERS if p.name != "seed"])
+
+
+def _with_flags(command: Callable[..., None], flags: list[inspect.Parameter]) -> Callable[..., None]:
     signature = inspect.signature(command, eval_str=True)
     fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    _set_parameters(command, [*fixed, *SPEC_PARAMETERS])
+    _set_parameters(command, [*fixed, *flags])
     return command
 
 
@@ -812,9 +837,276 @@ def sweep_cancel(client: Client, sweep_id: SweepIdArgument) -> SweepPublic:
     return client.cancel_sweep(sweep_id)
 
 
+# -- studies -----------------------------------------------------------------------------------------------
+
+
+class StudyFigure(StrEnum):
+    history = "history"
+    importances = "importances"
+    parallel = "parallel"
+
+
+def _json_object(what: str, text: str, example: str) -> dict[str, Any]:
+    """``text`` as a JSON object: inline, or ``@FILE`` for a file's; a usage error (exit 2) otherwise."""
+    source = text
+    if text.startswith("@"):
+        try:
+            source = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise _fail(f"{what} {text}: cannot read {text[1:]!r}: {exc.strerror or exc}", ExitCode.invalid) from exc
+    quoted = repr(text if len(text) <= 80 else text[:77] + "...")
+    try:
+        parsed = json.loads(source)
+    except ValueError as exc:
+        hint = f" (to read the file, write @{text})" if not text.startswith("@") and _is_file(text) else ""
+        raise _fail(f"{what} {quoted}: not valid JSON: {exc}{hint}; e.g. {example}", ExitCode.invalid) from exc
+    if not isinstance(parsed, dict):
+        raise _fail(f"{what} {quoted}: expected a JSON object, e.g. {example}", ExitCode.invalid)
+    return parsed
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte: inline text, not a path
+        return False
+
+
+def _named_or_object(flag: str, text: str) -> str | dict[str, Any]:
+    """A --sampler or --pruner: a name, or a JSON object with ``type`` and options."""
+    text = text.strip()
+    if text.startswith("{"):
+        return _json_object(flag, text, f'\'{{"type": "{"median" if flag == "--pruner" else "tpe"}", ...}}\'')
+    return text
+
+
+def _param_text(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
+
+
+def _params(params: dict[str, Any]) -> str:
+    """`lr=0.1234 hidden_layers=[256]`: a trial's suggested values, floats to 4 significant digits."""
+    return " ".join(f"{name}={_param_text(value)}" for name, value in params.items()) or "-"
+
+
+def _study_counts(study: StudyPublic) -> str:
+    return ", ".join(f"{count} {name}" for name, count in study.counts.items() if count)
+
+
+def _study_line(study: StudyPublic) -> str:
+    """`study ID: running, 5 of 20 trials (3 succeeded, 1 pruned, 1 running)`."""
+    counts = _study_counts(study)
+    return f"study {study.id}: {study.status}, {len(study.trials)} of {study.n_trials} trials" + (
+        f" ({counts})" if counts else ""
+    )
+
+
+def _best_line(study: StudyPublic) -> str:
+    best = study.best
+    if best is None:
+        return "best: none yet (no trial has succeeded)"
+    return (
+        f"best: trial {best.number} (job {best.job_id}): val acc {best.val_acc:.4f}, test acc {_fmt(best.test_acc)}, "
+        f"{_params(best.params)}, model {best.model_id or '-'}"
+    )
+
+
+def _print_started_study(study: StudyPublic) -> None:
+    stdout.print(
+        f"started study {study.id}: {study.n_trials} trials, {study.sampler.get('type', '?')} sampler, "
+        f"{study.pruner.get('type', '?')} pruner, {study.max_concurrent} at once, seed {study.seed}",
+        markup=False,
+        highlight=False,
+    )
+
+
+def _print_study(study: StudyPublic) -> None:
+    """The trials in the order suggested, each failed trial's error, and the best trial."""
+    table = titled_table(
+        _study_line(study),
+        ("#", "job", "status", "params", "epoch", "val acc", "test acc", "pruned at"),
+        no_wrap=("job",),
+    )
+    for trial in study.trials:
+        table.add_row(
+            str(trial.number),
+            trial.job_id or "-",  # a suggestion that was not a valid spec ran no job
+            trial.status.value,
+            _params(trial.params),
+            f"{trial.progress.epoch}/{trial.progress.epochs}",
+            _fmt(trial.val_acc),
+            _fmt(trial.test_acc),
+            "-" if trial.pruned_at_epoch is None else f"epoch {trial.pruned_at_epoch}",
+        )
+    stdout.print(table)
+    for trial in study.trials:
+        if trial.error:
+            stdout.print(f"trial {trial.number} failed: {trial.error}", markup=False, highlight=False)
+    stdout.print(_best_line(study), markup=False, highlight=False)
+
+
+def _study_outcome(study: StudyPublic) -> ExitCode:
+    """0 when the study completed with a best trial; 1 when it was cancelled, or no trial succeeded."""
+    return ExitCode.ok if study.status == "completed" and study.best is not None else ExitCode.job_not_succeeded
+
+
+@study_app.command(
+    "submit",
+    epilog=(
+        'SPACE maps spec fields to a range {"low", "high", "log"?, "step"?} or {"choices": [...]}, either '
+        'with "when": {field: value} to search it only then; e.g. '
+        '\'{"lr": {"low": 0.01, "high": 0.5, "log": true}, "hidden_layers": {"choices": [[256], [1024]]}}\', '
+        "or @space.json. With --wait: exit 0 when the study completed with a best trial, 1 when it was cancelled "
+        "or no trial succeeded. " + EXIT_CODES
+    ),
+)
+@with_base_flags
+@remote_command(_print_started_study)
+def study_submit(
+    client: Client,
+    space: Annotated[
+        str, typer.Argument(metavar="SPACE", help="The search space: inline JSON, or @FILE for a JSON file.")
+    ],
+    preset: PresetOption = None,
+    spec_file: SpecFileOption = None,
+    sampler: Annotated[
+        str, typer.Option("--sampler", help='tpe, random or grid; or a JSON object: \'{"type": "tpe", ...}\'.')
+    ] = "tpe",
+    pruner: Annotated[
+        str,
+        typer.Option(
+            "--pruner",
+            help="median, successive_halving, hyperband or none; or a JSON object: "
+            '\'{"type": "median", "n_warmup_steps": 2}\'.',
+        ),
+    ] = "median",
+    trials: Annotated[int, typer.Option("--trials", min=1, help="How many trials the study runs in all.")] = 20,
+    max_concurrent: Annotated[
+        int, typer.Option("--max-concurrent", min=1, help="Trials queued or running at once.")
+    ] = 4,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            min=0,
+            help="Seeds the sampler and each trial's training (drawn when omitted). A training seed fixed for "
+            "every trial goes in a --spec file.",
+            show_default=False,
+        ),
+    ] = None,
+    wait: WaitStudyOption = False,
+    timeout: TimeoutOption = None,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", help="Retry-safe submission.")] = None,
+    **spec_flags: Any,
+) -> StudyPublic | Shown:
+    """Start a study: the sampler suggests --trials specs from SPACE on top of the spec flags (the base); the
+    pruner stops trials whose validation accuracy falls behind."""
+    example = '\'{"lr": {"low": 0.01, "high": 0.5, "log": true}}\' or @space.json'
+    parsed_space = _json_object("SPACE", space, example)
+    base = spec_from_flags(spec_file, spec_flags)
+    study = client.submit_study(
+        parsed_space,
+        base,
+        preset=preset,
+        sampler=_named_or_object("--sampler", sampler),
+        pruner=_named_or_object("--pruner", pruner),
+        trials=trials,
+        max_concurrent=max_concurrent,
+        seed=seed,
+        idempotency_key=idempotency_key,
+    )
+    if not wait:
+        return study
+    study = client.wait_study(
+        study.id,
+        timeout=timeout,
+        on_change=lambda s: stderr.print(_study_line(s), markup=False, highlight=False),
+    )
+    return Shown(study, functools.partial(_print_study, study), exit_code=_study_outcome(study))
+
+
+@remote_command(_print_study)
+def study_show(client: Client, study_id: StudyIdArgument) -> StudyPublic:
+    """A study's trials in the order suggested (status, params, accuracy, the epoch a pruned one stopped at),
+    then its best trial."""
+    return client.get_study(study_id)
+
+
+study_app.command("show", epilog=EXIT_CODES)(study_show)
+study_app.command("status", epilog=EXIT_CODES, hidden=True)(study_show)  # as `sweep status` is named
+
+
+def _print_studies(page: StudiesPublic) -> None:
+    table = titled_table(
+        f"{page.count} studies",
+        ("id", "status", "created", "sampler", "pruner", "trials", "best val acc"),
+        no_wrap=("id", "created"),
+    )
+    for study in page.data:
+        table.add_row(
+            study.id,
+            study.status,
+            _when(study.created_at),
+            str(study.sampler.get("type", "-")),
+            str(study.pruner.get("type", "-")),
+            f"{len(study.trials)}/{study.n_trials}" + (f": {_study_counts(study)}" if study.counts else ""),
+            _fmt(study.best.val_acc if study.best is not None else None),
+        )
+    stdout.print(table)
+
+
+@study_app.command("list", epilog=EXIT_CODES)
+@remote_command(_print_studies, paging=Paging("Studies", size=20, most=100))
+def study_list(client: Client, *, limit: int, offset: int) -> StudiesPublic:
+    """List studies, newest first."""
+    return client.list_studies(limit=limit, offset=offset)
+
+
+@study_app.command("cancel", epilog=EXIT_CODES)
+@remote_command(lambda study: stdout.print(_study_line(study), markup=False, highlight=False))
+def study_cancel(client: Client, study_id: StudyIdArgument) -> StudyPublic:
+    """Stop a study: no more trials; its queued trials are cancelled, running ones stop at their next batch."""
+    return client.cancel_study(study_id)
+
+
+@study_app.command("plot", epilog=EXIT_CODES)
+@remote_command(lambda path: stdout.print(f"wrote {path}", markup=False, highlight=False), json_option=False)
+def study_plot(
+    client: Client,
+    study_id: StudyIdArgument,
+    kind: Annotated[
+        StudyFigure,
+        typer.Option(
+            "--kind",
+            help="history: the objective per trial and the best so far; importances: how much each parameter "
+            "mattered; parallel: the trials' parameters side by side.",
+        ),
+    ] = StudyFigure.history,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            dir_okay=False,
+            help="The SVG file to write (default: study-ID-KIND.svg).",
+            show_default=False,
+        ),
+    ] = None,
+) -> Path:
+    """Save one of a study's figures as SVG."""
+    figure = client.get_study_figure(study_id, kind.value)
+    target = output if output is not None else Path(f"study-{study_id}-{kind.value}.svg")
+    try:
+        target.write_bytes(figure)
+    except OSError as exc:
+        raise _fail(f"--output {target}: {exc.strerror or exc}", ExitCode.invalid) from exc
+    return target
+
+
 def register(app: typer.Typer) -> None:
     """Adds the HTTP commands to the ``fmnist`` command."""
     for command in (submit, jobs, status, wait, cancel, metrics, predict, models):
         app.command(command.__name__, epilog=EXIT_CODES)(command)
     app.add_typer(alias_app, name="alias")
     app.add_typer(sweep_app, name="sweep")
+    app.add_typer(study_app, name="study")

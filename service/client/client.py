@@ -52,6 +52,8 @@ from service.schemas import (
     PredictionFailedPublic,
     PredictionPublic,
     PredictPublic,
+    StudiesPublic,
+    StudyPublic,
     SweepPublic,
     SweepsPublic,
     image_location,
@@ -63,6 +65,8 @@ PIXEL_IMAGES_PER_REQUEST = 256
 FILES_PER_REQUEST = 64
 # The server sends a `: ping` every 15 s: a stream silent for longer than this has broken.
 STREAM_SILENCE_SECONDS = 40.0
+# A study's figures: GET /v1/studies/{id}/{kind}.svg.
+STUDY_FIGURES = ("history", "importances", "parallel")
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -465,6 +469,83 @@ class Client:
             _check_deadline(deadline, sweep_id)
             time.sleep(poll_interval if deadline is None else min(poll_interval, max(deadline - time.monotonic(), 0)))
 
+    # -- studies
+
+    def submit_study(
+        self,
+        space: Mapping[str, Mapping[str, Any] | BaseModel],
+        base: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        preset: str | None = None,
+        sampler: str | Mapping[str, Any] | BaseModel = "tpe",
+        pruner: str | Mapping[str, Any] | BaseModel = "median",
+        trials: int = 20,
+        max_concurrent: int = 4,
+        seed: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> StudyPublic:
+        """Start an adaptive search: the sampler suggests ``trials`` specs from ``space`` (field -> ``{"low",
+        "high", "log"?, "step"?, "when"?}`` or ``{"choices": [...], "when"?}``), each on top of ``base`` (and
+        ``preset``), at most ``max_concurrent`` at once; the pruner stops trials whose validation accuracy falls
+        behind. ``sampler``: "tpe", "random" or "grid", or a dict with ``type`` and options; ``pruner``:
+        "median", "successive_halving", "hyperband" or "none", or a dict likewise. ``seed`` is drawn when None."""
+        body: dict[str, Any] = {
+            "base": _spec_body(base, preset, {}),
+            "space": {name: _jsonable_model(param) for name, param in space.items()},
+            "sampler": _jsonable_model(sampler),
+            "pruner": _jsonable_model(pruner),
+            "trials": trials,
+            "max_concurrent": max_concurrent,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return StudyPublic.model_validate(self._request("POST", "/v1/studies", json=body, headers=headers).json())
+
+    def get_study(self, study_id: str) -> StudyPublic:
+        """A study's trials in the order suggested, their status and learning curves, and the best one so far."""
+        return self._get(f"/v1/studies/{_segment(study_id)}", StudyPublic)
+
+    def list_studies(self, *, limit: int = 20, offset: int = 0) -> StudiesPublic:
+        """Studies, newest first."""
+        return self._get("/v1/studies", StudiesPublic, limit=limit, offset=offset)
+
+    def cancel_study(self, study_id: str) -> StudyPublic:
+        """Stop the study: no more trials; queued ones are cancelled, running ones stop at their next batch."""
+        return StudyPublic.model_validate(self._request("POST", f"/v1/studies/{_segment(study_id)}/cancel").json())
+
+    def wait_study(
+        self,
+        study_id: str,
+        *,
+        on_change: Callable[[StudyPublic], object] | None = None,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+    ) -> StudyPublic:
+        """Block until the study is no longer running (``completed`` or ``cancelled``), polling; ``on_change``
+        gets the study when its status or trial counts change. Raises ``WaitTimeout`` after ``timeout`` seconds
+        (the study goes on)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: tuple[str, dict[str, int]] | None = None
+        while True:
+            study = self.get_study(study_id)
+            if (study.status, study.counts) != seen:
+                seen = (study.status, study.counts)
+                if on_change is not None:
+                    on_change(study)
+            if study.status != "running":
+                return study
+            _check_deadline(deadline, f"study {study_id}")
+            time.sleep(poll_interval if deadline is None else min(poll_interval, max(deadline - time.monotonic(), 0)))
+
+    def get_study_figure(self, study_id: str, kind: str = "history") -> bytes:
+        """A study's figure as SVG: ``history`` (the objective per trial and the best so far), ``importances``
+        (how much each parameter mattered) or ``parallel`` (parallel coordinates of the trials' parameters)."""
+        if kind not in STUDY_FIGURES:
+            raise ValueError(f"no study figure {kind!r}: use one of {', '.join(STUDY_FIGURES)}")
+        path = f"/v1/studies/{_segment(study_id)}/{kind}.svg"
+        return self._request("GET", path, headers={"Accept": "image/svg+xml, application/json"}).content
+
 
 # -- helpers ------------------------------------------------------------------------------------------
 
@@ -491,6 +572,15 @@ def _spec_body(
     if preset is not None:
         body["preset"] = preset
     return body
+
+
+def _jsonable_model(value: Any) -> Any:
+    """A schema model (``ParamRange``, ``SamplerConfig``...) as the JSON it stands for; anything else as is."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_none=True)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
 
 
 def _expire(response: httpx.Response, expired: threading.Event) -> None:

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +50,15 @@ VIEWPORT = {"width": 1280, "height": 800}
 # A job small enough to train in a second or two on the synthetic set, on two CPU cores.
 TINY = {"hidden_layers": "32", "batch_size": "32", "epochs": "3", "seed": "0"}
 TIMEOUT_MS = 60_000
+# A study of two trials, one per learning rate, small enough to train in seconds.
+STUDY = {
+    "base": {"hidden_layers": [16], "batch_size": 64, "epochs": 2},
+    "space": {"lr": {"choices": [0.1, 0.2]}},
+    "sampler": "grid",
+    "trials": 2,
+    "seed": 0,
+}
+STUDY_FIGURES = ("history", "parallel", "importances")
 
 # --- without a browser: the pages as HTML ------------------------------------------------------------
 
@@ -64,7 +74,9 @@ def local_references(html: str) -> list[str]:
     return re.findall(r"""(?:src|href|url)\s*[:=]\s*["']([^"']+)["']""", html)
 
 
-@pytest.mark.parametrize("path", ["/docs", "/redoc", "/", "/submit", "/jobs/abc", "/sweeps/abc", "/models", "/predict"])
+@pytest.mark.parametrize(
+    "path", ["/docs", "/redoc", "/", "/submit", "/jobs/abc", "/sweeps/abc", "/studies/abc", "/models", "/predict"]
+)
 def test_pages_reference_only_this_server(client: TestClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
@@ -153,6 +165,7 @@ class Live:
     data_dir: Path
     first_job_id: str  # submitted through the API as the stack starts, to train while the browser starts
     sweep_id: str  # likewise
+    study_id: str  # likewise: a grid over two learning rates, run to the end
     worker: subprocess.Popen[bytes]
 
     @contextmanager
@@ -183,7 +196,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> 
             spec = {"hidden_layers": [32], "batch_size": 32, "epochs": 3, "seed": 1}
             first = api.post("/v1/jobs", json=spec).json()["id"]
             sweep = api.post("/v1/sweeps", json={"base": spec, "grid": {"lr": [0.05, 0.2]}}).json()["id"]
-            yield Live(stack.url, key, api, synthetic_data_dir, first, sweep, stack.processes["worker"])
+            study = api.post("/v1/studies", json=STUDY).json()["id"]
+            yield Live(stack.url, key, api, synthetic_data_dir, first, sweep, study, stack.processes["worker"])
         assert "Traceback" not in stack.log("api") + stack.log("worker"), stack.log("api") + stack.log("worker")
     finally:
         stack.close()
@@ -456,7 +470,7 @@ def test_the_key_box_appears_on_401_and_then_works(keyless: Session, live: Live,
     from playwright.sync_api import expect
 
     page = keyless.page
-    for path in ("/v1/jobs", "/v1/sweeps"):
+    for path in ("/v1/jobs", "/v1/sweeps", "/v1/studies"):
         keyless.watch.expect("GET", rf"{path}\?.*", 401)
     keyless.goto("/")
     expect(page.locator("#key-box")).to_be_visible()
@@ -519,6 +533,111 @@ def test_sweep_page_compares_its_jobs(session: Session, live: Live) -> None:
     expect(page.locator("#compare")).to_have_attribute("data-loaded", re.compile(r"/v1/compare\.svg\?jobs=.+"))
     assert page.eval_on_selector("#compare", "img => img.naturalWidth") > 100
     expect(page.locator("#cancel-sweep")).to_be_hidden()
+
+
+def wait_for_study(api: httpx.Client, study_id: str, timeout: float) -> dict[str, Any]:
+    """The study once it has ended and so have all its trials."""
+    deadline = time.monotonic() + timeout
+    while True:
+        study: dict[str, Any] = api.get(f"/v1/studies/{study_id}").json()
+        final = {"succeeded", "failed", "cancelled", "pruned"}
+        if study["status"] != "running" and all(trial["status"] in final for trial in study["trials"]):
+            return study
+        assert time.monotonic() < deadline, study
+        time.sleep(0.2)
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_study_page_shows_its_trials_and_the_best(session: Session, live: Live) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    study = wait_for_study(live.api, live.study_id, timeout=120)
+    assert study["status"] == "completed" and study["counts"]["succeeded"] == 2, study
+    # The figures may be served by this version or not: either the page shows them, or it hides them quietly.
+    figures = {name: live.api.get(f"/v1/studies/{live.study_id}/{name}.svg").status_code for name in STUDY_FIGURES}
+    for name, status in figures.items():
+        if status != 200:
+            session.watch.expect("GET", rf"/v1/studies/{live.study_id}/{name}\.svg", status)
+
+    session.goto(f"/studies/{live.study_id}")
+    expect(page.locator("#study-status [data-status]")).to_have_attribute("data-status", "completed")
+    expect(page.locator("#study-counts")).to_have_text("2 of 2 trials: 2 succeeded")
+    expect(page.locator("#cancel-study")).to_be_hidden()
+    rows = page.locator("#study-trials tbody tr")
+    expect(rows).to_have_count(2)
+    # In the order of suggestion, each with its parameters, status, epochs, objective and job.
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.number)") == ["0", "1"]
+    for row, trial in zip(rows.all(), study["trials"], strict=True):
+        cells = row.locator("td").all_inner_texts()
+        assert cells[:6] == [
+            str(trial["number"]),
+            "succeeded",
+            f"lr = {trial['params']['lr']}",
+            "2/2",
+            f"{100 * trial['val_acc']:.2f}%",
+            f"{100 * trial['test_acc']:.2f}%",
+        ], cells
+        assert cells[6] == "\N{EN DASH}", "a grid of two prunes nothing"
+        expect(row.locator("a")).to_have_attribute("href", f"/jobs/{trial['job_id']}")
+    best = study["best"]
+    line = page.locator("#study-best")
+    expect(line).to_contain_text(f"Best: trial {best['number']} (lr = {best['params']['lr']})")
+    expect(line.locator("[data-field=val_acc]")).to_have_text(f"{100 * best['val_acc']:.2f}%")
+    expect(line.locator("[data-field=test_acc]")).to_have_text(f"{100 * best['test_acc']:.2f}%")
+    expect(line.locator(f"a[href='/jobs/{best['job_id']}']")).to_be_visible()
+    expect(line.locator(f"a[href='/predict?model={best['model_id']}']")).to_be_visible()
+    expect(page.locator("#study-details")).to_contain_text('{"lr":{"choices":[0.1,0.2]}}')
+    for name, status in figures.items():
+        img = page.locator(f"#study-{name}")
+        if status == 200:
+            expect(img).to_have_attribute("data-loaded", f"/v1/studies/{live.study_id}/{name}.svg")
+            assert img.evaluate("img => img.naturalWidth") > 100
+            expect(page.locator(f"#study-{name}-empty")).to_be_hidden()
+        else:
+            expect(page.locator(f"#study-{name}-empty")).to_contain_text("not available")
+            expect(img).to_be_hidden()
+    session.screenshot("study")
+
+    # A trial's job page leads back to its study; the job list lists the study and tags its trials.
+    rows.first.locator("a").click()
+    expect(page.locator("#study-link")).to_have_attribute("href", f"/studies/{live.study_id}")
+    session.goto("/")
+    listed = page.locator(f"#studies tr[data-study-id='{live.study_id}']")
+    expect(listed.locator("[data-status]")).to_have_attribute("data-status", "completed")
+    expect(listed).to_contain_text("2 of 2: 2 succeeded")
+    expect(listed).to_contain_text(f"{100 * best['val_acc']:.2f}%")
+    expect(page.locator("#studies-empty")).to_be_hidden()
+    trial_row = page.locator(f"#jobs tr[data-job-id='{best['job_id']}']")
+    expect(trial_row.locator("a.tag", has_text="study")).to_have_attribute("href", f"/studies/{live.study_id}")
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_cancel_a_study_from_its_page(session: Session, live: Live) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    with live.worker_paused():
+        # One trial at a time: the first queued, the second not yet suggested; the worker will run none.
+        body = {**STUDY, "max_concurrent": 1, "seed": 1}
+        study = live.api.post("/v1/studies", json=body).json()
+        session.goto(f"/studies/{study['id']}")
+        expect(page.locator("#study-status [data-status]")).to_have_attribute("data-status", "running")
+        rows = page.locator("#study-trials tbody tr")
+        expect(rows).to_have_count(1)
+        expect(rows.first.locator("[data-status]")).to_have_attribute("data-status", "queued")
+        page.click("#cancel-study")
+        expect(page.locator("#study-status [data-status]")).to_have_attribute("data-status", "cancelled")
+        expect(rows.first.locator("[data-status]")).to_have_attribute("data-status", "cancelled")
+        expect(page.locator("#cancel-study")).to_be_hidden()
+        expect(page.locator("#study-counts")).to_have_text("1 of 2 trials: 1 cancelled")
+        expect(page.locator("#study-best")).to_be_hidden()
+    after = live.api.get(f"/v1/studies/{study['id']}").json()
+    assert after["status"] == "cancelled" and [t["status"] for t in after["trials"]] == ["cancelled"], after
 
 
 @pytest.mark.browser

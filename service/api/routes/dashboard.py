@@ -82,6 +82,11 @@ def sweep_page(request: Request, sweep_id: Id) -> HTMLResponse:
     return _page(request, "sweep.html", f"Sweep {sweep_id}", sweep_id=sweep_id)
 
 
+@router.get("/studies/{study_id}", response_class=HTMLResponse)
+def study_page(request: Request, study_id: Id) -> HTMLResponse:
+    return _page(request, "study.html", f"Study {study_id}", study_id=study_id)
+
+
 @router.get("/models", response_class=HTMLResponse)
 def models_page(request: Request) -> HTMLResponse:
     return _page(request, "models.html", "Models")

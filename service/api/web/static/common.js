@@ -8,7 +8,7 @@ const fmnist = (() => {
   // The app's mount point behind a proxy (ASGI root_path): every path below is relative to it.
   const ROOT = document.body.dataset.root || "";
   const href = (path) => ROOT + path;
-  const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const FINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 
   class ApiError extends Error {
     constructor(status, detail) {

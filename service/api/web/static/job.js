@@ -28,6 +28,7 @@
       ["attempt", `${job.attempt} of ${job.max_attempts}`],
       ["preset", job.preset || "–"],
       ["sweep", job.sweep_id ? el("a", { href: fmnist.href(`/sweeps/${encodeURIComponent(job.sweep_id)}`) }, job.sweep_id) : "–"],
+      ["study", job.study_id ? el("a", { id: "study-link", href: fmnist.href(`/studies/${encodeURIComponent(job.study_id)}`) }, job.study_id) : "–"],
       ["model", job.model_id ? el("a", { id: "model-link", href: fmnist.href(`/predict?model=${encodeURIComponent(job.model_id)}`) }, job.model_id) : "–"],
       ["created", when(job.created_at)],
       ["started", when(job.started_at)],

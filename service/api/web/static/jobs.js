@@ -22,7 +22,8 @@
       el("td", {}, statusBadge(job.status)),
       progressCell(job),
       el("td", {}, summary(job.spec), job.preset ? el("span", { class: "tag" }, job.preset) : null,
-        job.sweep_id ? el("a", { class: "tag", href: fmnist.href(`/sweeps/${encodeURIComponent(job.sweep_id)}`) }, "sweep") : null),
+        job.sweep_id ? el("a", { class: "tag", href: fmnist.href(`/sweeps/${encodeURIComponent(job.sweep_id)}`) }, "sweep") : null,
+        job.study_id ? el("a", { class: "tag", href: fmnist.href(`/studies/${encodeURIComponent(job.study_id)}`) }, "study") : null),
       el("td", {}, job.model_id ? el("a", { href: fmnist.href(`/predict?model=${encodeURIComponent(job.model_id)}`) }, shortId(job.model_id)) : "–"),
       el("td", {}, when(job.created_at)),
     );
@@ -47,11 +48,26 @@
     );
   }
 
+  function studyRow(study) {
+    const counts = Object.entries(study.counts).filter(([, n]) => n).map(([status, n]) => `${n} ${status}`).join(", ");
+    return el(
+      "tr",
+      { dataset: { studyId: study.id } },
+      el("td", {}, el("a", { href: fmnist.href(`/studies/${encodeURIComponent(study.id)}`) }, shortId(study.id))),
+      el("td", {}, statusBadge(study.status)),
+      el("td", {}, `${study.trials.length} of ${study.n_trials}${counts ? `: ${counts}` : ""}`),
+      el("td", {}, study.best ? percent(study.best.val_acc) : "–"),
+      el("td", {}, when(study.created_at)),
+    );
+  }
+
   async function refresh() {
     const status = document.getElementById("status-filter").value;
     const query = new URLSearchParams({ limit: PAGE, offset });
     if (status) query.set("status", status);
-    const [jobs, sweeps] = await Promise.all([api(`/v1/jobs?${query}`), api("/v1/sweeps?limit=10")]);
+    const [jobs, sweeps, studies] = await Promise.all([
+      api(`/v1/jobs?${query}`), api("/v1/sweeps?limit=10"), api("/v1/studies?limit=10"),
+    ]);
     document.querySelector("#jobs tbody").replaceChildren(...jobs.data.map(jobRow));
     document.getElementById("jobs-empty").hidden = jobs.count > 0;
     document.getElementById("jobs").hidden = jobs.count === 0 && !status;
@@ -62,6 +78,9 @@
     document.querySelector("#sweeps tbody").replaceChildren(...sweeps.data.map(sweepRow));
     document.getElementById("sweeps-empty").hidden = sweeps.count > 0;
     document.getElementById("sweeps").hidden = sweeps.count === 0;
+    document.querySelector("#studies tbody").replaceChildren(...studies.data.map(studyRow));
+    document.getElementById("studies-empty").hidden = studies.count > 0;
+    document.getElementById("studies").hidden = studies.count === 0;
     flash("");
   }
 
