@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -21,8 +22,11 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 # Both are read when a figure is saved, so they are set once for the process rather than per figure
 # (matplotlib's rc_context swaps global state, which threads rendering side by side would see).
@@ -178,16 +182,20 @@ def distinguishing_labels(specs: Sequence[Mapping[str, Any]], names: Sequence[st
 
 
 def _describe(field: str, value: Any) -> str:
-    if isinstance(value, list):
-        shown = "-".join(str(item) for item in value) or "none"
-    elif isinstance(value, bool):
-        shown = "on" if value else "off"
-    elif isinstance(value, float):
-        shown = f"{value:g}"
-    else:
-        shown = "none" if value is None else str(value)
+    shown = _shown(value)
     name = FIELD_LABELS.get(field, field.replace("_", " "))
     return f"{name} {shown}" if name else shown
+
+
+def _shown(value: Any) -> str:
+    """A spec value as a label: layers as "256-256", booleans as on/off, floats short."""
+    if isinstance(value, list):
+        return "-".join(str(item) for item in value) or "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value)
 
 
 def sample_grid(samples: Sequence[Sample], *, title: str | None = None, fmt: Format = "svg") -> bytes:
@@ -249,6 +257,288 @@ def activations(fmt: Format = "svg") -> bytes:
             if row == 1:
                 axes.set_xlabel("x")
     return _render(figure, fmt)
+
+
+# -- studies ----------------------------------------------------------------------------------------------------
+
+PRUNED_COLOUR = "0.55"
+# A pruned trial's legend entry names the epochs trials were pruned at, up to this many; past it, their range.
+MAX_LISTED_EPOCHS = 4
+OBJECTIVE_LABEL = "validation accuracy"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """A study's trial as its figures read it: its number (order of suggestion), the job's status, the
+    parameters the sampler suggested (decoded: a layer list is a list), its objective (the kept epoch's
+    validation accuracy; None unless succeeded), its validation accuracy per epoch, and the epoch the pruner
+    stopped it at."""
+
+    number: int
+    status: str  # a JobStatus value: queued, running, succeeded, failed, cancelled, pruned
+    params: Mapping[str, Any]
+    value: float | None
+    curve: Mapping[int, float]
+    pruned_at_epoch: int | None = None
+
+    @property
+    def pruned_point(self) -> tuple[int, float] | None:
+        """A pruned trial's last recorded epoch and validation accuracy (None for others, or without any)."""
+        if self.status != "pruned" or not self.curve:
+            return None
+        last = max(self.curve)
+        return (self.pruned_at_epoch or last), self.curve[last]
+
+
+def optimization_history(trials: Sequence[TrialResult], *, title: str | None = None, fmt: Format = "svg") -> bytes:
+    """Validation accuracy (0-1) against the trial number, as Optuna's ``plot_optimization_history`` draws it:
+    each succeeded trial a point, each pruned one a cross at the last validation accuracy it recorded (one
+    legend entry, naming the epochs they were pruned at), and the best so far as a step line. Failed,
+    cancelled and unfinished trials have no objective and are left out."""
+    figure = Figure(figsize=(6.0, 3.8), layout="constrained")
+    axes = figure.add_subplot()
+    done = sorted((t.number, t.value) for t in trials if t.status == "succeeded" and t.value is not None)
+    pruned = sorted((t.number, point) for t in trials if (point := t.pruned_point) is not None)
+    if pruned:
+        (marks,) = axes.plot(
+            [number for number, _ in pruned],
+            [value for _, (_, value) in pruned],
+            "x",
+            color=PRUNED_COLOUR,
+            label=_pruned_label([epoch for _, (epoch, _) in pruned]),
+        )
+        marks.set_gid("history-pruned")
+    if done:
+        numbers, values = [number for number, _ in done], [value for _, value in done]
+        (points,) = axes.plot(numbers, values, "o", color="C0", label="succeeded", zorder=3)
+        points.set_gid("history-succeeded")
+        best = list(itertools.accumulate(values, max))
+        # The best so far holds until the last trial drawn.
+        last = max(numbers[-1], pruned[-1][0] if pruned else 0)
+        (line,) = axes.step([*numbers, last], [*best, best[-1]], where="post", color="C1", label="best so far")
+        line.set_gid("history-best")
+    if not done and not pruned:
+        axes.text(0.5, 0.5, "no finished trials yet", transform=axes.transAxes, ha="center", va="center", color="0.4")
+    else:
+        order = {"succeeded": 0, "best so far": 1}
+        handles, labels = axes.get_legend_handles_labels()
+        ranked = sorted(zip(handles, labels, strict=True), key=lambda pair: order.get(pair[1], 2))
+        figure.legend(
+            [handle for handle, _ in ranked],
+            [label for _, label in ranked],
+            loc="outside lower center",
+            ncols=len(ranked),
+            fontsize="small",
+            frameon=False,
+        ).set_gid("legend")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("trial number")
+    axes.set_ylabel(OBJECTIVE_LABEL)
+    axes.grid(True)
+    if title:
+        axes.set_title(title, fontsize="medium")
+    return _render(figure, fmt)
+
+
+def _pruned_label(epochs: Sequence[int]) -> str:
+    distinct = sorted(set(epochs))
+    if len(distinct) == 1:
+        return f"pruned at epoch {distinct[0]}"
+    if len(distinct) <= MAX_LISTED_EPOCHS:
+        return f"pruned at epochs {', '.join(map(str, distinct[:-1]))} and {distinct[-1]}"
+    return f"pruned at epochs {distinct[0]} to {distinct[-1]}"
+
+
+def param_importances(
+    importances: Mapping[str, float], *, title: str | None = None, unavailable: str | None = None, fmt: Format = "svg"
+) -> bytes:
+    """Each parameter's importance as a horizontal bar, the most important on top, labelled with its share
+    (the importances are normalised to sum to 1). ``importances`` is what the caller computed with Optuna's
+    fANOVA evaluator (Hutter, Hoos and Leyton-Brown, ICML 2014): the share of the validation accuracy's variance
+    across the succeeded trials that each parameter explains. When there are none to show, the figure says why
+    in words: ``unavailable``, else that nothing was computed."""
+    ranked = sorted(importances.items(), key=lambda item: (-item[1], item[0]))
+    if unavailable or not ranked:
+        figure = Figure(figsize=(5.5, 2.0), layout="constrained")
+        axes = figure.add_subplot()
+        axes.set_axis_off()
+        axes.text(0.5, 0.5, unavailable or "no importances to show", ha="center", va="center", color="0.3").set_gid(
+            "unavailable"
+        )
+    else:
+        figure = Figure(figsize=(5.5, 1.3 + 0.4 * len(ranked)), layout="constrained")
+        axes = figure.add_subplot()
+        names = [name for name, _ in ranked]
+        values = [value for _, value in ranked]
+        bars = axes.barh(range(len(ranked)), values, color="C0", gid="importances")
+        axes.bar_label(bars, fmt="%.2f", padding=3, fontsize="small")
+        axes.set_yticks(range(len(ranked)), labels=names)
+        axes.invert_yaxis()  # the first (most important) on top
+        axes.set_xlim(0, max(1.0, max(values)) * 1.12)
+        axes.set_xlabel("importance (share of the variance, fANOVA)")
+        axes.grid(True, axis="x")
+    if title:
+        axes.set_title(title, fontsize="medium")
+    return _render(figure, fmt)
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """One axis of the parallel coordinates: where a value sits on it (0 at the bottom, 1 at the top, NaN for
+    none) and how its ticks are drawn."""
+
+    place: Callable[[Any], float]
+    draw: Callable[[Axes], None]
+
+
+def parallel_coordinates(
+    trials: Sequence[TrialResult],
+    space: Mapping[str, Mapping[str, Any]],
+    *,
+    title: str | None = None,
+    fmt: Format = "svg",
+) -> bytes:
+    """One vertical axis per searched parameter, in the space's order, and a last one for validation accuracy
+    (0-1); each trial a line through its values, as Optuna's ``plot_parallel_coordinate`` draws it. Ranges
+    span the space's low to high, on a log scale where the space says ``"log": true``; choices are evenly
+    spaced and labelled ("256-256" for a layer list). Succeeded trials are coloured by validation accuracy
+    (the colour bar), the best drawn on top; pruned trials are thin grey lines ending at the last validation
+    accuracy they recorded. A parameter a trial lacks (its ``when`` condition did not hold) leaves a gap."""
+    names = list(space)
+    done = [t for t in trials if t.status == "succeeded" and t.value is not None]
+    values = [t.value for t in done if t.value is not None]
+    ends = {t.number: point[1] for t in trials if (point := t.pruned_point) is not None}
+    pruned = [t for t in trials if t.number in ends]
+    reached = [*values, *ends.values()]
+    low, high = _padded(min(reached), max(reached)) if reached else (0.0, 1.0)
+    scales = [_parameter_scale(space[name], [t.params[name] for t in trials if name in t.params]) for name in names]
+    objective = _linear_scale(low, high, integer=False)
+
+    figure = Figure(figsize=(max(5.0, 1.5 * (len(scales) + 1)), 3.8), layout="constrained")
+    host = figure.add_subplot()
+    x = range(len(names) + 1)
+    host.set_xlim(-0.2, len(names) + 0.2)
+    host.set_ylim(0, 1)
+    host.set_yticks([])
+    for spine in host.spines.values():
+        spine.set_visible(False)
+    host.set_xticks(x, labels=[*names, "val_acc"])
+    host.tick_params(axis="x", length=0)
+
+    def place(trial: TrialResult, value: float) -> list[float]:
+        # NaN where the trial lacks the parameter: matplotlib leaves the segments either side of it out.
+        return [
+            *(
+                scale.place(trial.params[name]) if name in trial.params else math.nan
+                for scale, name in zip(scales, names, strict=True)
+            ),
+            objective.place(value),
+        ]
+
+    colours = matplotlib.colormaps["viridis"]
+    norm = Normalize(*_padded(min(values, default=low), max(values, default=high)))
+    for trial in pruned:
+        (line,) = host.plot(x, place(trial, ends[trial.number]), color=PRUNED_COLOUR, linewidth=0.7, alpha=0.8)
+        line.set_gid(f"pruned-{trial.number}")
+    for trial, value in sorted(zip(done, values, strict=True), key=lambda pair: pair[1]):  # the best on top
+        (line,) = host.plot(x, place(trial, value), color=colours(norm(value)), linewidth=1.6)
+        line.set_gid(f"succeeded-{trial.number}")
+
+    for index, scale in enumerate([*scales, objective]):
+        axis = host.twinx()
+        for side, spine in axis.spines.items():
+            spine.set_visible(side == "right")
+        axis.spines["right"].set_position(("data", index))
+        axis.tick_params(axis="y", labelsize="small")
+        scale.draw(axis)
+
+    if done:
+        figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=host, pad=0.02).set_label(OBJECTIVE_LABEL)
+    if pruned:
+        grey = Line2D([], [], color=PRUNED_COLOUR, linewidth=0.7, label="pruned (last val acc)")
+        figure.legend(handles=[grey], loc="outside lower left", fontsize="small", frameon=False).set_gid("legend")
+    if not done and not pruned:
+        axis.text(  # on the last axis drawn, over the others' spines
+            0.5,
+            0.5,
+            "no finished trials yet",
+            transform=host.transAxes,
+            ha="center",
+            va="center",
+            color="0.4",
+            bbox={"facecolor": "white", "edgecolor": "none"},
+            zorder=5,
+        )
+    if title:
+        host.set_title(title, fontsize="medium")
+    return _render(figure, fmt)
+
+
+def _padded(low: float, high: float) -> tuple[float, float]:
+    if high - low < 0.01:
+        middle = (low + high) / 2
+        low, high = middle - 0.005, middle + 0.005
+    margin = (high - low) * 0.05
+    return low - margin, high + margin
+
+
+def _parameter_scale(param: Mapping[str, Any], taken: Sequence[Any]) -> _Scale:
+    """The axis of a parameter of the space, given the values the trials took (whole numbers for an int field:
+    the space's bounds alone cannot tell, as a float field's 0.0 reads back as 0)."""
+    if "choices" in param:
+        return _choice_scale(list(param["choices"]))
+    low, high = float(param["low"]), float(param["high"])
+    integer = all(isinstance(value, int) for value in [param["low"], param["high"], *taken])
+    if param.get("log") and low > 0:
+        return _log_scale(low, high)
+    return _linear_scale(low, high, integer=integer)
+
+
+def _linear_scale(low: float, high: float, *, integer: bool) -> _Scale:
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+
+    def place(value: Any) -> float:
+        return math.nan if not isinstance(value, int | float) else (float(value) - low) / (high - low)
+
+    def draw(axis: Axes) -> None:
+        axis.set_ylim(low, high)
+        axis.yaxis.set_major_locator(MaxNLocator(nbins=6, integer=integer))
+
+    return _Scale(place, draw)
+
+
+def _log_scale(low: float, high: float) -> _Scale:
+    if high <= low:
+        low, high = low / 2, high * 2
+    span = math.log(high) - math.log(low)
+
+    def place(value: Any) -> float:
+        return (math.log(value) - math.log(low)) / span if isinstance(value, int | float) and value > 0 else math.nan
+
+    def draw(axis: Axes) -> None:
+        axis.set_yscale("log")
+        axis.set_ylim(low, high)
+        plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.01, not 10^-2
+        axis.yaxis.set_major_formatter(plain)
+        if high / low < 10:  # within a decade there may be no power of ten: label the 2, 3... ticks
+            axis.yaxis.set_minor_formatter(plain)
+
+    return _Scale(place, draw)
+
+
+def _choice_scale(choices: list[Any]) -> _Scale:
+    keys = [json.dumps(choice, sort_keys=True) for choice in choices]
+
+    def place(value: Any) -> float:
+        key = json.dumps(value, sort_keys=True)
+        return (keys.index(key) + 0.5) / len(keys) if key in keys else math.nan
+
+    def draw(axis: Axes) -> None:
+        axis.set_ylim(-0.5, len(keys) - 0.5)
+        axis.set_yticks(range(len(keys)), labels=[_shown(choice) for choice in choices])
+
+    return _Scale(place, draw)
 
 
 def _epoch_axis(axes: Axes, epochs: int) -> None:

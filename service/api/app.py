@@ -15,7 +15,18 @@ from service.api import auth, metrics
 from service.api.auth import KeyStore
 from service.api.errors import UnexpectedErrorMiddleware, register_error_handlers
 from service.api.metrics import ApiMetrics, PredictLatencyMiddleware
-from service.api.routes import dashboard, events, health, jobs, models, plots, predict, studies, sweeps
+from service.api.routes import (
+    dashboard,
+    events,
+    health,
+    jobs,
+    models,
+    plots,
+    predict,
+    studies,
+    study_plots,
+    sweeps,
+)
 from service.api.uploads import MULTIPART_OVERHEAD
 from service.jobs.wakeup import QueueSignal
 from service.logs import REQUEST_ID_HEADER, RequestIdMiddleware
@@ -86,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router, dependencies=[Depends(auth.TRAIN)])
     app.include_router(sweeps.router, dependencies=[Depends(auth.TRAIN)])
     app.include_router(studies.router, dependencies=[Depends(auth.TRAIN)])
+    app.include_router(study_plots.router, dependencies=[Depends(auth.TRAIN)])
     app.include_router(models.router, dependencies=[Depends(auth.models_scope)])
     app.include_router(plots.train_router, dependencies=[Depends(auth.TRAIN)])
     app.include_router(plots.predict_router, dependencies=[Depends(auth.PREDICT)])
