@@ -18,7 +18,7 @@ from pydantic import (
 
 from models.presets import PresetName
 from models.spec import SpecFields, TrainingSpec
-from service.jobs.status import JobStatus
+from service.jobs.status import JobStatus, StudyStatus
 
 if TYPE_CHECKING:  # the ORM stays out of the client's imports (tests/client/test_imports.py)
     from service.store.tables import Job
@@ -446,7 +446,7 @@ class StudyBestPublic(BaseModel):
 
 class StudyPublic(BaseModel):
     id: str
-    status: str = Field(description="running, completed or cancelled.")
+    status: StudyStatus
     base: dict[str, Any]
     space: dict[str, Any]
     sampler: dict[str, Any]

@@ -23,7 +23,11 @@ def upgrade() -> None:
     op.create_table(
         "studies",
         sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column(
+            "status",
+            sa.Enum("running", "completed", "cancelled", name="studystatus", native_enum=False, length=16),
+            nullable=False,
+        ),
         sa.Column("base", sa.JSON(), nullable=False),
         sa.Column("space", sa.JSON(), nullable=False),
         sa.Column("sampler", sa.JSON(), nullable=False),

@@ -31,7 +31,7 @@ from service.errors import (
     SweepNotFound,
 )
 from service.jobs import studies
-from service.jobs.status import JobStatus
+from service.jobs.status import JobStatus, StudyStatus
 from service.registry import register_model
 from service.store.db import Database, db_now, valid_key
 from service.store.tables import EpochMetric, Job, Model, Study, Sweep, utcnow
@@ -223,8 +223,8 @@ def cancel_study(db: Database, study_id: str) -> int:
         if study is None:
             raise StudyNotFound(study_id)
         now = db_now(session)
-        if study.status == studies.StudyStatus.running:
-            study.status, study.finished_at = studies.StudyStatus.cancelled, now
+        if study.status == StudyStatus.running:
+            study.status, study.finished_at = StudyStatus.cancelled, now
         live = session.scalars(
             select(Job)
             .where(Job.study_id == study_id, Job.status.in_([JobStatus.queued, JobStatus.running]))

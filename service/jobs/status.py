@@ -1,4 +1,4 @@
-"""The states of a job. A plain enum: the client and the schemas read it without loading the ORM."""
+"""The states of a job and of a study. Plain enums: the client and the schemas read it without loading the ORM."""
 
 from __future__ import annotations
 
@@ -19,3 +19,11 @@ class JobStatus(StrEnum):
     @property
     def is_terminal(self) -> bool:
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.pruned)
+
+
+class StudyStatus(StrEnum):
+    """Where a study is: asking for trials, or ended (every trial run, or cancelled)."""
+
+    running = "running"
+    completed = "completed"
+    cancelled = "cancelled"

@@ -41,7 +41,7 @@ from models.presets import PRESETS
 from models.spec import SpecFields
 from service.errors import InvalidSpec, StudyNotFound
 from service.jobs.specs import validated_spec
-from service.jobs.status import JobStatus
+from service.jobs.status import JobStatus, StudyStatus
 from service.store.db import Database, db_now, valid_key
 from service.store.tables import EpochMetric, Job, Model, Study, StudyTrial, utcnow
 
@@ -56,12 +56,6 @@ OBJECTIVE = "val_acc"
 DEFAULT_VAL_FRACTION = 0.1
 
 LIVE = (JobStatus.queued, JobStatus.running)
-
-
-class StudyStatus:
-    running = "running"
-    completed = "completed"
-    cancelled = "cancelled"
 
 
 # -- the space ------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from service.jobs.status import JobStatus
+from service.jobs.status import JobStatus, StudyStatus
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -76,7 +76,11 @@ class Study(Base):
     __tablename__ = "studies"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)  # running, completed, cancelled
+    status: Mapped[StudyStatus] = mapped_column(
+        Enum(StudyStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
+        nullable=False,
+        index=True,
+    )
     base: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     space: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     sampler: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
