@@ -11,7 +11,7 @@ accuracy and that model's test accuracy; and the study's time as a share of the 
 smoothing; `--epochs` per trial, median pruning after a warm-up), then the winner and the preset itself
 trained for the preset's full 40 epochs side by side (seed 0), so the README's claim is measured.
 
-    .venv/bin/python -m bench.study [--device cpu|cuda] [--epochs 10] [--trials 16]
+    .venv/bin/python -m bench.study [--device cpu|cuda] [--epochs 10] [--trials 16] [--figures docs/img]
     .venv/bin/python -m bench.study --best-mlp [--epochs 15] [--trials 12] [--confirm-epochs 40] [--device cpu|cuda]
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,7 +44,7 @@ def epochs_trained(client: httpx.Client, job_ids: list[str]) -> int:
     return sum(client.get(f"/v1/jobs/{job_id}").json()["progress"]["epoch"] for job_id in job_ids)
 
 
-def grid_against_study(device: str, epochs: int, trials: int) -> None:
+def grid_against_study(device: str, epochs: int, trials: int, figures: Path | None) -> None:
     base = {"epochs": epochs, "val_fraction": 0.1, "seed": 0}
     rows = []
     with service(device) as running, client_for(running) as client:
@@ -84,6 +85,12 @@ def grid_against_study(device: str, epochs: int, trials: int) -> None:
         ).json()
         study = wait_study(client, study["id"])
         study_seconds = time.perf_counter() - started
+        if figures is not None:
+            figures.mkdir(parents=True, exist_ok=True)
+            for kind in ("history", "importances", "parallel"):
+                answer = client.get(f"/v1/studies/{study['id']}/{kind}.svg")
+                answer.raise_for_status()
+                (figures / f"study-{kind}.svg").write_bytes(answer.content)
         study_epochs = epochs_trained(client, [trial["job_id"] for trial in study["trials"]])
         best = study["best"]
         counts = study["counts"]
@@ -155,12 +162,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--best-mlp", action="store_true", help="re-search the best-mlp preset")
+    parser.add_argument("--figures", type=Path, default=None, help="write the study's three figures here")
     parser.add_argument("--confirm-epochs", type=int, default=40, help="--best-mlp: the side-by-side runs' length")
     args = parser.parse_args()
     if args.best_mlp:
         best_mlp(args.device, args.epochs or 15, args.trials or 12, args.confirm_epochs)
     else:
-        grid_against_study(args.device, args.epochs or 10, args.trials or 16)
+        grid_against_study(args.device, args.epochs or 10, args.trials or 16, args.figures)
 
 
 if __name__ == "__main__":
