@@ -15,7 +15,6 @@ from fastapi import Depends
 from fastapi.testclient import TestClient
 from starlette.routing import NoMatchFound
 
-from models.training import EpochMetrics
 from service import plots
 from service.api import auth
 from service.api.app import create_app
@@ -26,6 +25,7 @@ from service.jobs.status import JobStatus
 from service.plots import TrialResult
 from service.settings import Settings
 from service.store.db import Database
+from tests.support.studies import claim_all, epoch_metrics, run_curve
 
 pytestmark = pytest.mark.db
 
@@ -56,28 +56,6 @@ def submit(client: TestClient, **body: Any) -> str:
     response = client.post("/v1/studies", json={"base": {"epochs": 3, "batch_size": 64}, **body})
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
-
-
-def claim_all(db: Database) -> list[Claim]:
-    claims = []
-    while claim := queue.claim_next_job(db, "test-worker", 60, device="cpu"):
-        claims.append(claim)
-    return claims
-
-
-def epoch_metrics(epoch: int, val_acc: float) -> EpochMetrics:
-    return EpochMetrics(
-        epoch=epoch, train_loss=1.0, train_acc=val_acc, test_acc=val_acc, val_acc=val_acc, lr=0.1, seconds=0.1
-    )
-
-
-def run_curve(db: Database, claim: Claim, curve: list[float], finish: bool = True) -> None:
-    """Records ``curve`` as the claim's per-epoch validation accuracy, then (``finish``) ends it succeeded."""
-    for epoch, val_acc in enumerate(curve, start=1):
-        queue.record_epoch(db, claim, epoch_metrics(epoch, val_acc))
-    if finish:
-        selected = epoch_metrics(len(curve), curve[-1])
-        queue.finish_job(db, claim, model_id=queue.new_id(), sha256="0" * 64, size_bytes=1, selected=selected)
 
 
 def parse(svg: bytes) -> ET.Element:

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from service.cli import app
 from tests.support.live import TINY, Live, live_stack
 from tests.support.servers import free_port
 from tests.test_e2e import FMNIST
@@ -32,18 +31,6 @@ TINY_FLAGS = ["--hidden-layers", "16", "--batch-size", "64", "--epochs", "3", "-
 def live(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Iterator[Live]:
     with live_stack(tmp_path_factory.mktemp("cli"), synthetic_data_dir) as stack:
         yield stack
-
-
-@pytest.fixture(scope="module")
-def fmnist(live: Live) -> Any:
-    """Runs `fmnist ARGS...` in-process against the live server, with the admin key from the environment."""
-    runner = CliRunner()
-    environment = {"FMNIST_URL": live.url, "FMNIST_API_KEY": live.admin_key, "COLUMNS": "200"}
-
-    def run(*args: str, env: dict[str, str | None] | None = None) -> Result:
-        return runner.invoke(app, list(args), env={**environment, **(env or {})}, catch_exceptions=False)
-
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from typer.testing import CliRunner, Result
 
-from service.cli import app
 from service.client import Client
 from tests.support.live import Live, live_stack
 from tests.test_e2e import FMNIST
@@ -34,18 +32,6 @@ GRID = '{"lr": {"choices": [0.05, 0.3]}}'
 def live(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Iterator[Live]:
     with live_stack(tmp_path_factory.mktemp("cli-studies"), synthetic_data_dir) as stack:
         yield stack
-
-
-@pytest.fixture(scope="module")
-def fmnist(live: Live) -> Any:
-    """Runs `fmnist ARGS...` in-process against the live server, with the admin key from the environment."""
-    runner = CliRunner()
-    environment = {"FMNIST_URL": live.url, "FMNIST_API_KEY": live.admin_key, "COLUMNS": "200"}
-
-    def run(*args: str, env: dict[str, str | None] | None = None) -> Result:
-        return runner.invoke(app, list(args), env={**environment, **(env or {})}, catch_exceptions=False)
-
-    return run
 
 
 @pytest.fixture(scope="module")
