@@ -434,3 +434,41 @@ def test_trials_of_one_shape_pack_together_and_a_pruned_member_leaves_its_pack(
         else:
             assert trial["status"] == "succeeded" and trial["progress"]["epoch"] == 4, trial  # trained on
     assert final["status"] == "completed"
+
+
+def test_hyperband_prunes_only_trials_behind_in_their_bracket(db: Database) -> None:
+    # A fixed study id: Hyperband assigns a trial's bracket from a hash of the study's name and its number.
+    study = studies.new_study_row(
+        study_id="0" * 31 + "1",
+        preset=None,
+        base={"hidden_layers": [16], "batch_size": 64, "epochs": 3, "val_fraction": 0.1},
+        space={"lr": {"low": 0.01, "high": 0.5}},
+        sampler={"type": "random"},
+        pruner={"type": "hyperband", "min_resource": 1, "max_resource": 3, "reduction_factor": 3},
+        n_trials=20,
+        max_concurrent=20,
+        seed=0,
+        max_attempts=3,
+        stamp={},
+    )
+    queue.enqueue_study(db, study)
+    claims = claim_all(db)
+    assert len(claims) == 20
+    pruned_at: dict[int, int] = {}
+    # Ten good trials end first, then ten far behind; each epoch judged as the worker does (not the last one).
+    for number, claim in enumerate(claims):
+        curve = [0.70, 0.75, 0.80] if number < 10 else [0.10, 0.10, 0.10]
+        for epoch, val_acc in enumerate(curve, start=1):
+            queue.record_epoch(db, claim, epoch_metrics(epoch, val_acc))
+            if epoch < 3 and studies.should_prune(db, claim.job_id, epoch):
+                assert queue.prune_claimed_job(db, claim, epoch) is JobStatus.pruned
+                pruned_at[number] = epoch
+                break
+        else:
+            selected = epoch_metrics(3, curve[-1])
+            queue.finish_job(db, claim, model_id=queue.new_id(), sha256="0" * 64, size_bytes=1, selected=selected)
+    assert all(number >= 10 for number in pruned_at), pruned_at  # no good trial is pruned
+    assert len(pruned_at) >= 3, pruned_at  # the bad ones in a bracket with a rung before the end are
+    view = studies.get_study(db, study.id)
+    assert {row.trial.number for row in view.rows if row.status is JobStatus.pruned} == set(pruned_at)
+    assert all(view.rows[number].trial.pruned_at_epoch == epoch for number, epoch in pruned_at.items())
