@@ -442,14 +442,31 @@ def record_epoch(db: Database, claim: Claim, metrics: EpochMetrics) -> None:
     """Stores one epoch's metrics and moves the progress counter, in one transaction."""
     with db.write() as session:
         now = db_now(session)
-        _guarded_update(session, claim, now, epochs_done=metrics.epoch)
+        _guarded_update(
+            session,
+            claim,
+            now,
+            epochs_done=metrics.epoch,
+            test_acc=metrics.test_acc,
+            val_acc=metrics.val_acc,
+            train_seconds=func.coalesce(Job.train_seconds, 0.0) + metrics.seconds,
+        )
         session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=now, **metrics.as_dict()))
 
 
 def begin_attempt(db: Database, claim: Claim, history: list[EpochMetrics], provenance: dict[str, Any]) -> None:
     """Sets the job's recorded epochs to ``history`` (what the attempt resumes from; empty when it starts over)."""
+    latest = history[-1] if history else None
     with db.write() as session:
-        _guarded_update(session, claim, epochs_done=len(history), provenance=provenance)
+        _guarded_update(
+            session,
+            claim,
+            epochs_done=len(history),
+            provenance=provenance,
+            test_acc=latest.test_acc if latest else None,
+            val_acc=latest.val_acc if latest else None,
+            train_seconds=sum(metrics.seconds for metrics in history) if history else None,
+        )
         _clear_metrics(session, claim.job_id)
         now = utcnow()
         for metrics in history:
@@ -494,9 +511,11 @@ def finish_job(
     sha256: str,
     size_bytes: int,
     selected: EpochMetrics | None,
+    evaluation: dict[str, Any] | None = None,
 ) -> JobStatus:
-    """Registers the checkpoint and marks the job succeeded, together. A job whose cancel was asked for ends
-    ``cancelled`` instead and registers nothing (the caller removes the checkpoint file); returns which."""
+    """Registers the checkpoint (with its ``evaluation``, models.evaluation, when given) and marks the job
+    succeeded, together; the job's listed accuracies become the kept epoch's. A job whose cancel was asked for
+    ends ``cancelled`` instead and registers nothing (the caller removes the checkpoint file); returns which."""
     with db.write() as session:
         now = db_now(session)
         status = _end_attempt(
@@ -508,6 +527,7 @@ def finish_job(
             model_id=model_id,
             lease_expires_at=None,
             error=None,
+            **({"test_acc": selected.test_acc, "val_acc": selected.val_acc} if selected else {}),
         )
         if status is not JobStatus.succeeded:
             return status
@@ -523,6 +543,7 @@ def finish_job(
                 val_acc=selected.val_acc if selected else None,
                 epoch=selected.epoch if selected else None,
                 created_at=now,
+                evaluation=evaluation,
             ),
         )
         return status

@@ -148,11 +148,24 @@ class Job(Base):
     request_sha256: Mapped[str | None] = mapped_column(String(64))
     # The shape it shares with the jobs it may train beside in one pack (models.packed.pack_digest).
     pack_key: Mapped[str | None] = mapped_column(String(32))
+    # Run tracking: free key/value labels and a note, set by the owner (PATCH /v1/jobs/{id}).
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    note: Mapped[str | None] = mapped_column(Text)
+    # For sorted and filtered listings: the kept model's accuracies once succeeded, else the latest epoch's;
+    # the seconds of every recorded epoch. The queue keeps them with the epoch metrics they come from.
+    test_acc: Mapped[float | None] = mapped_column(Float)
+    val_acc: Mapped[float | None] = mapped_column(Float)
+    train_seconds: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_created", "created_at"),
         Index("ix_jobs_status_pack_key_created", "status", "pack_key", "created_at"),
+        # Keyset pagination of the sorted listings: (sort column, id) is unique and ordered.
+        Index("ix_jobs_test_acc_id", "test_acc", "id"),
+        Index("ix_jobs_val_acc_id", "val_acc", "id"),
+        Index("ix_jobs_train_seconds_id", "train_seconds", "id"),
+        Index("ix_jobs_created_id", "created_at", "id"),
     )
 
 
@@ -184,6 +197,9 @@ class Model(Base):
     val_acc: Mapped[float | None] = mapped_column(Float)
     epoch: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    # The evaluation on the test split (and validation, when held out) computed when the job finished
+    # (models.evaluation); None for a model trained before it, evaluated on first request.
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     @property
     def filename(self) -> str:

@@ -102,3 +102,41 @@ def test_every_migration_keeps_the_rows_there_both_ways(settings: Settings, db: 
     migrations.upgrade(settings.sqlalchemy_url)
     assert _row_counts(settings.sqlalchemy_url) == before
     assert get_job(db, job.id).model_id is not None
+
+
+def test_the_listing_columns_are_filled_in_for_the_jobs_already_there(settings: Settings, db: Database) -> None:
+    """0008: a succeeded job takes its model's accuracies, one that ended without a model its latest epoch's;
+    both the seconds of every recorded epoch."""
+    from alembic import command
+
+    from models.training import EpochMetrics
+
+    done = queue.enqueue_job(db, spec_of(hidden_layers=[8], epochs=2, val_fraction=0.2), max_attempts=1)
+    assert Worker(settings, db, torch.device("cpu"), burst=True).run_once()
+    stopped = queue.enqueue_job(db, spec_of(hidden_layers=[8], epochs=5), max_attempts=1)
+    claim = queue.claim_next_job(db, "w", 30, "cpu")
+    assert claim is not None and claim.job_id == stopped.id
+    for epoch, test_acc in ((1, 0.5), (2, 0.6)):
+        queue.record_epoch(
+            db, claim, EpochMetrics(epoch=epoch, train_loss=1.0, train_acc=0.5, test_acc=test_acc, seconds=1.5)
+        )
+    queue.fail_job(db, claim, "stopped for the test")
+    expected = {}
+    with db.read() as session:
+        for job_id in (done.id, stopped.id):
+            row = session.execute(
+                text("SELECT test_acc, val_acc, train_seconds FROM jobs WHERE id = :id"), {"id": job_id}
+            ).one()
+            expected[job_id] = tuple(row)
+    model = get_job(db, done.id)
+    assert expected[stopped.id] == (0.6, None, 3.0)
+    command.downgrade(migrations.alembic_config(settings.sqlalchemy_url), "0007")
+    migrations.upgrade(settings.sqlalchemy_url)
+    with db.read() as session:
+        for job_id in (done.id, stopped.id):
+            row = session.execute(
+                text("SELECT test_acc, val_acc, train_seconds FROM jobs WHERE id = :id"), {"id": job_id}
+            ).one()
+            assert tuple(row) == pytest.approx(expected[job_id]), job_id
+        kept = session.execute(text("SELECT test_acc, val_acc FROM models WHERE job_id = :id"), {"id": done.id}).one()
+    assert expected[done.id][:2] == tuple(kept) and model.status is JobStatus.succeeded
