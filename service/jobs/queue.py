@@ -177,6 +177,7 @@ def enqueue_sweep(
 def enqueue_study(db: Database, study: Study, submitter: Submitter = Submitter()) -> tuple[Study, bool]:
     """Stores a new study (``studies.new_study_row``) and queues its first trials (as many as it may run at
     once), in one transaction; whether it is new, as ``submit_job`` (idempotency, the submitter's limit) says."""
+    studies.load_optuna()  # before the write transaction: the import must not hold the database's lock
 
     def add(session: Session) -> tuple[Study, bool]:
         existing = _idempotent_match(session, Study, submitter)

@@ -203,7 +203,9 @@ def _derived_seed(seed: int, number: int, purpose: str, modulo: int) -> int:
     return int.from_bytes(digest[:8], "big") % modulo
 
 
-def _optuna() -> Any:
+def load_optuna() -> Any:
+    """Optuna, imported on first use (half a second): callers do it before they open a write transaction, so
+    that the import never holds the database's write lock."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -211,7 +213,7 @@ def _optuna() -> Any:
 
 
 def _distributions(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    optuna = _optuna()
+    optuna = load_optuna()
     found: dict[str, Any] = {}
     for name, param in space.items():
         if "choices" in param:
@@ -228,7 +230,7 @@ def _distributions(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _sampler(study: Study, number: int) -> Any:
-    optuna = _optuna()
+    optuna = load_optuna()
     config = study.sampler
     seed = _derived_seed(study.seed, number, "sampler", 2**32)
     if config["type"] == "random":
@@ -249,7 +251,7 @@ def _sampler(study: Study, number: int) -> Any:
 
 
 def _pruner(config: dict[str, Any]) -> Any:
-    optuna = _optuna()
+    optuna = load_optuna()
     kind = config["type"]
     if kind == "median":
         return optuna.pruners.MedianPruner(
@@ -359,7 +361,7 @@ def _frozen(optuna: Any, row: TrialRow, distributions: dict[str, Any]) -> Any:
 def optuna_study(study: Study, rows: list[TrialRow]) -> optuna.Study:
     """The study as Optuna sees it, rebuilt in memory from the rows (trial ``k`` of ``rows`` is Optuna's
     trial ``k``). Its sampler is the one for the next trial; ``ask_trials`` replaces it per trial."""
-    optuna = _optuna()
+    optuna = load_optuna()
     distributions = _distributions(study.space)
     rebuilt = optuna.create_study(
         storage=optuna.storages.InMemoryStorage(),
@@ -446,7 +448,7 @@ def ask_trials(session: Session, study: Study, new_job: Any) -> list[Job]:
     number = len(rows)
     jobs: list[Job] = []
     if number < study.n_trials and live < study.max_concurrent:
-        optuna = _optuna()
+        optuna = load_optuna()
         preset = study.base.get("preset")
         base = {k: v for k, v in study.base.items() if k != "preset"}
         base_values = _base_values(preset, base)
@@ -515,6 +517,7 @@ def advance(db: Database, study_id: str, new_job: Any) -> list[Job]:
         return []
     if asked >= study.n_trials and live > 0:
         return []
+    load_optuna()
     with db.write() as session:
         locked = _lock(session, study_id)
         if locked is None or locked.status != StudyStatus.running:
@@ -532,6 +535,7 @@ def running_study_ids(db: Database) -> list[str]:
 def should_prune(db: Database, job_id: str, epoch: int) -> bool:
     """Whether the study's pruner stops this trial after ``epoch`` (its validation accuracy recorded). The
     pruner's own bookkeeping (successive halving's rungs) is stored with the trial in the same transaction."""
+    load_optuna()
     with db.write() as session:
         trial = session.scalars(select(StudyTrial).where(StudyTrial.job_id == job_id)).one_or_none()
         if trial is None:
