@@ -3,6 +3,7 @@ fixed order, pruning on scripted learning curves, refills, cancelling, and whole
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -472,3 +473,41 @@ def test_hyperband_prunes_only_trials_behind_in_their_bracket(db: Database) -> N
     view = studies.get_study(db, study.id)
     assert {row.trial.number for row in view.rows if row.status is JobStatus.pruned} == set(pruned_at)
     assert all(view.rows[number].trial.pruned_at_epoch == epoch for number, epoch in pruned_at.items())
+
+
+def test_a_trial_pruned_after_its_trainer_ran_to_the_end_still_ends_pruned(
+    client: TestClient, settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pruner decides after each epoch's record while the trainer runs on; here the decision comes only
+    # once the trainer has finished every epoch (a slow database): the trial ends where it was pruned.
+    study = submit(
+        client,
+        base={"hidden_layers": [16], "batch_size": 64, "epochs": 3},
+        space={"lr": {"choices": [1e-5, 2e-5]}},
+        trials=2,
+        max_concurrent=1,
+        seed=0,
+        sampler="grid",
+        pruner={"type": "median", "n_startup_trials": 1},
+    )
+    [first] = claim_all(db)
+    run_curve(db, first, [0.9, 0.9, 0.9])  # far ahead of anything lr 1e-5 reaches
+    queue.advance_study(db, study["id"])
+    real = studies.should_prune
+
+    def after_the_run(db: Database, job_id: str, epoch: int) -> bool:
+        # Two seconds: the trainer, a process of its own, runs its two remaining tiny epochs (~50 ms each) and
+        # reports its end meanwhile; the old code then registered the model and ended the trial succeeded.
+        time.sleep(2.0)
+        return real(db, job_id, epoch)
+
+    monkeypatch.setattr(studies, "should_prune", after_the_run)
+    worker = Worker(settings, db, torch.device("cpu"), burst=True)
+    try:
+        assert worker.run_once() is True
+    finally:
+        worker.close()
+    trial = client.get(f"/v1/studies/{study['id']}").json()["trials"][1]
+    assert trial["status"] == "pruned" and trial["pruned_at_epoch"] == 1, trial
+    assert len(client.get(f"/v1/jobs/{trial['job_id']}/metrics").json()["epochs"]) == 1
+    assert client.get(f"/v1/jobs/{trial['job_id']}").json()["model_id"] is None
