@@ -196,6 +196,25 @@ class InvalidAliasName(InvalidRequest):
         )
 
 
+class InvalidCursor(InvalidRequest):
+    """A listing's ``cursor`` is not one this listing handed out (another sort or other filters, or garbled)."""
+
+    code = "invalid_cursor"
+
+    def __init__(self, message: str) -> None:
+        super().__init__([{"loc": ["query", "cursor"], "msg": message, "type": "invalid_cursor"}])
+
+
+class TooManyTags(InvalidRequest):
+    """An update would leave a job with more tags than it may have."""
+
+    code = "too_many_tags"
+
+    def __init__(self, limit: int, count: int) -> None:
+        message = f"a job has at most {limit} tags; this update would leave it {count}: remove some (set them to null)"
+        super().__init__([{"loc": ["body", "tags"], "msg": message, "type": "too_many_tags"}])
+
+
 class ImageCountError(InvalidRequest):
     """No image, or more than a request may carry."""
 

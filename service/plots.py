@@ -558,3 +558,120 @@ def _render(figure: Figure, fmt: Format) -> bytes:
     else:
         figure.savefig(buffer, format="png", dpi=PNG_DPI)
     return buffer.getvalue()
+
+
+# -- model evaluation (models/evaluation.py) --------------------------------------------------------------------
+
+CONFUSION_COLOURS = "Blues"
+
+
+def confusion_matrix(
+    matrix: Sequence[Sequence[int]], class_names: Sequence[str], *, title: str | None = None, fmt: Format = "svg"
+) -> bytes:
+    """The confusion matrix: true class down, predicted class across, each cell's count written in it and
+    coloured by its share of the true class (rows normalised, so a rare class's mistakes show as well as a
+    common one's)."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    size = len(class_names)
+    figure = Figure(figsize=(6.4, 5.6), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(shares, cmap=CONFUSION_COLOURS, vmin=0.0, vmax=1.0)
+    image.set_gid("shares")
+    for i in range(size):
+        for j in range(size):
+            # Dark cells get white figures.
+            colour = "white" if shares[i, j] > 0.5 else "black"
+            text = axes.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7, color=colour)
+            text.set_gid(f"cell-{i}-{j}")
+    axes.set_xticks(range(size), labels=class_names, rotation=45, ha="right", rotation_mode="anchor", fontsize="small")
+    axes.set_yticks(range(size), labels=class_names, fontsize="small")
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    figure.colorbar(image, ax=axes, shrink=0.85).set_label("share of the true class")
+    if title:
+        axes.set_title(title, fontsize="medium")
+    return _render(figure, fmt)
+
+
+def reliability_diagram(
+    bins: Sequence[Mapping[str, Any]], ece: float, *, title: str | None = None, fmt: Format = "svg"
+) -> bytes:
+    """A reliability diagram as Guo et al. (2017) draw one: per confidence bin, the accuracy of its predictions
+    as a bar and the gap to their mean confidence hatched, against the diagonal of perfect calibration; the
+    bins' sample counts below (log scale), and the expected calibration error in the title. ``bins``: dicts with
+    lower, upper, count, mean_confidence and accuracy (models.evaluation's calibration bins)."""
+    figure = Figure(figsize=(4.8, 5.0), layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    filled = [b for b in bins if b["count"] and b["accuracy"] is not None and b["mean_confidence"] is not None]
+    lower = [b["lower"] for b in filled]
+    width = [b["upper"] - b["lower"] for b in filled]
+    accuracy = [b["accuracy"] for b in filled]
+    gap = [b["mean_confidence"] - b["accuracy"] for b in filled]
+    bars = top.bar(lower, accuracy, width, align="edge", color="C0", edgecolor="black", linewidth=0.6, label="accuracy")
+    gaps = top.bar(
+        lower,
+        gap,
+        width,
+        bottom=accuracy,
+        align="edge",
+        color=MISTAKE_COLOUR,
+        alpha=0.3,
+        edgecolor=MISTAKE_COLOUR,
+        hatch="//",
+        linewidth=0.6,
+        label="gap to mean confidence",
+    )
+    for index, (bar, gap_bar) in enumerate(zip(bars, gaps, strict=True)):
+        bar.set_gid(f"accuracy-{index}")
+        gap_bar.set_gid(f"gap-{index}")
+    (diagonal,) = top.plot([0, 1], [0, 1], "--", color="0.3", linewidth=1, label="perfect calibration")
+    diagonal.set_gid("diagonal")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.grid(True, alpha=0.4)
+    top.legend(loc="upper left", fontsize="small").set_gid("legend")
+    every = [b for b in bins if b["count"]]
+    counts = bottom.bar(
+        [b["lower"] for b in every],
+        [b["count"] for b in every],
+        [b["upper"] - b["lower"] for b in every],
+        align="edge",
+        color="0.6",
+        edgecolor="black",
+        linewidth=0.6,
+    )
+    for index, bar in enumerate(counts):
+        bar.set_gid(f"count-{index}")
+    if every:
+        bottom.set_yscale("log")  # most predictions sit in the top bin: the others would not show
+    bottom.set_ylabel("samples")
+    bottom.set_xlabel("confidence (probability of the predicted class)")
+    bottom.grid(True, alpha=0.4)
+    heading = f"ECE {ece:.4f}"
+    top.set_title(f"{title}: {heading}" if title else heading, fontsize="medium")
+    return _render(figure, fmt)
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A misclassified test image (28x28 uint8), its true class, the predicted one and that one's probability."""
+
+    image: np.ndarray[Any, np.dtype[np.uint8]]
+    true_label: str
+    predicted_label: str
+    probability: float
+
+
+def mistake_grid(mistakes: Sequence[Mistake], *, title: str | None = None, fmt: Format = "svg") -> bytes:
+    """The most confident mistakes as ``sample_grid`` draws test images: the true label over the predicted
+    one with its probability, in red."""
+    samples = [Sample(m.image, m.true_label, f"{m.predicted_label} {_percent(m.probability)}") for m in mistakes]
+    return sample_grid(samples, title=title, fmt=fmt)
+
+
+def _percent(probability: float) -> str:
+    # Rounded down: a 99.97% guess reads 99.9%, not a 100% that it was not.
+    return f"{math.floor(probability * 1000) / 10:g}%"

@@ -10,6 +10,7 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -124,6 +125,13 @@ def onnx_file(model: Model, checkpoint_dir: Path) -> Path:
         export_onnx(module, path)
         log.info("model %s exported to ONNX", model.id)
     return path
+
+
+def store_evaluation(db: Database, model_id: str, evaluation: dict[str, Any]) -> None:
+    """Keeps an evaluation computed after the model was registered (models.evaluation) on its row. What a model
+    resolves to does not change: the version stays."""
+    with db.write() as session:
+        session.execute(update(Model).where(Model.id == model_id).values(evaluation=evaluation))
 
 
 def check_alias_name(name: str) -> str:

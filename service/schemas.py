@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from types import NoneType, UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -12,12 +14,15 @@ from pydantic import (
     Field,
     SerializeAsAny,
     Tag,
+    WithJsonSchema,
+    create_model,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from models.presets import PresetName
-from models.spec import SpecFields, TrainingSpec
+from models.spec import MAX_HIDDEN_LAYERS, MAX_LAYER_WIDTH, SpecFields, TrainingSpec
 from service.jobs.status import JobStatus, StudyStatus
 
 if TYPE_CHECKING:  # the ORM stays out of the client's imports (tests/client/test_imports.py)
@@ -66,6 +71,15 @@ class JobPublic(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    tags: dict[str, str] = Field(default_factory=dict, description="Labels set with PATCH /v1/jobs/{id}.")
+    note: str | None = Field(default=None, description="A free text set with PATCH /v1/jobs/{id}.")
+    test_acc: float | None = Field(
+        default=None, description="Test accuracy: the kept epoch's once succeeded, else the latest epoch's."
+    )
+    val_acc: float | None = Field(
+        default=None, description="Validation accuracy, as test_acc; null without a validation split."
+    )
+    train_seconds: float | None = Field(default=None, description="Seconds of training over the recorded epochs.")
 
     @classmethod
     def from_job(cls, job: Job) -> JobPublic:
@@ -90,14 +104,180 @@ class JobPublic(BaseModel):
             updated_at=job.updated_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            tags=job.tags or {},
+            note=job.note,
+            test_acc=job.test_acc,
+            val_acc=job.val_acc,
+            train_seconds=job.train_seconds,
         )
 
 
 class JobsPublic(BaseModel):
     data: list[JobPublic]
-    count: int = Field(description="Jobs matching the filter, over all pages.")
+    count: int | None = Field(
+        description="Jobs matching the filters, over all pages; null when the request said `count=false`."
+    )
     limit: int
     offset: int
+    next_cursor: str | None = Field(
+        default=None,
+        description="Pass as `cursor` (with the same sort and filters) for the next page; null on the last page.",
+    )
+
+
+# -- run tracking: labels, listings, comparisons ---------------------------------------------------------
+
+MAX_TAGS = 32
+MAX_TAG_CHANGES = 2 * MAX_TAGS
+TAG_KEY_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+TAG_VALUE_CHARS = 256
+NOTE_CHARS = 10_000
+# No control characters in a tag value (they would only garble tables and URLs); none in a tag filter either.
+_TAG_VALUE_CHARACTERS = r"[^\x00-\x1f\x7f]"
+TAG_FILTER_PATTERN = rf"^[A-Za-z0-9_.-]{{1,64}}(:{_TAG_VALUE_CHARACTERS}{{0,{TAG_VALUE_CHARS}}})?$"
+# A JSON array of 0 to 8 layer widths, each 1-8192: exactly the spec's hidden_layers, written as in the spec.
+_WIDTH = "(?:[1-9][0-9]{0,2}|[1-7][0-9]{3}|80[0-9]{2}|81[0-8][0-9]|819[0-2])"
+HIDDEN_LAYERS_PATTERN = rf"^\[ *(?:{_WIDTH}(?: *, *{_WIDTH}){{0,{MAX_HIDDEN_LAYERS - 1}}})? *\]$"
+assert MAX_LAYER_WIDTH == 8192, "HIDDEN_LAYERS_PATTERN spells the widest layer out"
+
+
+TagKey = Annotated[str, Field(min_length=1, max_length=64, pattern=TAG_KEY_PATTERN)]
+# The patterns keep out what a database cannot store as text: NUL (PostgreSQL refuses it); pydantic itself
+# refuses lone surrogates (a JSON "\ud800"), which are not UTF-8.
+TagValue = Annotated[str, Field(max_length=TAG_VALUE_CHARS, pattern=f"^{_TAG_VALUE_CHARACTERS}*$")]
+NoteText = Annotated[str, Field(max_length=NOTE_CHARS, pattern=r"^[^\x00]*$")]
+
+
+TagChanges = Annotated[
+    dict[TagKey, TagValue | None],
+    Field(max_length=MAX_TAG_CHANGES),
+    # Every key follows the pattern (pydantic would document it as patternProperties, which lets other keys
+    # through with any value).
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": MAX_TAG_CHANGES,
+            "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": TAG_KEY_PATTERN},
+            "additionalProperties": {
+                "anyOf": [
+                    {"type": "string", "maxLength": TAG_VALUE_CHARS, "pattern": f"^{_TAG_VALUE_CHARACTERS}*$"},
+                    {"type": "null"},
+                ]
+            },
+        }
+    ),
+]
+
+
+class JobUpdate(BaseModel):
+    """A job's labels, changed as a JSON Merge Patch (RFC 7396): fields left out stay as they are.
+
+    ``tags`` merges into the job's tags: a tag given a value is set, a tag given null is removed, tags not named
+    stay; ``"tags": null`` removes them all. ``note`` replaces the note; null clears it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    tags: TagChanges | None = Field(
+        default=None,
+        description=f"Tags to set (a string of at most {TAG_VALUE_CHARS} characters, no control characters) or "
+        f"remove (null). Keys: 1-64 letters, digits, '_', '.' or '-'. A job has at most {MAX_TAGS} tags.",
+        examples=[{"team": "vision", "baseline": None}],
+    )
+    note: NoteText | None = Field(
+        default=None, description=f"Free text of at most {NOTE_CHARS:,} characters; null clears it."
+    )
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the caller sent (null included), by name: what the update changes."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+JobSort = Literal[
+    "created_at", "-created_at", "test_acc", "-test_acc", "val_acc", "-val_acc", "train_seconds", "-train_seconds"
+]
+Accuracy = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class JobListQuery(BaseModel):
+    """GET /v1/jobs's query parameters; the spec fields' filters are added below, one per field. A parameter
+    that is none of these is refused: a misspelt filter must not list every job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: JobStatus | None = Field(default=None, description="Only jobs in this state.")
+    tag: list[Annotated[str, Field(pattern=TAG_FILTER_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=MAX_TAGS,
+        description="`key:value`: only jobs with this tag value; `key`: only jobs with this tag. Repeat it: "
+        "every one must hold.",
+        examples=[["team:vision"]],
+    )
+    sweep_id: str | None = Field(default=None, max_length=64, description="Only this sweep's jobs.")
+    study_id: str | None = Field(default=None, max_length=64, description="Only this study's trials.")
+    min_test_acc: Accuracy | None = Field(default=None, description="Only jobs with at least this test accuracy.")
+    max_test_acc: Accuracy | None = Field(default=None, description="Only jobs with at most this test accuracy.")
+    min_val_acc: Accuracy | None = Field(default=None, description="Only jobs with at least this validation accuracy.")
+    max_val_acc: Accuracy | None = Field(default=None, description="Only jobs with at most this validation accuracy.")
+    sort: JobSort = Field(
+        default="-created_at",
+        description="The order, `-` first for descending; ties by id in the same direction. Jobs without the "
+        "value (no epoch yet) come last in both directions.",
+    )
+    cursor: str | None = Field(
+        default=None,
+        max_length=512,
+        description="The previous page's `next_cursor`, with the same sort and filters: the page after it.",
+    )
+    limit: int = Field(default=50, ge=1, le=500, description="Page size.")
+    offset: int = Field(
+        default=0,
+        ge=0,
+        le=2**63 - 1,  # service.api.deps.MAX_OFFSET: past the databases' 64-bit integers, a 422
+        description="Jobs to skip (without a cursor); deep offsets cost more than cursors.",
+    )
+    count: bool = Field(
+        default=True,
+        description="Count every job that matches: a scan of them all, which at 500,000 jobs costs more than the "
+        "page (milliseconds; with a spec filter, most of a second on SQLite). false leaves `count` null.",
+    )
+
+    def spec_filters(self) -> dict[str, Any]:
+        """The spec fields' filters given, by field name; the layer widths as a list."""
+        given = {name: getattr(self, name) for name in SpecFields.model_fields if getattr(self, name) is not None}
+        if "hidden_layers" in given:
+            given["hidden_layers"] = json.loads(given["hidden_layers"])  # the pattern admits JSON arrays only
+        return given
+
+
+def _spec_filter(name: str, spec_field: FieldInfo) -> tuple[Any, Any]:
+    """A query parameter for one spec field: its type and bounds (a value no spec could have is a 422), as text
+    for the layer widths."""
+    description = f"Only jobs whose spec has this {name}."
+    if name == "hidden_layers":
+        text = Field(
+            default=None,
+            pattern=HIDDEN_LAYERS_PATTERN,
+            description=f"{description} A JSON array, e.g. `[256]`, `[1024,512]`, or `[]`.",
+        )
+        return str | None, text
+    if name == "seed":
+        description = "Only jobs whose run has this seed (the spec's, or the one drawn at submission)."
+    annotation: Any = spec_field.annotation
+    if get_origin(annotation) in (Union, UnionType):
+        (annotation,) = [arg for arg in get_args(annotation) if arg is not NoneType]
+    if spec_field.metadata:  # the field's bounds
+        annotation = Annotated[(annotation, *spec_field.metadata)]
+    return annotation | None, Field(default=None, description=description)
+
+
+if not TYPE_CHECKING:  # to mypy, JobListQuery is the class above; spec_filters() reads the added fields
+    JobListQuery = create_model(
+        "JobListQuery",
+        __base__=JobListQuery,
+        __doc__=JobListQuery.__doc__,
+        **{name: _spec_filter(name, spec_field) for name, spec_field in SpecFields.model_fields.items()},
+    )
 
 
 class EpochMetricsPublic(BaseModel):
@@ -116,6 +296,30 @@ class JobMetricsPublic(BaseModel):
     job_id: str
     status: JobStatus
     epochs: list[EpochMetricsPublic]
+
+
+class ComparedJobPublic(BaseModel):
+    id: str
+    status: JobStatus
+    params: dict[str, Any] = Field(description="This job's values of the fields that differ (`fields`).")
+    tags: dict[str, str]
+    model_id: str | None
+    final: EpochMetricsPublic | None = Field(description="The latest recorded epoch.")
+    best_test: EpochMetricsPublic | None = Field(
+        description="The epoch with the highest test accuracy (the earliest of equals)."
+    )
+    best_val: EpochMetricsPublic | None = Field(
+        description="The epoch with the highest validation accuracy; null without a validation split."
+    )
+
+
+class JobComparisonPublic(BaseModel):
+    """Jobs side by side: what differs in their specs, and how each one did."""
+
+    fields: list[str] = Field(
+        description="The spec fields whose values differ among the jobs, in the spec's order (`seed`: the run's)."
+    )
+    jobs: list[ComparedJobPublic] = Field(description="In the order asked, each job once.")
 
 
 class ClassProbabilityPublic(BaseModel):
@@ -505,3 +709,78 @@ class AliasPublic(BaseModel):
 
 class AliasesPublic(BaseModel):
     aliases: list[AliasPublic]
+
+
+# -- model evaluation (models/evaluation.py): GET /v1/models/{model_ref}/evaluation -----------------------------
+
+
+class ClassScoresPublic(BaseModel):
+    """One class's scores; a ratio whose denominator is 0 (a class never predicted, or never present) is 0."""
+
+    class_id: int
+    class_name: str
+    precision: float = Field(description="Of the samples predicted as this class, the share that are of it.")
+    recall: float = Field(description="Of the samples of this class, the share predicted as it.")
+    f1: float = Field(description="2 tp / (2 tp + fp + fn): the harmonic mean of precision and recall.")
+    support: int = Field(description="Samples of this class in the split.")
+
+
+class ConfusedPairPublic(BaseModel):
+    """Samples of one class predicted as another."""
+
+    true_class_id: int
+    true_class_name: str
+    predicted_class_id: int
+    predicted_class_name: str
+    count: int
+    share: float = Field(description="count over the true class's samples.")
+
+
+class CalibrationBinPublic(BaseModel):
+    """The predictions whose confidence (the predicted class's probability) lies in (lower, upper]."""
+
+    lower: float
+    upper: float
+    count: int
+    mean_confidence: float | None = Field(description="Their mean confidence; null for an empty bin.")
+    accuracy: float | None = Field(description="The share of them predicted right; null for an empty bin.")
+
+
+class CalibrationPublic(BaseModel):
+    bins: list[CalibrationBinPublic] = Field(description="15 equal-width confidence bins, from 0 to 1.")
+
+
+class MistakePublic(BaseModel):
+    """A misclassified sample and how sure the model was of its wrong answer."""
+
+    index: int = Field(description="Its row in its file: the test file, or for validation the training file.")
+    true_class_id: int
+    true_class_name: str
+    predicted_class_id: int
+    predicted_class_name: str
+    probability: float = Field(description="The probability the model gave the class it predicted.")
+
+
+class SplitEvaluationPublic(BaseModel):
+    """A model's evaluation on one split, with the weights of its kept epoch."""
+
+    split: Literal["test", "validation"]
+    samples: int
+    accuracy: float = Field(description="Top-1 accuracy; on the test split, the model's test_acc.")
+    confusion_matrix: list[list[int]] = Field(
+        description="10x10 counts: row i, column j counts samples of class i predicted as class j."
+    )
+    per_class: list[ClassScoresPublic]
+    confused_pairs: list[ConfusedPairPublic] = Field(description="The 10 largest off-diagonal cells, largest first.")
+    ece: float = Field(description="Expected calibration error over the 15 bins (Guo et al., 2017).")
+    calibration: CalibrationPublic = Field(description="The reliability diagram's data.")
+    mistakes: list[MistakePublic] = Field(description="Up to 36 mistakes, the most confident first.")
+
+
+class ModelEvaluationPublic(SplitEvaluationPublic):
+    """A model's evaluation on the test split, and on the validation rows its job held out (null without)."""
+
+    model_id: str
+    validation: SplitEvaluationPublic | None = Field(
+        description="The same on the validation split, when the job held one out."
+    )

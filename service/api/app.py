@@ -16,6 +16,7 @@ from service.api.auth import KeyStore
 from service.api.errors import UnexpectedErrorMiddleware, register_error_handlers
 from service.api.metrics import ApiMetrics, PredictLatencyMiddleware
 from service.api.routes import (
+    compare,
     dashboard,
     events,
     health,
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router, dependencies=[Depends(auth.PREDICT)])
     app.include_router(metrics.router)  # open like /healthz, for Prometheus; keep it off the public network
     app.include_router(jobs.router, dependencies=[Depends(auth.TRAIN)])
+    app.include_router(compare.router, dependencies=[Depends(auth.TRAIN)])
     app.include_router(events.router, dependencies=[Depends(auth.TRAIN)])
     app.include_router(sweeps.router, dependencies=[Depends(auth.TRAIN)])
     app.include_router(studies.router, dependencies=[Depends(auth.TRAIN)])
@@ -110,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
-            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER],
             expose_headers=["Location", "Retry-After", REQUEST_ID_HEADER],
         )

@@ -511,10 +511,13 @@ def submit(
     return follow(client, job.id, timeout) if wait else job
 
 
-def _print_jobs(page: JobsPublic) -> None:
+def _print_jobs(page: JobsPublic, continued: bool = False) -> None:
+    """A page of jobs; a page that a cursor continued is not numbered (its place in the listing is not known)."""
+    first, last = page.offset + 1, page.offset + len(page.data)
+    shown = f"jobs after the cursor: {len(page.data)}" if continued else f"jobs {first}-{last}"
     table = titled_table(
-        f"jobs {page.offset + 1}-{page.offset + len(page.data)} of {page.count}",
-        ("id", "status", "epoch", "spec", "epochs", "created", "model"),
+        f"{shown} of {page.count}" if page.count is not None else shown,
+        ("id", "status", "epoch", "spec", "epochs", "test acc", "created", "model"),
         no_wrap=("id", "model", "created"),
     )
     for job in page.data:
@@ -524,22 +527,111 @@ def _print_jobs(page: JobsPublic) -> None:
             f"{job.progress.epoch}/{job.progress.epochs}",
             _summary(job.spec),
             str(job.spec.epochs),
+            _fmt(job.test_acc),
             _when(job.created_at),
             job.model_id or "-",
         )
     stdout.print(table)
+    if page.next_cursor is not None:
+        stdout.print(f"more: --cursor {page.next_cursor}", markup=False, highlight=False)
 
 
-@remote_command(_print_jobs, paging=Paging("Jobs", size=20, most=500))
+SORTS = ("created_at", "test_acc", "val_acc", "train_seconds")
+
+
+def _spec_conditions(entries: list[str]) -> dict[str, Any]:
+    """--where FIELD=VALUE entries as the client's ``where``: a list field's value as a list, others as text."""
+    conditions: dict[str, Any] = {}
+    for entry in entries:
+        name, sep, value = (part.strip() for part in entry.partition("="))
+        if not sep or name not in SPEC_FIELDS:
+            hint = f"no spec field {name!r}; the fields: {', '.join(SPEC_FIELDS)}" if sep else "write FIELD=VALUE"
+            raise _fail(f"--where {entry!r}: {hint}", ExitCode.invalid)
+        if get_origin(_unwrap_optional(SPEC_FIELDS[name].annotation)) is list:
+            try:
+                conditions[name] = _parse_list(value)
+            except ValueError as exc:
+                raise _fail(f"--where {entry!r}: use comma-separated numbers, e.g. 256,128", ExitCode.invalid) from exc
+        else:
+            conditions[name] = value
+    return conditions
+
+
+@remote_command(paging=Paging("Jobs", size=20, most=500))
 def jobs(
     client: Client,
     status: Annotated[JobStatus | None, typer.Option("--status", help="Only jobs in this state.")] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tag", help="KEY:VALUE (the tag has this value) or KEY (the job has the tag); repeat: all hold."
+        ),
+    ] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where", help="FIELD=VALUE on the spec: optimizer=adam, hidden_layers=256,128; repeat: all hold."
+        ),
+    ] = None,
+    sort: Annotated[
+        str,
+        typer.Option("--sort", help=f"{', '.join(SORTS)}; '-' first for descending (jobs without a value last)."),
+    ] = "-created_at",
+    cursor: Annotated[
+        str | None, typer.Option("--cursor", help="Continue a listing (same filters and sort) where a page ended.")
+    ] = None,
     *,
     limit: int,
     offset: int,
-) -> JobsPublic:
-    """List jobs, newest first."""
-    return client.list_jobs(status, limit=limit, offset=offset)
+) -> Shown:
+    """List jobs, newest first, or sorted by accuracy or training time; filtered by status, tags and spec fields."""
+    page = client.list_jobs(
+        status, limit=limit, offset=offset, tags=tag, where=_spec_conditions(where or []), sort=sort, cursor=cursor
+    )
+    return Shown(page, functools.partial(_print_jobs, page, continued=cursor is not None))
+
+
+def _labels(job: JobPublic) -> str:
+    return " ".join(f"{key}={value}" for key, value in job.tags.items()) or "-"
+
+
+def _print_labels(job: JobPublic) -> None:
+    stdout.print(f"job {job.id}: tags {_labels(job)}", markup=False, highlight=False)
+    stdout.print(f"note: {job.note if job.note is not None else '-'}", markup=False, highlight=False)
+
+
+@remote_command(_print_labels)
+def tag(
+    client: Client,
+    job_id: JobIdArgument,
+    tags: Annotated[
+        list[str] | None, typer.Argument(metavar="[KEY=VALUE]...", help="Tags to set (other tags stay).")
+    ] = None,
+    remove: Annotated[list[str] | None, typer.Option("--remove", help="A tag to remove; repeat for more.")] = None,
+    note: Annotated[str | None, typer.Option("--note", help="Replace the job's note with this text.")] = None,
+    clear_note: Annotated[bool, typer.Option("--clear-note", help="Remove the job's note.")] = False,
+) -> JobPublic:
+    """Label a job (any status): set tags, remove some, replace or clear its note; alone, show its labels."""
+    changes: dict[str, str | None] = {}
+    for entry in tags or []:
+        key, sep, value = entry.partition("=")
+        if not sep:
+            raise _fail(
+                f"{entry!r}: write KEY=VALUE (KEY=, for an empty value; --remove KEY to remove)", ExitCode.invalid
+            )
+        changes[key] = value
+    for key in remove or []:
+        if key in changes:
+            raise _fail(f"--remove {key}: the tag is also set here; set it or remove it", ExitCode.invalid)
+        changes[key] = None
+    if note is not None and clear_note:
+        raise _fail("--note and --clear-note: give one", ExitCode.invalid)
+    if not changes and note is None and not clear_note:
+        return client.get_job(job_id)
+    labels: dict[str, Any] = {"tags": changes} if changes else {}
+    if note is not None or clear_note:
+        labels["note"] = note  # None with --clear-note
+    return client.update_job(job_id, **labels)
 
 
 def _print_job(job: JobPublic, client: Client | None = None) -> None:
@@ -567,6 +659,13 @@ def _print_job(job: JobPublic, client: Client | None = None) -> None:
         rows.append(("model", job.model_id))
     if job.error:
         rows.append(("error", job.error))
+    if job.tags:
+        rows.append(("tags", _labels(job)))
+    if job.note:
+        rows.append(("note", job.note))
+    if job.test_acc is not None:
+        accuracy = f"test acc {job.test_acc:.4f}" + ("" if job.val_acc is None else f", val acc {job.val_acc:.4f}")
+        rows.append(("accuracy", accuracy))
     if client is not None and job.status is JobStatus.succeeded:
         epochs = client.get_metrics(job.id).epochs
         if epochs:
@@ -1105,7 +1204,7 @@ def study_plot(
 
 def register(app: typer.Typer) -> None:
     """Adds the HTTP commands to the ``fmnist`` command."""
-    for command in (submit, jobs, status, wait, cancel, metrics, predict, models):
+    for command in (submit, jobs, status, wait, cancel, tag, metrics, predict, models):
         app.command(command.__name__, epilog=EXIT_CODES)(command)
     app.add_typer(alias_app, name="alias")
     app.add_typer(sweep_app, name="sweep")

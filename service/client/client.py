@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -44,6 +45,7 @@ from service.schemas import (
     AliasPublic,
     EpochMetricsPublic,
     ImageErrorPublic,
+    JobComparisonPublic,
     JobMetricsPublic,
     JobPublic,
     JobsPublic,
@@ -73,6 +75,16 @@ T = TypeVar("T", bound=BaseModel)
 # A path (str or os.PathLike), encoded bytes, a PIL image or a numpy array: typed loosely so that importing
 # this module needs neither PIL nor numpy.
 ImageInput = Any
+
+
+class _Unset:
+    """A label ``update_job`` leaves as it is (None would clear it)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
 
 
 # -- live events --------------------------------------------------------------------------------------
@@ -209,9 +221,87 @@ class Client:
         """A job's status, spec, progress and outcome."""
         return self._get(f"/v1/jobs/{_segment(job_id)}", JobPublic)
 
-    def list_jobs(self, status: JobStatus | str | None = None, *, limit: int = 50, offset: int = 0) -> JobsPublic:
-        """Jobs newest first, one page (``count`` is the total)."""
-        return self._get("/v1/jobs", JobsPublic, status=_value(status), limit=limit, offset=offset)
+    def list_jobs(
+        self,
+        status: JobStatus | str | None = None,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        tags: Sequence[str] | Mapping[str, str | None] | None = None,
+        where: Mapping[str, Any] | None = None,
+        sort: str | None = None,
+        cursor: str | None = None,
+        sweep_id: str | None = None,
+        study_id: str | None = None,
+        min_test_acc: float | None = None,
+        max_test_acc: float | None = None,
+        min_val_acc: float | None = None,
+        max_val_acc: float | None = None,
+        count: bool = True,
+    ) -> JobsPublic:
+        """One page of jobs, newest first unless ``sort`` says otherwise (``count`` is the total; ``count=False``
+        leaves it None, which is cheaper); ``next_cursor`` continues it (pass it as ``cursor``, with the same
+        filters and sort), or use ``iter_jobs``.
+
+        ``tags``: ``["team:vision", "baseline"]`` or ``{"team": "vision", "baseline": None}`` (None: has the
+        tag); every one must hold. ``where``: spec fields and their values, ``{"optimizer": "adam",
+        "hidden_layers": [256]}``. ``sort``: ``created_at``, ``test_acc``, ``val_acc`` or ``train_seconds``,
+        ``-`` first for descending."""
+        params = _job_filters(
+            status, tags, where, sweep_id, study_id, min_test_acc, max_test_acc, min_val_acc, max_val_acc
+        )
+        page = {"sort": sort, "cursor": cursor, "limit": limit, "offset": offset, "count": count}
+        return self._get("/v1/jobs", JobsPublic, **params, **page)
+
+    def iter_jobs(
+        self,
+        status: JobStatus | str | None = None,
+        *,
+        tags: Sequence[str] | Mapping[str, str | None] | None = None,
+        where: Mapping[str, Any] | None = None,
+        sort: str | None = None,
+        sweep_id: str | None = None,
+        study_id: str | None = None,
+        min_test_acc: float | None = None,
+        max_test_acc: float | None = None,
+        min_val_acc: float | None = None,
+        max_val_acc: float | None = None,
+        page_size: int = 100,
+    ) -> Iterator[JobPublic]:
+        """Every job the filters keep, in order (``list_jobs``'s filters and sort), a page at a time: each page
+        continues the last by its cursor, so none is repeated or skipped while jobs come and go."""
+        params = _job_filters(
+            status, tags, where, sweep_id, study_id, min_test_acc, max_test_acc, min_val_acc, max_val_acc
+        )
+        cursor = None
+        while True:
+            page = self._get("/v1/jobs", JobsPublic, **params, sort=sort, cursor=cursor, limit=page_size, count=False)
+            yield from page.data
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        tags: Mapping[str, str | None] | _Unset | None = UNSET,
+        note: str | _Unset | None = UNSET,
+    ) -> JobPublic:
+        """Label a job: ``tags`` merge into its tags (a value sets a tag, None removes it, tags not named stay;
+        ``tags=None`` removes them all); ``note`` replaces its note (None clears it). What is left out stays."""
+        body: dict[str, Any] = {}
+        if not isinstance(tags, _Unset):
+            body["tags"] = None if tags is None else dict(tags)
+        if not isinstance(note, _Unset):
+            body["note"] = note
+        return JobPublic.model_validate(self._request("PATCH", f"/v1/jobs/{_segment(job_id)}", json=body).json())
+
+    def compare_jobs(self, job_ids: Sequence[str]) -> JobComparisonPublic:
+        """Up to 12 jobs side by side: the spec fields that differ, each job's final and best epochs."""
+        if isinstance(job_ids, str):
+            raise TypeError("compare_jobs takes a list of job ids")
+        return self._get("/v1/compare", JobComparisonPublic, jobs=",".join(job_ids))
 
     def cancel_job(self, job_id: str) -> JobPublic:
         """Cancel a queued or running job (a running one stops at its next batch)."""
@@ -561,6 +651,39 @@ def _predict_params(model: str | None, top_k: int) -> dict[str, Any]:
 
 def _value(status: JobStatus | str | None) -> str | None:
     return status.value if isinstance(status, JobStatus) else status
+
+
+def _job_filters(
+    status: JobStatus | str | None,
+    tags: Sequence[str] | Mapping[str, str | None] | None,
+    where: Mapping[str, Any] | None,
+    sweep_id: str | None,
+    study_id: str | None,
+    *bounds: float | None,
+) -> dict[str, Any]:
+    """GET /v1/jobs's filter parameters (None: not given)."""
+    if isinstance(tags, Mapping):
+        tags = [key if value is None else f"{key}:{value}" for key, value in tags.items()]
+    elif isinstance(tags, str):
+        tags = [tags]
+    names = ("min_test_acc", "max_test_acc", "min_val_acc", "max_val_acc")
+    return {
+        "status": _value(status),
+        "tag": list(tags) if tags else None,
+        "sweep_id": sweep_id,
+        "study_id": study_id,
+        **dict(zip(names, bounds, strict=True)),
+        **{name: _query_value(value) for name, value in (where or {}).items()},
+    }
+
+
+def _query_value(value: Any) -> Any:
+    """A spec value as GET /v1/jobs reads it: a list as JSON (``[256,128]``), an enum as its value."""
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value), separators=(",", ":"))
+    if isinstance(value, Enum):
+        return value.value
+    return value
 
 
 def _spec_body(

@@ -48,6 +48,7 @@ import torch
 from models.checkpoints import save_checkpoint
 from models.data import DeviceDataset, load_fashion_mnist, to_device
 from models.devices import device_label
+from models.evaluation import evaluate_model, evaluation_sets
 from models.packed import MemberOutcome, PackedTrainer
 from models.spec import INPUT_FEATURES
 from models.training import EpochMetrics, Trainer, TrainingStopped
@@ -147,11 +148,13 @@ class EpochFinished:
 
 @dataclass(frozen=True)
 class Trained:
-    """The run ended and its checkpoint is at the job's ``checkpoint_file``."""
+    """The run ended and its checkpoint is at the job's ``checkpoint_file``; ``evaluation``: the kept weights'
+    evaluation (models/evaluation.py) on the test split and the validation rows, None if it could not be made."""
 
     selected: EpochMetrics | None
     sha256: str
     size_bytes: int
+    evaluation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -443,7 +446,7 @@ class _Slot:
                 fire(fault, self.device)
 
         result = trainer.run(on_epoch=epoch_done, should_stop=lambda: self._stop_requested(0))
-        end(0, _trained(job, result.model, result.selected))
+        end(0, _trained(job, result.model, result.selected, dataset, trainer.val_index))
 
     def _train_pack(
         self, jobs: tuple[TrainingJob, ...], end: Callable[[int, Trained | Stopped | Failed], None]
@@ -473,7 +476,9 @@ class _Slot:
         def member_ended(member: int, ended: MemberOutcome) -> None:
             job = jobs[member]
             if ended.result is not None:
-                end(member, _trained(job, ended.result.model, ended.result.selected))
+                # The member's own module with its kept weights: its evaluation is its own, on its own split.
+                result = ended.result
+                end(member, _trained(job, result.model, result.selected, dataset, pack.val_index[member]))
             elif isinstance(ended.error, TrainingStopped):
                 end(member, Stopped(ended.error.completed_epochs))
             else:
@@ -502,12 +507,37 @@ class _Slot:
         )
 
 
-def _trained(job: TrainingJob, model: torch.nn.Module, selected: EpochMetrics | None) -> Trained:
+def _trained(
+    job: TrainingJob,
+    model: torch.nn.Module,
+    selected: EpochMetrics | None,
+    dataset: DeviceDataset,
+    val_index: torch.Tensor | None,
+) -> Trained:
+    """Saves the kept weights and evaluates them on the data set already on the device."""
     claim = job.claim
     checkpoint = save_checkpoint(
         job.checkpoint_file, model, claim.spec, extra={"job_id": claim.job_id, "seed": str(claim.seed)}
     )
-    return Trained(selected, checkpoint.sha256, checkpoint.size_bytes)
+    return Trained(
+        selected, checkpoint.sha256, checkpoint.size_bytes, _evaluation(claim.job_id, model, dataset, val_index)
+    )
+
+
+def _evaluation(
+    job_id: str, model: torch.nn.Module, dataset: DeviceDataset, val_index: torch.Tensor | None
+) -> dict[str, Any] | None:
+    """The model's evaluation on the test split and the run's validation rows. Here, once, while the data set
+    and the weights are on the device: a forward pass over 10,000 images. None when it fails: the model is
+    registered all the same, and the API evaluates it on first request."""
+    started = time.perf_counter()
+    try:
+        evaluation = evaluate_model(model, *evaluation_sets(dataset, val_index))
+    except Exception:
+        log.exception("job %s: the model could not be evaluated; the API will evaluate it on request", job_id)
+        return None
+    log.info("job %s: evaluated in %.3fs", job_id, time.perf_counter() - started)
+    return evaluation
 
 
 def trainer_main(conn: Connection, stop: Any, config: TrainerConfig) -> None:

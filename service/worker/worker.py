@@ -311,10 +311,13 @@ class Worker:
         elif broken is not None:
             job.checkpoint_file.unlink(missing_ok=True)
             self._failed(claim, broken, job.resume_file)
+        elif pruned_at is not None and isinstance(outcome, (Trained, Stopped)):
+            # Pruned, whether the trainer saw the flag or had already run to its end (it runs ahead of the
+            # decision, which follows each epoch's record): the trial ends where its pruner stopped it.
+            job.checkpoint_file.unlink(missing_ok=True)
+            self._pruned(claim, pruned_at, job.resume_file)
         elif isinstance(outcome, Trained):
             self._persist(claim, job, outcome)
-        elif isinstance(outcome, Stopped) and pruned_at is not None:
-            self._pruned(claim, pruned_at, job.resume_file)
         elif isinstance(outcome, Stopped):
             self._stopped(claim, lease, outcome, job.resume_file)
         elif isinstance(outcome, Failed):
@@ -372,6 +375,7 @@ class Worker:
                 sha256=trained.sha256,
                 size_bytes=trained.size_bytes,
                 selected=trained.selected,
+                evaluation=trained.evaluation,
             )
         except LeaseLost:
             job.checkpoint_file.unlink(missing_ok=True)

@@ -148,6 +148,10 @@ RESPONSE_CHECKS = [
         ("GET", "/v1/jobs/{job_id}/curves.svg", {"job_id": "<job>"}, 200),
         ("GET", "/v1/jobs/{job_id}/curves.png", {"job_id": "<job>"}, 200),
         ("GET", "/v1/models/{model_ref}/samples.svg", {"model_ref": "production"}, 200),
+        ("GET", "/v1/models/{model_ref}/evaluation", {"model_ref": "production"}, 200),
+        ("GET", "/v1/models/{model_ref}/confusion.svg", {"model_ref": "<model>"}, 200),
+        ("GET", "/v1/models/{model_ref}/calibration.svg", {"model_ref": "production"}, 200),
+        ("GET", "/v1/models/{model_ref}/mistakes.svg", {"model_ref": "<model>"}, 200),
         ("POST", "/v1/jobs/{job_id}/cancel", {"job_id": "<job>"}, 409),  # it has ended
         ("GET", "/v1/sweeps/{sweep_id}", {"sweep_id": "<sweep>"}, 200),
         ("POST", "/v1/sweeps/{sweep_id}/cancel", {"sweep_id": "<sweep>"}, 200),
@@ -175,6 +179,20 @@ def test_predictions_answer_as_documented(served: Served) -> None:
     assert pixels.call_and_validate(checks=RESPONSE_CHECKS).json()["predictions"][0]["top_k"]
 
 
+def test_run_tracking_answers_as_documented(served: Served) -> None:
+    job_id = served.ids["<job>"]
+    body = {"tags": {"team": "vision"}, "note": "labelled"}
+    patch = schema["/v1/jobs/{job_id}"]["PATCH"].Case(
+        path_parameters={"job_id": job_id}, body=body, media_type="application/json"
+    )
+    assert patch.call_and_validate(checks=RESPONSE_CHECKS).json()["tags"] == {"team": "vision"}
+    query = {"tag": ["team:vision"], "sort": "-test_acc", "hidden_layers": "[16]", "limit": 1, "count": False}
+    page = schema["/v1/jobs"]["GET"].Case(query=query).call_and_validate(checks=RESPONSE_CHECKS).json()
+    assert [job["id"] for job in page["data"]] == [job_id] and page["count"] is None
+    compare = schema["/v1/compare"]["GET"].Case(query={"jobs": job_id})
+    assert compare.call_and_validate(checks=RESPONSE_CHECKS).json()["jobs"][0]["final"]["epoch"] == 2
+
+
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
@@ -184,6 +202,11 @@ def test_predictions_answer_as_documented(served: Served) -> None:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
 )
 def test_every_operation_answers_as_documented(case: schemathesis.Case, served: Served) -> None:
+    if case.operation.label == "GET /v1/jobs" and case.query:
+        # A cursor is opaque: only one the listing handed out continues it, and any other is a 422 that no schema
+        # can describe. Without it, every other parameter's documented values must be accepted.
+        # (tests/api/test_run_tracking.py checks cursors.)
+        case.query = {name: value for name, value in case.query.items() if name != "cursor"}
     case.call_and_validate()
 
 

@@ -128,6 +128,66 @@ def test_wait_exits_1_when_the_job_fails_or_is_cancelled(fmnist: Any) -> None:
     assert again.exit_code == 2 and "already cancelled" in again.stderr
 
 
+def test_tag_then_list_by_tag_sort_and_spec(fmnist: Any) -> None:
+    job = json.loads(fmnist("submit", *TINY_FLAGS, "--wait", "--json").stdout)
+    job_id = job["id"]
+    tagged = fmnist("tag", job_id, "team=cli", "stage=baseline", "--note", "the first run")
+    assert tagged.exit_code == 0, tagged.output
+    assert "team=cli" in tagged.stdout and "stage=baseline" in tagged.stdout and "the first run" in tagged.stdout
+    removed = json.loads(fmnist("tag", job_id, "--remove", "stage", "--json").stdout)
+    assert (removed["tags"], removed["note"]) == ({"team": "cli"}, "the first run")
+    assert json.loads(fmnist("tag", job_id, "--clear-note", "--json").stdout)["note"] is None
+    assert "team=cli" in fmnist("tag", job_id).stdout, "alone, it shows the labels"
+    assert "team=cli" in fmnist("status", job_id).stdout
+
+    args = ["--tag", "team:cli", "--sort", "-test_acc", "--where", "hidden_layers=16", "--where", "optimizer=sgd"]
+    listed = json.loads(fmnist("jobs", *args, "--json").stdout)
+    assert [entry["id"] for entry in listed["data"]] == [job_id] and listed["count"] == 1
+    assert json.loads(fmnist("jobs", "--tag", "team:cli", "--where", "optimizer=adam", "--json").stdout)["data"] == []
+    table = fmnist("jobs", "--tag", "team", "--status", "succeeded")
+    assert table.exit_code == 0 and "test acc" in table.stdout and f"{job['test_acc']:.4f}" in table.stdout
+
+
+def test_jobs_pages_on_with_the_printed_cursor(fmnist: Any, trained: dict[str, Any]) -> None:
+    first = fmnist("jobs", "--limit", "1", "--sort", "test_acc")
+    assert first.exit_code == 0 and "jobs 1-1 of" in first.stdout
+    cursor = first.stdout.split("more: --cursor ", 1)[1].split()[0]
+    second = fmnist("jobs", "--limit", "1", "--sort", "test_acc", "--cursor", cursor, "--json")
+    listed = json.loads(fmnist("jobs", "--limit", "2", "--sort", "test_acc", "--json").stdout)
+    assert json.loads(second.stdout)["data"][0]["id"] == listed["data"][1]["id"]
+    assert (
+        "jobs after the cursor: 1 of" in fmnist("jobs", "--limit", "1", "--sort", "test_acc", "--cursor", cursor).stdout
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["jobs", "--where", "optimiser=adam"], 2, "no spec field 'optimiser'"),
+        (["jobs", "--where", "hidden_layers=wide"], 2, "comma-separated numbers"),
+        (["jobs", "--where", "lr=fast"], 2, "lr: Input should be a valid number"),
+        (["jobs", "--sort", "accuracy"], 2, "sort: Input should be"),
+        (["jobs", "--tag", "bad key"], 2, "tag.0: String should match pattern"),
+        (["jobs", "--cursor", "garbled"], 2, "not a cursor"),
+        (["tag", "nope", "a=b"], 3, "no job with id 'nope'"),
+        (["tag", "nope", "a"], 2, "write KEY=VALUE"),
+        (["tag", "nope", "a=b", "--remove", "a"], 2, "also set here"),
+        (["tag", "nope", "--note", "x", "--clear-note"], 2, "give one"),
+    ],
+)
+def test_bad_listing_and_tag_arguments_exit_with_the_reason(
+    fmnist: Any, args: list[str], code: int, message: str
+) -> None:
+    result = fmnist(*args)
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+
+
+def test_tag_limits_are_the_server_s(fmnist: Any, trained: dict[str, Any]) -> None:
+    result = fmnist("tag", trained["id"], "bad key=x")
+    assert result.exit_code == 2 and "String should match pattern" in result.stderr
+
+
 def test_not_found_exits_3(fmnist: Any) -> None:
     for args in (["status", "nope"], ["wait", "nope"], ["metrics", "nope"], ["sweep", "status", "nope"]):
         result = fmnist(*args)

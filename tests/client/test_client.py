@@ -168,6 +168,59 @@ def test_list_jobs_filters_and_pages(client: Client, trained: JobPublic) -> None
     assert client.list_jobs(offset=10_000).data == []
 
 
+def test_list_jobs_filters_sorts_and_iter_jobs_follows_the_cursors(client: Client, trained: JobPublic) -> None:
+    adam = client.wait(client.submit({**TINY, "optimizer": "adam", "lr": 0.01}).id, timeout=60)
+    client.update_job(adam.id, tags={"suite": "client", "kind": "adam"})
+    client.update_job(trained.id, tags={"suite": "client"})
+    tagged = client.list_jobs(tags={"suite": "client"}, sort="-test_acc").data
+    assert {job.id for job in tagged} == {adam.id, trained.id}
+    assert [job.test_acc for job in tagged] == sorted((job.test_acc for job in tagged), reverse=True)
+    assert [job.id for job in client.list_jobs(tags=["suite:client", "kind:adam"]).data] == [adam.id]
+    adam_only = client.list_jobs(where={"optimizer": "adam", "hidden_layers": [16], "lr": 0.01}, tags={"suite": None})
+    assert [job.id for job in adam_only.data] == [adam.id] and adam_only.count == 1
+    assert client.list_jobs(min_test_acc=1.0, max_test_acc=1.0, count=False).count is None
+    everything = [job.id for job in client.list_jobs(limit=500).data]
+    assert [job.id for job in client.iter_jobs(page_size=2)] == everything
+    by_accuracy = [job.id for job in client.list_jobs(sort="test_acc", limit=500).data]
+    assert [job.id for job in client.iter_jobs(sort="test_acc", page_size=3)] == by_accuracy
+    first = client.list_jobs(sort="test_acc", limit=1)
+    assert client.list_jobs(sort="test_acc", limit=1, cursor=first.next_cursor).data[0].id == by_accuracy[1]
+    with pytest.raises(InvalidRequest) as caught:
+        client.list_jobs(sort="-created_at", cursor=first.next_cursor)
+    assert caught.value.code == "invalid_cursor"
+
+
+def test_update_job_merges_tags_and_replaces_or_clears_the_note(client: Client) -> None:
+    job = client.submit(TINY)
+    labelled = client.update_job(job.id, tags={"team": "vision", "x": "1"}, note="first")
+    assert (labelled.tags, labelled.note) == ({"team": "vision", "x": "1"}, "first")
+    labelled = client.update_job(job.id, tags={"x": None})
+    assert (labelled.tags, labelled.note) == ({"team": "vision"}, "first"), "the note stays"
+    assert client.update_job(job.id, note=None).note is None
+    assert client.update_job(job.id).tags == {"team": "vision"}, "nothing given: nothing changes"
+    assert client.update_job(job.id, tags=None).tags == {}
+    with pytest.raises(InvalidRequest) as caught:
+        client.update_job(job.id, tags={"bad key": "x"})
+    assert caught.value.errors[0]["loc"] == ["body", "tags", "bad key", "[key]"]
+    with pytest.raises(NotFound):
+        client.update_job("nope", note="x")
+    client.wait(job.id, timeout=60)
+
+
+def test_compare_jobs(client: Client, trained: JobPublic) -> None:
+    other = client.wait(client.submit({**TINY, "lr": 0.2}).id, timeout=60)
+    comparison = client.compare_jobs([trained.id, other.id])
+    assert comparison.fields == ["lr"] and [job.id for job in comparison.jobs] == [trained.id, other.id]
+    assert comparison.jobs[1].params == {"lr": 0.2}
+    final, best = comparison.jobs[0].final, comparison.jobs[0].best_test
+    assert final is not None and final.epoch == TINY["epochs"] and best is not None
+    assert best.test_acc == max(row.test_acc for row in client.get_metrics(trained.id).epochs)
+    with pytest.raises(NotFound, match="'nope'"):
+        client.compare_jobs([trained.id, "nope"])
+    with pytest.raises(TypeError):
+        client.compare_jobs(trained.id)
+
+
 def test_submit_with_a_preset_and_an_idempotency_key(client: Client) -> None:
     first = client.submit(preset="d2l-mlp", epochs=1, hidden_layers=[8], idempotency_key="client-test-1")
     again = client.submit(preset="d2l-mlp", epochs=1, hidden_layers=[8], idempotency_key="client-test-1")

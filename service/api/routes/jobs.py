@@ -1,4 +1,4 @@
-"""Training jobs: submit, inspect, list, cancel, read metrics."""
+"""Training jobs: submit, inspect, list (filtered, sorted, paged by cursor), label, cancel, read metrics."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 
 from service.api.auth import TrainCaller
-from service.api.deps import DatabaseDep, Offset, QueueSignalDep, SettingsDep
+from service.api.deps import DatabaseDep, QueueSignalDep, SettingsDep
 from service.api.idempotency import IdempotencyKey, idempotent_responses, submitter
+from service.jobs import listing, queue, tracking
 from service.jobs import queries as jobs
-from service.jobs import queue
 from service.jobs.specs import validated_spec
-from service.jobs.status import JobStatus
 from service.schemas import (
     EpochMetricsPublic,
     ErrorPublic,
     JobCreate,
+    JobListQuery,
     JobMetricsPublic,
     JobPublic,
     JobsPublic,
+    JobUpdate,
 )
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -71,21 +72,64 @@ def submit_job(
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(
-    db: DatabaseDep,
-    status_filter: Annotated[JobStatus | None, Query(alias="status", description="Only jobs in this state.")] = None,
-    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
-    offset: Offset = 0,
-) -> JobsPublic:
-    """List jobs, newest first."""
-    rows, total = jobs.list_jobs(db, status_filter, limit=limit, offset=offset)
-    return JobsPublic(data=[JobPublic.from_job(job) for job in rows], count=total, limit=limit, offset=offset)
+def list_jobs(db: DatabaseDep, query: Annotated[JobListQuery, Query()]) -> JobsPublic:
+    """List jobs, newest first, or sorted by accuracy or training time; filtered by status, tags, spec fields,
+    accuracy bounds, sweep or study. Every filter given must hold.
+
+    Page with `cursor`: each page's `next_cursor` continues the listing (same sort and filters) where it ended,
+    as fast at page 10,000 as at page 1, and without repeating or skipping a job when jobs are added meanwhile.
+    `offset` still works, at a cost that grows with it. Jobs without the sorted value (no epoch recorded) come
+    last in both directions; ties are ordered by id. A parameter that is not listed here is a 422.
+    """
+    filters = listing.JobFilters(
+        status=query.status,
+        tags=[listing.TagFilter.parse(tag) for tag in query.tag],
+        spec=query.spec_filters(),
+        min_test_acc=query.min_test_acc,
+        max_test_acc=query.max_test_acc,
+        min_val_acc=query.min_val_acc,
+        max_val_acc=query.max_val_acc,
+        sweep_id=query.sweep_id,
+        study_id=query.study_id,
+    )
+    page = listing.list_jobs(
+        db,
+        filters,
+        listing.JobOrder.parse(query.sort),
+        limit=query.limit,
+        offset=query.offset,
+        cursor=query.cursor,
+        count=query.count,
+    )
+    return JobsPublic(
+        data=[JobPublic.from_job(job) for job in page.jobs],
+        count=page.count,
+        limit=query.limit,
+        offset=query.offset,
+        next_cursor=page.next_cursor,
+    )
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
 def get_job(job_id: str, db: DatabaseDep) -> JobPublic:
     """A job's status, spec, progress and outcome."""
     return JobPublic.from_job(jobs.get_job(db, job_id))
+
+
+@router.patch(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={**NOT_FOUND, 422: {"description": "A tag or note out of bounds, or more than 32 tags in all."}},
+)
+def update_job(job_id: str, body: JobUpdate, db: DatabaseDep) -> JobPublic:
+    """Label a job (any status): tags merge, the note is replaced; fields left out stay as they are.
+
+    `{"tags": {"team": "vision", "baseline": null}}` sets `team`, removes `baseline` and keeps the other tags;
+    `"tags": null` removes them all. `"note": "..."` replaces the note, `"note": null` clears it. A job has at most
+    32 tags; keys are 1-64 letters, digits, `_`, `.` or `-`; values strings of at most 256 characters without
+    control characters. The job's status and `updated_at` do not change.
+    """
+    return JobPublic.from_job(tracking.label_job(db, job_id, **body.changes()))
 
 
 @router.post(

@@ -11,7 +11,16 @@ from pydantic import AfterValidator
 from models.spec import TrainingSpec
 from service import registry
 from service.api.deps import DatabaseDep, Offset, SettingsDep
-from service.schemas import AliasesPublic, AliasPublic, AliasSet, ErrorPublic, ModelPublic, ModelsPublic
+from service.schemas import (
+    AliasesPublic,
+    AliasPublic,
+    AliasSet,
+    ErrorPublic,
+    ModelEvaluationPublic,
+    ModelPublic,
+    ModelsPublic,
+)
+from service.serving import evaluation as evaluations
 from service.store.tables import Model
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -116,6 +125,26 @@ def download_onnx(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep) -
     model = registry.get_model(db, model_ref)
     path = registry.onnx_file(model, settings.checkpoint_dir)
     return FileResponse(path, media_type="application/octet-stream", filename=f"fmnist-{model.id}.onnx")
+
+
+@router.get(
+    "/models/{model_ref}/evaluation",
+    response_model=ModelEvaluationPublic,
+    responses={
+        **MODEL_NOT_FOUND,
+        503: {
+            "model": ErrorPublic,
+            "description": "A model trained before evaluations were stored, and no Fashion-MNIST data on the server.",
+        },
+    },
+)
+def get_model_evaluation(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep) -> ModelEvaluationPublic:
+    """The model's evaluation on the test split (and validation split): confusion matrix, per-class precision,
+    recall and F1, most-confused pairs, calibration (ECE, reliability bins) and most confident mistakes."""
+    # A plain def: FastAPI runs it in the thread pool, and a model trained before evaluations were stored is
+    # evaluated here, once (about a second), then kept on its row.
+    model, evaluation = evaluations.model_evaluation(db, settings, model_ref)
+    return ModelEvaluationPublic.model_validate({**evaluation, "model_id": model.id})
 
 
 @router.get("/aliases", response_model=AliasesPublic)

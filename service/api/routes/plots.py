@@ -31,6 +31,7 @@ from service.api.routes.models import ModelRef, summarise
 from service.errors import JobNotFound, ServiceUnavailable
 from service.jobs import queries as jobs
 from service.schemas import ErrorPublic
+from service.serving import evaluation as evaluations
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,83 @@ async def model_samples_svg(
     title = f"model {model.id[:8]}: {right} of {len(samples)} right"
     body = await run_in_threadpool(plots.sample_grid, samples, title=title)
     return Response(body, media_type=SVG, headers={"ETag": etag, "Cache-Control": REVALIDATE})
+
+
+EVALUATION_ERRORS = {
+    404: "No model or alias with this name.",
+    503: "A model trained before evaluations were stored, and no Fashion-MNIST data on the server to evaluate it.",
+}
+
+
+@predict_router.get(
+    "/models/{model_ref}/confusion.svg", response_class=Response, responses=documented(SVG, EVALUATION_ERRORS)
+)
+def model_confusion_svg(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep, request: Request) -> Response:
+    """The model's confusion matrix on the test split: counts in the cells, colours by share of the true class."""
+    model, evaluation = evaluations.model_evaluation(db, settings, model_ref)
+    etag = _etag("confusion", model.id, evaluations.evaluation_digest(evaluation))
+    title = f"model {model.id[:8]}: test accuracy {evaluation['accuracy']:.2%}"
+    return _figure(
+        request,
+        etag,
+        "svg",
+        REVALIDATE,
+        lambda: plots.confusion_matrix(evaluation["confusion_matrix"], CLASS_NAMES, title=title),
+    )
+
+
+@predict_router.get(
+    "/models/{model_ref}/calibration.svg", response_class=Response, responses=documented(SVG, EVALUATION_ERRORS)
+)
+def model_calibration_svg(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep, request: Request) -> Response:
+    """The model's reliability diagram on the test split: accuracy against confidence in 15 bins, the diagonal,
+    the bins' counts, and the expected calibration error (ECE) in the title."""
+    model, evaluation = evaluations.model_evaluation(db, settings, model_ref)
+    etag = _etag("calibration", model.id, evaluations.evaluation_digest(evaluation))
+    bins, ece = evaluation["calibration"]["bins"], evaluation["ece"]
+    title = f"model {model.id[:8]}"
+    return _figure(request, etag, "svg", REVALIDATE, lambda: plots.reliability_diagram(bins, ece, title=title))
+
+
+@predict_router.get(
+    "/models/{model_ref}/mistakes.svg",
+    response_class=Response,
+    responses=documented(
+        SVG,
+        {
+            404: "No model or alias with this name.",
+            503: "The server has no Fashion-MNIST test set to draw the images from.",
+        },
+    ),
+)
+def model_mistakes_svg(
+    model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep, request: Request, n: SampleCount = DEFAULT_SAMPLES
+) -> Response:
+    """The test images the model got wrong with the highest confidence: true label over the predicted one and
+    its probability (d2l's predict_ch3, for mistakes)."""
+    model, evaluation = evaluations.model_evaluation(db, settings, model_ref)
+    test_split = evaluations.test_split(settings)
+    mistakes = evaluation["mistakes"][:n]
+    etag = _etag("mistakes", model.id, mistakes, test_split.sha256)
+
+    def render() -> bytes:
+        shown = [
+            plots.Mistake(
+                test_split.images[m["index"]].numpy(),
+                CLASS_NAMES[m["true_class_id"]],
+                CLASS_NAMES[m["predicted_class_id"]],
+                m["probability"],
+            )
+            for m in mistakes
+            if m["index"]
+            < len(test_split.images)  # a test set other than the one evaluated on: drawn as far as it goes
+        ]
+        confusion = evaluation["confusion_matrix"]
+        wrong = sum(map(sum, confusion)) - sum(confusion[i][i] for i in range(len(confusion)))
+        title = f"model {model.id[:8]}: the {len(shown)} most confident of {wrong} mistakes"
+        return plots.mistake_grid(shown, title=title)
+
+    return _figure(request, etag, "svg", REVALIDATE, render)
 
 
 @predict_router.get("/activations.svg", response_class=Response, responses=documented(SVG))
