@@ -34,7 +34,7 @@ NO_STUDY = {404: "No study with this id."}
 # fANOVA fits a random forest to the succeeded trials; measured on scripted studies (random sampler, one of
 # three parameters, categorical or continuous, deciding the score, 10 seeds each), it ranked the deciding
 # parameter first in 28 of 30 studies of 8 trials and in 30 of 30 from 12. Optuna's default evaluator,
-# PED-ANOVA, did in 13 of 30 at 8 trials and 24 of 30 at 16 (it compares the top 10% of the trials with all
+# PED-ANOVA, did in 13 of 30 at 8 trials and 21 of 30 at 16 (it compares the top 10% of the trials with all
 # of them, so a small study's top part is one trial).
 MIN_IMPORTANCE_TRIALS = 8
 # The order a figure's title counts the trials in.
