@@ -54,6 +54,7 @@ from service.schemas import (
     PredictionFailedPublic,
     PredictionPublic,
     PredictPublic,
+    SplitEvaluationPublic,
     StudiesPublic,
     StudyPublic,
     SweepPublic,
@@ -787,6 +788,49 @@ def models(client: Client, *, limit: int, offset: int) -> ModelsPublic:
     return client.list_models(limit=limit, offset=offset)
 
 
+def _print_evaluation(model_id: str, shown: SplitEvaluationPublic) -> None:
+    stdout.print(
+        f"model {model_id}, {shown.split} split ({shown.samples:,} images): "
+        f"accuracy {shown.accuracy:.4f}, expected calibration error {shown.ece:.4f}"
+    )
+    table = titled_table("per class", ("class", "precision", "recall", "f1", "support"), no_wrap=("class",))
+    for scores in shown.per_class:
+        table.add_row(
+            f"{scores.class_id} {scores.class_name}",
+            _fmt(scores.precision),
+            _fmt(scores.recall),
+            _fmt(scores.f1),
+            str(scores.support),
+        )
+    stdout.print(table)
+    pairs = titled_table("most confused", ("true", "predicted as", "count", "share of true"), no_wrap=("true",))
+    for pair in shown.confused_pairs[:5]:
+        pairs.add_row(pair.true_class_name, pair.predicted_class_name, str(pair.count), _fmt(pair.share, 3))
+    stdout.print(pairs)
+
+
+class EvaluationSplit(StrEnum):
+    test = "test"
+    validation = "validation"
+
+
+@remote_command()
+def evaluate(
+    client: Client,
+    model: Annotated[str, typer.Argument(help="A model id or alias.")],
+    split: Annotated[EvaluationSplit, typer.Option(help="Which split's scores to show (--json has both).")] = (
+        EvaluationSplit.test
+    ),
+) -> Shown:
+    """A model's evaluation: accuracy, calibration error, per-class precision, recall and F1, and the classes it
+    confuses most."""
+    evaluation = client.get_model_evaluation(model)
+    shown = evaluation if split is EvaluationSplit.test else evaluation.validation
+    if shown is None:
+        raise _fail(f"model {evaluation.model_id} has no validation split: its job held none out", ExitCode.invalid)
+    return Shown(evaluation, functools.partial(_print_evaluation, evaluation.model_id, shown))
+
+
 @alias_app.command("set", epilog=EXIT_CODES)
 @remote_command(lambda alias: stdout.print(f"{alias.name} -> {alias.model_id}"))
 def alias_set(
@@ -1206,6 +1250,7 @@ def register(app: typer.Typer) -> None:
     """Adds the HTTP commands to the ``fmnist`` command."""
     for command in (submit, jobs, status, wait, cancel, tag, metrics, predict, models):
         app.command(command.__name__, epilog=EXIT_CODES)(command)
+    app.command("eval", epilog=EXIT_CODES)(evaluate)
     app.add_typer(alias_app, name="alias")
     app.add_typer(sweep_app, name="sweep")
     app.add_typer(study_app, name="study")

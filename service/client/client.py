@@ -49,6 +49,7 @@ from service.schemas import (
     JobMetricsPublic,
     JobPublic,
     JobsPublic,
+    ModelEvaluationPublic,
     ModelPublic,
     ModelsPublic,
     PredictionFailedPublic,
@@ -483,6 +484,12 @@ class Client:
     def get_model(self, model_ref: str) -> ModelPublic:
         """One model, by id or alias."""
         return self._get(f"/v1/models/{_segment(model_ref)}", ModelPublic)
+
+    def get_model_evaluation(self, model_ref: str) -> ModelEvaluationPublic:
+        """A model's evaluation (by id or alias) on the test split, and on its job's validation rows: confusion
+        matrix, per-class scores, confused pairs, calibration. Computed on the server the first time for a
+        model trained before evaluations existed; ``ServiceUnavailable`` when the server has no data set then."""
+        return self._get(f"/v1/models/{_segment(model_ref)}/evaluation", ModelEvaluationPublic)
 
     def delete_model(self, model_id: str) -> None:
         """Delete a model and its checkpoint (refused, 409, while an alias points at it)."""

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from typer.testing import Result
 
+from service.schemas import ModelEvaluationPublic
 from tests.support.live import TINY, Live, live_stack
 from tests.support.servers import free_port
 from tests.test_e2e import FMNIST
@@ -326,3 +327,27 @@ def test_the_installed_script_reads_its_url_and_key_from_the_environment(live: L
     down = subprocess.run([*FMNIST, "status", trained["id"]], env=nowhere, capture_output=True, text=True, timeout=60)
     assert down.returncode == 5
     assert down.stderr.startswith("error: no answer from") and "FMNIST_URL" in down.stderr
+
+
+def test_eval_shows_a_models_scores_per_class_and_its_confusions(fmnist: Any, trained: dict[str, Any]) -> None:
+    result = fmnist("eval", "production")
+    assert result.exit_code == 0, result.output
+    assert f"model {trained['model_id']}, test split" in result.stdout
+    assert "accuracy" in result.stdout and "expected calibration error" in result.stdout
+    assert "per class" in result.stdout and "Ankle boot" in result.stdout and "most confused" in result.stdout
+    as_json = fmnist("eval", trained["model_id"], "--json")
+    assert as_json.exit_code == 0, as_json.output
+    evaluation = ModelEvaluationPublic.model_validate_json(as_json.stdout)
+    model = json.loads(fmnist("models", "--json").stdout)["models"][0]
+    assert evaluation.model_id == trained["model_id"] and evaluation.accuracy == model["test_acc"]
+    assert sum(map(sum, evaluation.confusion_matrix)) == evaluation.samples
+    assert evaluation.validation is None  # the job held no validation out
+
+
+def test_eval_of_a_split_the_job_did_not_hold_out_or_of_no_model_says_so(fmnist: Any, trained: dict[str, Any]) -> None:
+    result = fmnist("eval", trained["model_id"], "--split", "validation")
+    assert result.exit_code == 2 and error_lines(result) == [
+        f"error: model {trained['model_id']} has no validation split: its job held none out"
+    ]
+    missing = fmnist("eval", "no-such-model")
+    assert missing.exit_code == 3 and "no-such-model" in missing.stderr

@@ -26,6 +26,7 @@ from service.client import (
     WaitTimeout,
 )
 from service.client.client import FILES_PER_REQUEST
+from service.errors import ModelNotFound
 from service.jobs.status import JobStatus
 from service.schemas import EpochMetricsPublic, JobPublic, PredictionPublic
 from tests.support.live import TINY, Live, live_stack
@@ -252,6 +253,15 @@ def test_unknown_ids_are_not_found_with_the_server_s_detail(client: Client) -> N
             call()
     with pytest.raises(NotFound):
         client.get_model("no-such-alias")
+
+
+def test_get_model_evaluation_by_alias_or_id(client: Client, trained: JobPublic) -> None:
+    evaluation = client.get_model_evaluation("production")
+    assert evaluation.model_id == trained.model_id and evaluation.split == "test"
+    assert evaluation.accuracy == client.get_model("production").test_acc
+    assert [scores.class_id for scores in evaluation.per_class] == list(range(10))
+    with pytest.raises(ModelNotFound):
+        client.get_model_evaluation("no-such-alias")
 
 
 def test_an_id_with_a_slash_stays_one_path_segment(client: Client) -> None:
