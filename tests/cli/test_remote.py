@@ -338,7 +338,8 @@ def test_eval_shows_a_models_scores_per_class_and_its_confusions(fmnist: Any, tr
     as_json = fmnist("eval", trained["model_id"], "--json")
     assert as_json.exit_code == 0, as_json.output
     evaluation = ModelEvaluationPublic.model_validate_json(as_json.stdout)
-    model = json.loads(fmnist("models", "--json").stdout)["models"][0]
+    listed = json.loads(fmnist("models", "--json", "--limit", "500").stdout)["models"]
+    [model] = [entry for entry in listed if entry["id"] == trained["model_id"]]
     assert evaluation.model_id == trained["model_id"] and evaluation.accuracy == model["test_acc"]
     assert sum(map(sum, evaluation.confusion_matrix)) == evaluation.samples
     assert evaluation.validation is None  # the job held no validation out
