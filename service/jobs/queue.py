@@ -203,11 +203,7 @@ def _study_job_maker(study: Study) -> Callable[..., Job]:
 
 def advance_study(db: Database, study_id: str) -> list[Job]:
     """Queues the study's next trials if it has room (a trial ended), or marks it completed; the new jobs."""
-    with db.read() as session:
-        study = session.get(Study, study_id)
-    if study is None:
-        return []
-    return studies.advance(db, study_id, _study_job_maker(study))
+    return studies.advance(db, study_id, _study_job_maker)
 
 
 def advance_studies(db: Database) -> int:

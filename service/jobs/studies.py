@@ -29,6 +29,7 @@ import json
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -496,8 +497,9 @@ def ask_trials(session: Session, study: Study, new_job: Any) -> list[Job]:
     return jobs
 
 
-def advance(db: Database, study_id: str, new_job: Any) -> list[Job]:
-    """``ask_trials`` in a transaction of its own, when the study needs it (a read decides, cheaply, first)."""
+def advance(db: Database, study_id: str, job_maker: Callable[[Study], Any]) -> list[Job]:
+    """``ask_trials`` in a transaction of its own, when the study needs it (a read decides, cheaply, first);
+    ``job_maker(study)`` gives ``ask_trials`` its ``new_job``."""
     with db.read() as session:
         study = session.get(Study, study_id)
         if study is None or study.status != StudyStatus.running:
@@ -522,7 +524,7 @@ def advance(db: Database, study_id: str, new_job: Any) -> list[Job]:
         locked = _lock(session, study_id)
         if locked is None or locked.status != StudyStatus.running:
             return []
-        return ask_trials(session, locked, new_job)
+        return ask_trials(session, locked, job_maker(locked))
 
 
 def running_study_ids(db: Database) -> list[str]:
