@@ -7,11 +7,12 @@ import hashlib
 import json
 from typing import Annotated, Any
 
-from fastapi import Header
+from fastapi import Header, Response, status
 from pydantic import BaseModel
 
 from service.api.auth import Principal
 from service.jobs.queue import Submitter
+from service.jobs.wakeup import QueueSignal
 from service.schemas import ErrorPublic
 from service.settings import Settings
 
@@ -50,3 +51,13 @@ def submitter(caller: Principal, key: str | None, body: BaseModel, settings: Set
         max_queued=settings.max_queued_per_key if caller.key_id is not None else None,
         retry_after=settings.queue_retry_after_seconds,
     )
+
+
+def answer_submission(created: bool, signal: QueueSignal, response: Response, location: str) -> None:
+    """What a submission's answer says besides its body: a new submission wakes the workers and stays 202; one
+    an Idempotency-Key found again is a 200. Either way ``Location`` points at what was submitted."""
+    if created:
+        signal.notify()
+    else:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = location

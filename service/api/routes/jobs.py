@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, QueueSignalDep, SettingsDep
-from service.api.idempotency import IdempotencyKey, idempotent_responses, submitter
+from service.api.idempotency import IdempotencyKey, answer_submission, idempotent_responses, submitter
 from service.jobs import listing, queue, tracking
 from service.jobs import queries as jobs
 from service.jobs.specs import validated_spec
@@ -63,11 +63,7 @@ def submit_job(
         preset=body.preset,
         submitter=submitter(caller, idempotency_key, body, settings),
     )
-    if created:
-        signal.notify()
-    else:
-        response.status_code = status.HTTP_200_OK
-    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
+    answer_submission(created, signal, response, str(request.url_for("get_job", job_id=job.id)))
     return JobPublic.from_job(job)
 
 

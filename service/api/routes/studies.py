@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, Offset, QueueSignalDep, SettingsDep
-from service.api.idempotency import IdempotencyKey, idempotent_responses, submitter
+from service.api.idempotency import IdempotencyKey, answer_submission, idempotent_responses, submitter
 from service.jobs import queue, studies
 from service.jobs.status import JobStatus
 from service.jobs.studies import StudyView, get_study, list_studies
@@ -123,17 +123,13 @@ def submit_study(
             pruner=pruner,
             n_trials=body.trials,
             max_concurrent=body.max_concurrent,
-            seed=body.seed if body.seed is not None else secrets.randbelow(2**31 - 1),
+            seed=body.seed if body.seed is not None else secrets.randbelow(studies.MAX_SEED),
             max_attempts=settings.max_attempts,
             stamp=(who := submitter(caller, idempotency_key, body, settings)).stamp(),
         ),
         who,
     )
-    if created:
-        signal.notify()
-    else:
-        response.status_code = status.HTTP_200_OK
-    response.headers["Location"] = str(request.url_for("get_study_status", study_id=study.id))
+    answer_submission(created, signal, response, str(request.url_for("get_study_status", study_id=study.id)))
     return study_public(get_study(db, study.id))
 
 

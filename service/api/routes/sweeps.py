@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from models.spec import TrainingSpec
 from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, Offset, QueueSignalDep, SettingsDep
-from service.api.idempotency import IdempotencyKey, idempotent_responses, submitter
+from service.api.idempotency import IdempotencyKey, answer_submission, idempotent_responses, submitter
 from service.jobs import queue
 from service.jobs.sweeps import expand_grid, get_sweep, list_sweeps, status_counts
 from service.schemas import ErrorPublic, JobProgress, SweepCreate, SweepJobPublic, SweepPublic, SweepsPublic
@@ -74,11 +74,7 @@ def submit_sweep(
         max_attempts=settings.max_attempts,
         submitter=submitter(caller, idempotency_key, body, settings),
     )
-    if created:
-        signal.notify()
-    else:
-        response.status_code = status.HTTP_200_OK
-    response.headers["Location"] = str(request.url_for("get_sweep_status", sweep_id=sweep.id))
+    answer_submission(created, signal, response, str(request.url_for("get_sweep_status", sweep_id=sweep.id)))
     return _public(db, sweep.id)
 
 
