@@ -39,7 +39,7 @@ from service.client.errors import (
     WaitTimeout,
     raise_for_error,
 )
-from service.jobs.status import JobStatus
+from service.jobs.status import JobStatus, StudyStatus
 from service.schemas import (
     AliasesPublic,
     AliasPublic,
@@ -72,6 +72,7 @@ STREAM_SILENCE_SECONDS = 40.0
 STUDY_FIGURES = ("history", "importances", "parallel")
 
 T = TypeVar("T", bound=BaseModel)
+Polled = TypeVar("Polled", bound=BaseModel)
 
 # A path (str or os.PathLike), encoded bytes, a PIL image or a numpy array: typed loosely so that importing
 # this module needs neither PIL nor numpy.
@@ -553,18 +554,15 @@ class Client:
     ) -> SweepPublic:
         """Block until every job of the sweep has ended (polling); ``on_change`` gets the sweep when its
         counts change."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        counts: dict[str, int] | None = None
-        while True:
-            sweep = self.get_sweep(sweep_id)
-            if sweep.counts != counts:
-                counts = sweep.counts
-                if on_change is not None:
-                    on_change(sweep)
-            if all(job.status.is_terminal for job in sweep.jobs):
-                return sweep
-            _check_deadline(deadline, sweep_id)
-            time.sleep(poll_interval if deadline is None else min(poll_interval, max(deadline - time.monotonic(), 0)))
+        return _poll_until(
+            lambda: self.get_sweep(sweep_id),
+            changed=lambda sweep: sweep.counts,
+            done=lambda sweep: all(job.status.is_terminal for job in sweep.jobs),
+            on_change=on_change,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            what=sweep_id,
+        )
 
     # -- studies
 
@@ -622,18 +620,15 @@ class Client:
         """Block until the study is no longer running (``completed`` or ``cancelled``), polling; ``on_change``
         gets the study when its status or trial counts change. Raises ``WaitTimeout`` after ``timeout`` seconds
         (the study goes on)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        seen: tuple[str, dict[str, int]] | None = None
-        while True:
-            study = self.get_study(study_id)
-            if (study.status, study.counts) != seen:
-                seen = (study.status, study.counts)
-                if on_change is not None:
-                    on_change(study)
-            if study.status != "running":
-                return study
-            _check_deadline(deadline, f"study {study_id}")
-            time.sleep(poll_interval if deadline is None else min(poll_interval, max(deadline - time.monotonic(), 0)))
+        return _poll_until(
+            lambda: self.get_study(study_id),
+            changed=lambda study: (study.status, study.counts),
+            done=lambda study: study.status is not StudyStatus.running,
+            on_change=on_change,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            what=f"study {study_id}",
+        )
 
     def get_study_figure(self, study_id: str, kind: str = "history") -> bytes:
         """A study's figure as SVG: ``history`` (the objective per trial and the best so far), ``importances``
@@ -723,6 +718,35 @@ def _expire(response: httpx.Response, expired: threading.Event) -> None:
         return
     with contextlib.suppress(OSError):  # already closed: the stream ended at the same moment
         sock.shutdown(socket.SHUT_RDWR)
+
+
+def _poll_until(
+    fetch: Callable[[], Polled],
+    *,
+    changed: Callable[[Polled], object],
+    done: Callable[[Polled], bool],
+    on_change: Callable[[Polled], object] | None,
+    timeout: float | None,
+    poll_interval: float,
+    what: str,
+) -> Polled:
+    """Fetches until ``done``, every ``poll_interval`` seconds; ``on_change`` gets each answer whose ``changed``
+    differs from the last one's. Raises WaitTimeout (naming ``what``) after ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen: object = _UNSEEN
+    while True:
+        answer = fetch()
+        if (mark := changed(answer)) != seen:
+            seen = mark
+            if on_change is not None:
+                on_change(answer)
+        if done(answer):
+            return answer
+        _check_deadline(deadline, what)
+        time.sleep(poll_interval if deadline is None else min(poll_interval, max(deadline - time.monotonic(), 0)))
+
+
+_UNSEEN = object()
 
 
 def _check_deadline(deadline: float | None, what: str) -> None:
