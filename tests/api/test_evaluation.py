@@ -4,7 +4,6 @@ figures drawn from it (confusion.svg, calibration.svg, mistakes.svg; service/plo
 from __future__ import annotations
 
 import shutil
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,31 +24,11 @@ from service.store import migrations
 from service.store.db import Database
 from service.store.tables import Model
 from service.worker.worker import Worker
+from tests.support.svg import group, ids, parse, texts
 
-SVG = "{http://www.w3.org/2000/svg}"
 # A weak model (two epochs of a 16-unit layer): mistakes of many kinds on the synthetic test split.
 TINY = {"hidden_layers": [16], "batch_size": 64, "epochs": 2, "seed": 1, "val_fraction": 0.2}
 FIGURES = ("confusion.svg", "calibration.svg", "mistakes.svg")
-
-
-def parse(svg: bytes) -> ET.Element:
-    root = ET.fromstring(svg)
-    assert root.tag == f"{SVG}svg"
-    return root
-
-
-def ids(root: ET.Element, prefix: str) -> list[str]:
-    return [element.get("id", "") for element in root.iter() if element.get("id", "").startswith(prefix)]
-
-
-def texts(element: ET.Element) -> list[str]:
-    return [text.text or "" for text in element.iter(f"{SVG}text")]
-
-
-def group(root: ET.Element, gid: str) -> ET.Element:
-    found = root.find(f".//{SVG}g[@id='{gid}']")
-    assert found is not None, f"no <g id={gid!r}>"
-    return found
 
 
 def evaluation_of(client: TestClient, ref: str) -> dict[str, Any]:

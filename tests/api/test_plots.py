@@ -27,8 +27,8 @@ from service.settings import Settings
 from service.store import migrations
 from service.store.db import Database
 from service.worker.worker import Worker
+from tests.support.svg import SVG, group, ids, parse, texts
 
-SVG = "{http://www.w3.org/2000/svg}"
 TINY = {"hidden_layers": [16], "batch_size": 64, "epochs": 2, "seed": 1}
 
 
@@ -44,26 +44,6 @@ def history(epochs: int, validation: bool = False) -> list[EpochMetrics]:
         )
         for epoch in range(1, epochs + 1)
     ]
-
-
-def parse(svg: bytes) -> ET.Element:
-    root = ET.fromstring(svg)
-    assert root.tag == f"{SVG}svg"
-    return root
-
-
-def group(root: ET.Element, gid: str) -> ET.Element:
-    found = root.find(f".//{SVG}g[@id='{gid}']")
-    assert found is not None, f"no <g id={gid!r}>"
-    return found
-
-
-def ids(root: ET.Element, prefix: str) -> list[str]:
-    return [element.get("id", "") for element in root.iter() if element.get("id", "").startswith(prefix)]
-
-
-def texts(element: ET.Element) -> list[str]:
-    return [text.text or "" for text in element.iter(f"{SVG}text")]
 
 
 # -- the figures ------------------------------------------------------------------------------------

@@ -26,10 +26,10 @@ from service.plots import TrialResult
 from service.settings import Settings
 from service.store.db import Database
 from tests.support.studies import claim_all, epoch_metrics, run_curve
+from tests.support.svg import SVG, group, ids, parse, texts
 
 pytestmark = pytest.mark.db
 
-SVG = "{http://www.w3.org/2000/svg}"
 FIGURES = ("history", "importances", "parallel")
 LR_LOW, LR_HIGH = 0.001, 0.5
 SPACE: dict[str, dict[str, Any]] = {
@@ -56,26 +56,6 @@ def submit(client: TestClient, **body: Any) -> str:
     response = client.post("/v1/studies", json={"base": {"epochs": 3, "batch_size": 64}, **body})
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
-
-
-def parse(svg: bytes) -> ET.Element:
-    root = ET.fromstring(svg)
-    assert root.tag == f"{SVG}svg"
-    return root
-
-
-def texts(root: ET.Element) -> list[str]:
-    return [text.text or "" for text in root.iter(f"{SVG}text")]
-
-
-def group(root: ET.Element, gid: str) -> ET.Element:
-    found = root.find(f".//{SVG}g[@id='{gid}']")
-    assert found is not None, f"no <g id={gid!r}>"
-    return found
-
-
-def ids(root: ET.Element, prefix: str) -> list[str]:
-    return [element.get("id", "") for element in root.iter() if element.get("id", "").startswith(prefix)]
 
 
 def marks(root: ET.Element, gid: str) -> int:
