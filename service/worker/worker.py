@@ -240,7 +240,7 @@ class Worker:
             except Exception as error:
                 broken[member] = error
                 return
-            if isinstance(message, EpochFinished) and pruned[member] is None:
+            if isinstance(message, EpochFinished):
                 pruned[member] = self._pruned_after(claims[member], message.metrics.epoch)
 
         def should_stop(member: int) -> bool:
