@@ -300,8 +300,8 @@ def _sort_value(value: Any, order: JobOrder) -> datetime | float | None:
             moment = datetime.fromisoformat(value) if isinstance(value, str) else None
             if moment is not None and moment.tzinfo is not None:
                 return moment.astimezone(UTC)
-        except (ValueError, OverflowError):  # not a time, or one that UTC cannot hold (year 1 at +01:00)
-            pass
+        except (ValueError, OverflowError) as exc:  # not a time, or one UTC cannot hold (year 1 at +01:00)
+            raise InvalidCursor(_NOT_A_CURSOR) from exc
         raise InvalidCursor(_NOT_A_CURSOR)
     if value is None:
         return None
