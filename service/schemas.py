@@ -784,3 +784,107 @@ class ModelEvaluationPublic(SplitEvaluationPublic):
     validation: SplitEvaluationPublic | None = Field(
         description="The same on the validation split, when the job held one out."
     )
+
+
+# -- the model card (service/serving/card.py): GET /v1/models/{model_ref}/card ------------------------------
+
+
+class KeptEpochPublic(BaseModel):
+    """The epoch whose weights the checkpoint holds, and why that one."""
+
+    epoch: int | None = Field(description="The kept epoch, from 1; null for a model registered before it was recorded.")
+    reason: Literal["validation", "last"] = Field(
+        description="`validation`: the job held out `val_fraction` of the training rows and kept the epoch with the "
+        "best validation accuracy (the earliest of equals); `last`: no validation split, so the last epoch trained."
+    )
+    epochs_trained: int = Field(description="Epochs the job recorded (fewer than planned when it stopped early).")
+    epochs_planned: int = Field(description="The spec's `epochs`.")
+    test_acc: float | None = Field(description="Test accuracy of the kept epoch.")
+    val_acc: float | None = Field(description="Validation accuracy of the kept epoch; null without a validation split.")
+
+
+class LineagePublic(BaseModel):
+    """Where the model comes from: its job, the sweep or study that asked for it, and how the job ran."""
+
+    job_id: str
+    preset: str | None = Field(description="The named spec the job started from, if any.")
+    sweep_id: str | None = Field(description="The sweep whose grid point it is, if any.")
+    study_id: str | None = Field(description="The study whose trial it is, if any.")
+    trial_number: int | None = Field(description="Its trial's number in the study (0, 1, ... in the order suggested).")
+    attempts: int = Field(description="How many times a worker claimed the job: more than 1 after a retry or a crash.")
+    max_attempts: int
+    resumed_from_epoch: int | None = Field(
+        description="The last attempt went on after this epoch, from its saved state (0: it started from scratch); "
+        "null when not recorded."
+    )
+    tags: dict[str, str] = Field(description="The job's labels (PATCH /v1/jobs/{id}).")
+    note: str | None = Field(description="The job's note.")
+    submitted_at: datetime
+    started_at: datetime | None = Field(description="When its last attempt started.")
+    finished_at: datetime | None
+
+
+class CardProvenancePublic(BaseModel):
+    """What the run used, recorded by the worker as its last attempt began (the job's `provenance`)."""
+
+    seed: int = Field(description="The run's seed: initial weights, validation split, shuffling and dropout.")
+    data_sha256: dict[str, str] = Field(description="The sha256 of each Fashion-MNIST file it trained and tested on.")
+    code_version: str | None = Field(description="The service's git commit (`+dirty` with local changes), or version.")
+    torch_version: str | None
+    device: str | None = Field(description="Where it trained, e.g. `cpu` or the GPU's name.")
+    cuda_graphs: bool | None = Field(description="Whether its training steps ran as CUDA graphs.")
+    pack_size: int | None = Field(description="Jobs trained together in its pack (1: alone); null when not recorded.")
+    train_seconds: float | None = Field(description="Seconds of training, over its recorded epochs.")
+    train_samples: int | None = Field(description="Training rows per epoch (the training split less validation).")
+
+
+class InputContractPublic(BaseModel):
+    """What the network reads, and what an uploaded image becomes before it does (models/preprocessing.py)."""
+
+    height: int = Field(description="Pixels.")
+    width: int = Field(description="Pixels.")
+    colour: Literal["grey"]
+    polarity: str = Field(description="What the network was trained to see: a light garment on a dark background.")
+    upload_steps: list[str] = Field(description="What /v1/predict does to an upload, in order.")
+    formats: list[str] = Field(description="The image formats /v1/predict reads.")
+    max_upload_bytes: int = Field(description="This server's limit on one uploaded file (413 past it).")
+    max_image_pixels: int = Field(description="This server's limit on an image's pixels (413 past it).")
+    pixels: str = Field(description="How /v1/predict/pixels takes its arrays.")
+
+
+class UploadAccuracyPublic(BaseModel):
+    """How one kind of file people upload did in the benchmark."""
+
+    upload: str = Field(description="How each test image was made into a file.")
+    accuracy: float
+    change: float | None = Field(description="Accuracy minus that of the 28x28 PNG; null for the tensors themselves.")
+    agreement: float = Field(description="The share of images predicted as their test tensor is.")
+
+
+class KnownLimitsPublic(BaseModel):
+    """Where predictions on real uploads are known to fall short, as measured by bench.upload_accuracy."""
+
+    source: str = Field(description="The benchmark and the README section the numbers come from.")
+    setup: str = Field(description="What was measured: the recipe trained and the images used.")
+    uploads: list[UploadAccuracyPublic]
+    notes: list[str] = Field(description="The limits in words.")
+
+
+class ModelCardPublic(BaseModel):
+    """One model, all that is known about it: what it is, how it was made, how well it does, what it takes as
+    input and where it falls short."""
+
+    model_id: str
+    summary: str = Field(description="The architecture and recipe in one line, e.g. '784-256-10 relu, sgd lr 0.1'.")
+    aliases: list[str]
+    created_at: datetime
+    sha256: str = Field(description="The checkpoint file's sha256.")
+    size_bytes: int = Field(description="The checkpoint file's size.")
+    spec: TrainingSpec
+    parameters: int = Field(description="Weights and biases in the network.")
+    kept_epoch: KeptEpochPublic
+    evaluation: ModelEvaluationPublic = Field(description="As GET /v1/models/{model_ref}/evaluation.")
+    lineage: LineagePublic
+    provenance: CardProvenancePublic
+    input_contract: InputContractPublic
+    known_limits: KnownLimitsPublic

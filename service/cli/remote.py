@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from models.presets import PresetName
 from models.spec import TrainingSpec
@@ -50,6 +51,7 @@ from service.schemas import (
     JobMetricsPublic,
     JobPublic,
     JobsPublic,
+    ModelCardPublic,
     ModelsPublic,
     PredictionFailedPublic,
     PredictionPublic,
@@ -831,6 +833,143 @@ def evaluate(
     return Shown(evaluation, functools.partial(_print_evaluation, evaluation.model_id, shown))
 
 
+def _details(title: str, rows: Sequence[tuple[str, object]]) -> Table:
+    """A titled table of names and values; values are text as the server sent it, never rich markup."""
+    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2, 0, 1))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for name, value in rows:
+        table.add_row(name, Text("-" if value is None or value == "" else str(value)))
+    return table
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, rest = divmod(seconds, 60)
+    return f"{seconds:.1f} s" if minutes < 1 else f"{int(minutes)} min {rest:.0f} s"
+
+
+def _kept_epoch_line(card: ModelCardPublic) -> str:
+    kept = card.kept_epoch
+    trained = f"{kept.epochs_trained} of {kept.epochs_planned} planned epochs trained"
+    epoch = "epoch ?" if kept.epoch is None else f"epoch {kept.epoch}"
+    if kept.reason == "validation":
+        return f"{epoch}: the best validation accuracy ({trained})"
+    return f"{epoch}: the last trained, no validation split to choose by ({trained})"
+
+
+def _print_card(card: ModelCardPublic) -> None:
+    aliases = f" ({', '.join(card.aliases)})" if card.aliases else ""
+    stdout.print(Text(f"model {card.model_id}{aliases}: {card.summary}", style="bold"))
+    kept = card.kept_epoch
+    stdout.print()
+    stdout.print(
+        _details(
+            "model",
+            [
+                ("parameters", f"{card.parameters:,}"),
+                ("checkpoint", f"{card.size_bytes:,} bytes, sha256 {card.sha256}"),
+                ("created", _when(card.created_at)),
+                ("kept", _kept_epoch_line(card)),
+                ("test acc", _fmt(kept.test_acc)),
+                ("val acc", _fmt(kept.val_acc)),
+            ],
+        )
+    )
+    spec = card.spec.model_dump(mode="json")  # every field the spec has, in its order
+    stdout.print()
+    stdout.print(_details("spec", [(name, json.dumps(value)) for name, value in spec.items()]))
+    lineage = card.lineage
+    trial = f" (trial {lineage.trial_number})" if lineage.trial_number is not None else ""
+    resumed = lineage.resumed_from_epoch
+    stdout.print()
+    stdout.print(
+        _details(
+            "lineage",
+            [
+                ("job", lineage.job_id),
+                ("preset", lineage.preset),
+                ("sweep", lineage.sweep_id),
+                ("study", f"{lineage.study_id}{trial}" if lineage.study_id else None),
+                ("attempts", f"{lineage.attempts} of {lineage.max_attempts}"),
+                (
+                    "last attempt",
+                    None if resumed is None else "from scratch" if resumed == 0 else f"resumed after epoch {resumed}",
+                ),
+                ("tags", ", ".join(f"{key}={value}" for key, value in lineage.tags.items())),
+                ("note", lineage.note),
+                ("submitted", _when(lineage.submitted_at)),
+                ("started", _when(lineage.started_at)),
+                ("finished", _when(lineage.finished_at)),
+            ],
+        )
+    )
+    provenance = card.provenance
+    cuda_graphs = None if provenance.cuda_graphs is None else "yes" if provenance.cuda_graphs else "no"
+    stdout.print()
+    stdout.print(
+        _details(
+            "provenance",
+            [
+                ("seed", provenance.seed),
+                ("code", provenance.code_version),
+                ("torch", provenance.torch_version),
+                ("device", provenance.device),
+                ("cuda graphs", cuda_graphs),
+                ("pack size", provenance.pack_size),
+                ("training time", _duration(provenance.train_seconds)),
+                ("train samples", None if provenance.train_samples is None else f"{provenance.train_samples:,}"),
+                *((f"data {name}", sha) for name, sha in provenance.data_sha256.items()),
+            ],
+        )
+    )
+    stdout.print()
+    _print_evaluation(card.model_id, card.evaluation)
+    if card.evaluation.validation is not None:
+        validation = card.evaluation.validation
+        stdout.print(
+            f"validation split ({validation.samples:,} images): accuracy {validation.accuracy:.4f}, "
+            f"expected calibration error {validation.ece:.4f}"
+        )
+    contract = card.input_contract
+    stdout.print()
+    stdout.print(
+        _details(
+            "input",
+            [
+                ("image", f"{contract.height}x{contract.width} {contract.colour}, {contract.polarity}"),
+                *((f"upload step {number}", step) for number, step in enumerate(contract.upload_steps, start=1)),
+                ("formats", ", ".join(contract.formats)),
+                ("limits", f"{contract.max_upload_bytes:,} bytes, {contract.max_image_pixels:,} pixels per image"),
+                ("pixels", contract.pixels),
+            ],
+        )
+    )
+    limits = card.known_limits
+    table = titled_table(
+        f"known limits: accuracy on uploads, from {limits.source}",
+        ("upload", "accuracy", "vs the 28x28 PNG", "agrees with the tensor"),
+        no_wrap=("upload",),
+    )
+    for row in limits.uploads:
+        change = "-" if row.change is None else f"{row.change:+.4f}"
+        table.add_row(Text(row.upload), f"{row.accuracy:.4f}", change, f"{row.agreement:.4f}")
+    table.caption = limits.setup
+    table.caption_justify = "left"
+    stdout.print()
+    stdout.print(table)
+    for note in limits.notes:
+        stdout.print(Text(f"- {note}"))
+
+
+@remote_command(_print_card)
+def card(client: Client, model: Annotated[str, typer.Argument(help="A model id or alias.")]) -> ModelCardPublic:
+    """A model's card: spec, kept epoch and why, evaluation, lineage, provenance, input contract and known
+    limits on real uploads."""
+    return client.get_model_card(model)
+
+
 @alias_app.command("set", epilog=EXIT_CODES)
 @remote_command(lambda alias: stdout.print(f"{alias.name} -> {alias.model_id}"))
 def alias_set(
@@ -1251,6 +1390,7 @@ def register(app: typer.Typer) -> None:
     for command in (submit, jobs, status, wait, cancel, tag, metrics, predict, models):
         app.command(command.__name__, epilog=EXIT_CODES)(command)
     app.command("eval", epilog=EXIT_CODES)(evaluate)
+    app.command("card", epilog=EXIT_CODES)(card)
     app.add_typer(alias_app, name="alias")
     app.add_typer(sweep_app, name="sweep")
     app.add_typer(study_app, name="study")

@@ -49,6 +49,7 @@ from service.schemas import (
     JobMetricsPublic,
     JobPublic,
     JobsPublic,
+    ModelCardPublic,
     ModelEvaluationPublic,
     ModelPublic,
     ModelsPublic,
@@ -491,6 +492,13 @@ class Client:
         matrix, per-class scores, confused pairs, calibration. Computed on the server the first time for a
         model trained before evaluations existed; ``ServiceUnavailable`` when the server has no data set then."""
         return self._get(f"/v1/models/{_segment(model_ref)}/evaluation", ModelEvaluationPublic)
+
+    def get_model_card(self, model_ref: str) -> ModelCardPublic:
+        """A model's card (by id or alias): its spec and size, the epoch it keeps and why, its evaluation, lineage
+        (job, sweep or study trial, attempts), provenance (data digests, seed, code and torch versions, device,
+        training time), the input it expects and its measured limits on real uploads. Evaluates the model on the
+        server the first time, as ``get_model_evaluation`` does."""
+        return self._get(f"/v1/models/{_segment(model_ref)}/card", ModelCardPublic)
 
     def delete_model(self, model_id: str) -> None:
         """Delete a model and its checkpoint (refused, 409, while an alias points at it)."""

@@ -149,6 +149,7 @@ RESPONSE_CHECKS = [
         ("GET", "/v1/jobs/{job_id}/curves.png", {"job_id": "<job>"}, 200),
         ("GET", "/v1/models/{model_ref}/samples.svg", {"model_ref": "production"}, 200),
         ("GET", "/v1/models/{model_ref}/evaluation", {"model_ref": "production"}, 200),
+        ("GET", "/v1/models/{model_ref}/card", {"model_ref": "<model>"}, 200),
         ("GET", "/v1/models/{model_ref}/confusion.svg", {"model_ref": "<model>"}, 200),
         ("GET", "/v1/models/{model_ref}/calibration.svg", {"model_ref": "production"}, 200),
         ("GET", "/v1/models/{model_ref}/mistakes.svg", {"model_ref": "<model>"}, 200),

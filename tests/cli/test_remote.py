@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from typer.testing import Result
 
-from service.schemas import ModelEvaluationPublic
+from service.schemas import ModelCardPublic, ModelEvaluationPublic
 from tests.support.live import TINY, Live, live_stack
 from tests.support.servers import free_port
 from tests.test_e2e import FMNIST
@@ -352,3 +352,34 @@ def test_eval_of_a_split_the_job_did_not_hold_out_or_of_no_model_says_so(fmnist:
     ]
     missing = fmnist("eval", "no-such-model")
     assert missing.exit_code == 3 and "no-such-model" in missing.stderr
+
+
+def test_card_prints_what_the_model_is_how_it_was_made_and_its_limits(fmnist: Any, trained: dict[str, Any]) -> None:
+    result = fmnist("card", "production")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    model_id, job_id = trained["model_id"], trained["id"]
+    assert out.splitlines()[0] == f"model {model_id} (production): 784-16-10 relu, sgd lr 0.1, 3 epochs"
+    assert "epoch 3: the last trained, no validation split to choose by (3 of 3 planned epochs trained)" in out
+    assert f"{16 * 784 + 16 + 16 * 10 + 10:,}" in out
+    lines = {line.split(maxsplit=1)[0]: line for line in out.splitlines() if line.strip()}
+    assert job_id in lines["job"] and "1 of 3" in lines["attempts"] and "from scratch" in out
+    for name in trained["spec"]:  # every spec field, whichever the spec has
+        assert any(line.split()[:1] == [name] for line in out.splitlines()), name
+    assert "data train-images-idx3-ubyte" in out and trained["provenance"]["code_version"] in out
+    assert f"model {model_id}, test split" in out and "per class" in out, "the evaluation, as fmnist eval shows it"
+    assert "28x28 grey, a light garment on a dark background" in out
+    assert "known limits: accuracy on uploads, from bench.upload_accuracy" in out
+    assert "RGBA cut-out, transparent background" in out and "0.8330" in out
+
+    as_json = fmnist("card", model_id, "--json")
+    assert as_json.exit_code == 0, as_json.output
+    card = ModelCardPublic.model_validate_json(as_json.stdout)
+    assert card.model_id == model_id and card.lineage.job_id == job_id and card.aliases == ["production"]
+    assert card.kept_epoch.reason == "last" and card.kept_epoch.epoch == 3
+    assert card.provenance.seed == 1 and card.evaluation.accuracy == card.kept_epoch.test_acc
+
+    missing = fmnist("card", "no-such-model")
+    assert missing.exit_code == 3 and error_lines(missing) == [
+        "error: 404 Not Found: no model or alias named 'no-such-model'"
+    ]

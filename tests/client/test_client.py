@@ -264,6 +264,28 @@ def test_get_model_evaluation_by_alias_or_id(client: Client, trained: JobPublic)
         client.get_model_evaluation("no-such-alias")
 
 
+def test_get_model_card_by_alias_or_id(client: Client, trained: JobPublic) -> None:
+    assert trained.model_id is not None
+    card = client.get_model_card("production")
+    assert card == client.get_model_card(trained.model_id)
+    model = client.get_model(trained.model_id)
+    assert (card.model_id, card.summary, card.spec, card.parameters) == (
+        model.id,
+        model.summary,
+        model.spec,
+        model.parameters,
+    )
+    assert card.kept_epoch.reason == "last" and card.kept_epoch.epoch == trained.progress.epochs
+    assert card.evaluation == client.get_model_evaluation(trained.model_id)
+    assert card.lineage.job_id == trained.id and card.lineage.attempts == trained.attempt
+    assert card.provenance.seed == trained.seed and card.provenance.device == "cpu"
+    assert trained.provenance is not None and card.provenance.data_sha256 == trained.provenance["data_sha256"]
+    assert card.input_contract.height == card.input_contract.width == 28
+    assert card.known_limits.uploads[0].upload == "the test tensors themselves"
+    with pytest.raises(ModelNotFound):
+        client.get_model_card("no-such-alias")
+
+
 def test_an_id_with_a_slash_stays_one_path_segment(client: Client) -> None:
     with pytest.raises(NotFound):  # not GET /v1/models, which would answer 200
         client.get_job("../models")

@@ -16,16 +16,23 @@ from service.schemas import (
     AliasPublic,
     AliasSet,
     ErrorPublic,
+    ModelCardPublic,
     ModelEvaluationPublic,
     ModelPublic,
     ModelsPublic,
 )
+from service.serving import card as cards
 from service.serving import evaluation as evaluations
+from service.serving.card import summarise
 from service.store.tables import Model
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 MODEL_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic, "description": "No such model."}}
+EVALUATION_UNAVAILABLE: dict[str, Any] = {
+    "model": ErrorPublic,
+    "description": "A model trained before evaluations were stored, and no Fashion-MNIST data on the server.",
+}
 ALIAS_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic, "description": "No such alias."}}
 # The pattern documents the rule (so clients and fuzzers can follow it); the validator adds what a pattern
 # without look-ahead cannot say: a model id is not an alias name. Either way a 422 in FastAPI's list form.
@@ -39,11 +46,6 @@ AliasName = Annotated[
     AfterValidator(registry.check_alias_name),
 ]
 ModelRef = Annotated[str, Path(max_length=64, description="A model id, or an alias naming one.")]
-
-
-def summarise(spec: TrainingSpec) -> str:
-    layers = "-".join(str(width) for width in spec.layer_sizes)
-    return f"{layers} {spec.activation.value}, {spec.optimizer.value} lr {spec.lr:g}, {spec.epochs} epochs"
 
 
 def public(model: Model, aliases: list[str]) -> ModelPublic:
@@ -130,13 +132,7 @@ def download_onnx(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep) -
 @router.get(
     "/models/{model_ref}/evaluation",
     response_model=ModelEvaluationPublic,
-    responses={
-        **MODEL_NOT_FOUND,
-        503: {
-            "model": ErrorPublic,
-            "description": "A model trained before evaluations were stored, and no Fashion-MNIST data on the server.",
-        },
-    },
+    responses={**MODEL_NOT_FOUND, 503: EVALUATION_UNAVAILABLE},
 )
 def get_model_evaluation(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep) -> ModelEvaluationPublic:
     """The model's evaluation on the test split (and validation split): confusion matrix, per-class precision,
@@ -145,6 +141,19 @@ def get_model_evaluation(model_ref: ModelRef, db: DatabaseDep, settings: Setting
     # evaluated here, once (about a second), then kept on its row.
     model, evaluation = evaluations.model_evaluation(db, settings, model_ref)
     return ModelEvaluationPublic.model_validate({**evaluation, "model_id": model.id})
+
+
+@router.get(
+    "/models/{model_ref}/card",
+    response_model=ModelCardPublic,
+    responses={**MODEL_NOT_FOUND, 503: EVALUATION_UNAVAILABLE},
+)
+def get_model_card(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep) -> ModelCardPublic:
+    """The model's card: its spec and size, the epoch it keeps and why, its evaluation, lineage (job, sweep or
+    study trial, attempts), provenance (data digests, seed, code and torch versions, device, training time),
+    the input it expects and its known limits on real uploads."""
+    # A plain def, like the evaluation's: a model without a stored evaluation is evaluated here, in the thread pool.
+    return ModelCardPublic.model_validate(cards.model_card(db, settings, model_ref))
 
 
 @router.get("/aliases", response_model=AliasesPublic)

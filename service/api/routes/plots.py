@@ -27,11 +27,12 @@ from models.data import CLASS_NAMES, DatasetUnavailable, load_fashion_mnist, loc
 from models.spec import TrainingSpec
 from service import plots, registry
 from service.api.deps import DatabaseDep, PredictorDep, SettingsDep
-from service.api.routes.models import ModelRef, summarise
+from service.api.routes.models import ModelRef
 from service.errors import JobNotFound, ServiceUnavailable
 from service.jobs import queries as jobs
 from service.schemas import ErrorPublic
 from service.serving import evaluation as evaluations
+from service.serving.card import summarise
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
