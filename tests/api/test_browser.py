@@ -75,7 +75,19 @@ def local_references(html: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "path", ["/docs", "/redoc", "/", "/submit", "/jobs/abc", "/sweeps/abc", "/studies/abc", "/models", "/predict"]
+    "path",
+    [
+        "/docs",
+        "/redoc",
+        "/",
+        "/submit",
+        "/jobs/abc",
+        "/sweeps/abc",
+        "/studies/abc",
+        "/models",
+        "/models/abc",
+        "/predict",
+    ],
 )
 def test_pages_reference_only_this_server(client: TestClient, path: str) -> None:
     response = client.get(path)
@@ -102,12 +114,14 @@ def test_docs_serve_swagger_ui_and_the_schema_locally(client: TestClient) -> Non
 
 def test_pages_are_not_in_the_api_schema(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    assert not {"/", "/submit", "/models", "/predict", "/docs"} & set(paths)
+    assert not {"/", "/submit", "/models", "/models/{model_ref}", "/predict", "/docs"} & set(paths)
 
 
 def test_pages_escape_what_the_url_carries(client: TestClient) -> None:
     html = client.get("/jobs/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E").text
     assert "<img src=x" not in html and 'data-job-id="&lt;img src=x onerror=alert(1)&gt;"' in html
+    html = client.get("/models/%22%3E%3Cimg%20src%3Dx%3E").text
+    assert "<img src=x" not in html and 'data-model-ref="&#34;&gt;&lt;img src=x&gt;"' in html
 
 
 def test_pages_forbid_loading_from_elsewhere(client: TestClient) -> None:
@@ -513,6 +527,262 @@ def test_models_page_sets_and_removes_an_alias(session: Session, live: Live, tra
     row.get_by_role("button", name="Remove the alias staging").click()
     expect(row.locator(".chip")).to_have_count(0)
     assert live.api.get("/v1/aliases/staging").status_code == 404
+
+
+def job_ids(api: httpx.Client, **query: Any) -> list[str]:
+    return [job["id"] for job in api.get("/v1/jobs", params={"limit": 25, **query}).json()["data"]]
+
+
+def shown_job_ids(page: Page) -> list[str]:
+    return page.locator("#jobs tbody tr").evaluate_all("rows => rows.map(r => r.dataset.jobId)")  # type: ignore[no-any-return]
+
+
+def wait_for_listing(page: Page, api: httpx.Client, timeout: float = 30, **query: Any) -> list[str]:
+    """The job ids the page shows once they are the API's for ``query`` (the page polls, jobs may still move)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        expected, shown = job_ids(api, **query), shown_job_ids(page)
+        if shown == expected:
+            return shown
+        assert time.monotonic() < deadline, (query, shown, expected)
+        time.sleep(0.2)
+
+
+def wait_for_finished(api: httpx.Client, job_ids: list[str], timeout: float) -> None:
+    for job_id in job_ids:
+        assert wait_for_job(api, job_id, timeout=timeout)["status"] == "succeeded"
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_the_job_list_shows_accuracy_and_sorts_by_a_column(
+    session: Session, live: Live, trained_model: dict[str, Any]
+) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    sweep = live.api.get(f"/v1/sweeps/{live.sweep_id}").json()
+    wait_for_finished(live.api, [job["id"] for job in sweep["jobs"]], timeout=120)
+    session.goto("/")
+    row = page.locator(f"#jobs tr[data-job-id='{trained_model['id']}']")
+    job = live.api.get(f"/v1/jobs/{trained_model['id']}").json()
+    expect(row.locator("[data-field=test_acc]")).to_have_text(f"{100 * job['test_acc']:.2f}%")
+    expect(row.locator("[data-field=val_acc]")).to_have_text("\N{EN DASH}")  # no validation split
+    expect(row.locator("[data-field=train_seconds]")).to_have_text(f"{job['train_seconds']:.1f} s")
+    expect(page.locator("#jobs th[data-sort=created_at]")).to_have_attribute("aria-sort", "descending")
+    expect(page.locator("#jobs-loading")).to_be_hidden()
+
+    for column in ("test_acc", "val_acc", "train_seconds"):
+        header = page.locator(f"#jobs th[data-sort={column}]")
+        with page.expect_request(re.compile(rf".*/v1/jobs\?.*sort=-{column}.*")):
+            header.locator("button").click()
+        expect(header).to_have_attribute("aria-sort", "descending")
+        expect(page.locator("#jobs th[aria-sort]")).to_have_count(1)
+        wait_for_listing(page, live.api, sort=f"-{column}")
+        assert page.url.endswith(f"/?sort=-{column}"), "the sort stays in the page's URL"
+    # Clicked again: the other way round, jobs without a value still last.
+    header = page.locator("#jobs th[data-sort=train_seconds]")
+    header.locator("button").click()
+    expect(header).to_have_attribute("aria-sort", "ascending")
+    ascending = wait_for_listing(page, live.api, sort="train_seconds")
+    seconds = [live.api.get(f"/v1/jobs/{job_id}").json()["train_seconds"] for job_id in ascending]
+    valued = [value for value in seconds if value is not None]
+    assert valued == sorted(valued) and seconds == valued + [None] * (len(seconds) - len(valued))
+    session.screenshot("sorted")
+
+    # By test accuracy, best first, on the page the accuracies shown say so.
+    page.locator("#jobs th[data-sort=test_acc] button").click()
+    shown = wait_for_listing(page, live.api, sort="-test_acc")
+    texts = page.locator("#jobs tbody [data-field=test_acc]").all_inner_texts()
+    accuracies = [float(text.rstrip("%")) for text in texts if text != "\N{EN DASH}"]
+    assert len(accuracies) >= 3 and accuracies == sorted(accuracies, reverse=True), texts
+    assert texts[: len(accuracies)] == [f"{value:.2f}%" for value in accuracies], "the jobs without one come last"
+    assert len(shown) == len(texts)
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_the_job_list_pages_through_cursors_in_the_chosen_order(
+    session: Session, live: Live, trained_model: dict[str, Any]
+) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    sweep = live.api.get(f"/v1/sweeps/{live.sweep_id}").json()
+    wait_for_finished(live.api, [job["id"] for job in sweep["jobs"]], timeout=120)
+    session.goto("/?sort=-test_acc&limit=2")
+    expect(page.locator("#jobs th[data-sort=test_acc]")).to_have_attribute("aria-sort", "descending")
+    first = live.api.get("/v1/jobs", params={"sort": "-test_acc", "limit": 2}).json()
+    assert first["next_cursor"] and first["count"] >= 3
+    wait_for_listing(page, live.api, sort="-test_acc", limit=2)
+    expect(page.locator("#newer")).to_be_disabled()
+    expect(page.locator("#jobs-count")).to_have_text(f"1\N{EN DASH}2 of {first['count']}")
+
+    with page.expect_request(re.compile(r".*/v1/jobs\?.*cursor=.*")) as request:
+        page.click("#older")
+    assert "sort=-test_acc" in request.value.url and "offset" not in request.value.url
+    expect(page.locator("#jobs-count")).to_have_text(re.compile("^3\N{EN DASH}[34] of \\d+$"))
+    expect(page.locator("#newer")).to_be_enabled()
+    second = live.api.get("/v1/jobs", params={"sort": "-test_acc", "limit": 2, "cursor": first["next_cursor"]}).json()
+    deadline = time.monotonic() + 30
+    while shown_job_ids(page) != [job["id"] for job in second["data"]]:
+        assert time.monotonic() < deadline, (shown_job_ids(page), second)
+        time.sleep(0.2)
+        second = live.api.get(
+            "/v1/jobs", params={"sort": "-test_acc", "limit": 2, "cursor": first["next_cursor"]}
+        ).json()
+    assert not set(shown_job_ids(page)) & {job["id"] for job in first["data"]}, "the next page, not the same one"
+    session.screenshot("second-page")
+
+    page.click("#newer")
+    expect(page.locator("#jobs-count")).to_have_text(f"1\N{EN DASH}2 of {first['count']}")
+    wait_for_listing(page, live.api, sort="-test_acc", limit=2)
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_the_job_list_says_it_is_loading_and_when_there_are_no_jobs(session: Session, live: Live) -> None:
+    from playwright.sync_api import Route, expect
+
+    page = session.page
+    listing = re.compile(r".*/v1/jobs\?.*")
+    held: list[Route] = []
+    page.route(listing, lambda route: held.append(route))  # the first answer waits until the test lets it through
+    session.goto("/")
+    expect(page.locator("#jobs-loading")).to_be_visible()
+    expect(page.locator("#jobs")).to_have_attribute("aria-busy", "true")
+    expect(page.locator("#jobs-empty")).to_be_hidden()
+    session.screenshot("loading")
+    deadline = time.monotonic() + 30
+    while not held:  # the handler runs while Playwright waits
+        assert time.monotonic() < deadline, "the page asked for no jobs"
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(300)
+    expect(page.locator("#jobs-loading")).to_be_visible()
+    assert len(held) == 1, "no poll while the first answer is awaited"
+    held[0].continue_()
+    page.unroute(listing)
+    expect(page.locator("#jobs tbody tr").first).to_be_visible()
+    expect(page.locator("#jobs-loading")).to_be_hidden()
+    expect(page.locator("#jobs")).to_have_attribute("aria-busy", "false")
+
+    # A server with no jobs: the next poll's answer is empty.
+    empty = {"data": [], "count": 0, "limit": 25, "offset": 0, "next_cursor": None}
+    page.route(listing, lambda route: route.fulfill(json=empty))
+    expect(page.locator("#jobs-empty")).to_be_visible()
+    expect(page.locator("#jobs-empty")).to_contain_text("No jobs yet")
+    expect(page.locator("#jobs")).to_be_hidden()
+    # Filtered to a status no job has: the table stays, with a line that says so.
+    page.select_option("#status-filter", "failed")
+    expect(page.locator("#jobs-none-match")).to_have_text("No failed jobs.")
+    expect(page.locator("#jobs-empty")).to_be_hidden()
+    expect(page.locator("#jobs")).to_be_visible()
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_the_model_page_shows_the_card_and_the_figures(
+    session: Session, live: Live, trained_model: dict[str, Any]
+) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    model_id = trained_model["model_id"]
+    card = live.api.get(f"/v1/models/{model_id}/card").json()
+    session.goto("/models")
+    page.locator(f"#models tr[data-model-id='{model_id}'] a.model-link").click()
+    page.wait_for_url(f"**/models/{model_id}")
+    expect(page.locator("#card")).to_be_visible()
+    expect(page.locator("#card-loading")).to_be_hidden()
+    expect(page.locator("#model-id")).to_have_text(model_id)
+    expect(page.locator("#model-summary")).to_have_text(card["summary"])
+
+    kept = card["kept_epoch"]
+    expect(page.locator("#card-model [data-field='kept epoch']")).to_have_text(
+        f"epoch {kept['epoch']}: the last trained, no validation split to choose by (3 of 3 planned epochs trained)"
+    )
+    expect(page.locator("#card-model [data-field='test acc']")).to_have_text(f"{100 * kept['test_acc']:.2f}%")
+    expect(page.locator("#card-model [data-field=parameters]")).to_have_text(f"{card['parameters']:,}")
+    job_link = page.locator("#card-lineage [data-field=job] a")
+    expect(job_link).to_have_attribute("href", f"/jobs/{trained_model['id']}")
+    expect(page.locator("#card-lineage [data-field=attempts]")).to_have_text("1 of 3")
+    provenance = card["provenance"]
+    expect(page.locator("#card-provenance [data-field=seed]")).to_have_text(str(provenance["seed"]))
+    expect(page.locator("#card-provenance [data-field=device]")).to_have_text("cpu")
+    for name, sha in provenance["data_sha256"].items():
+        expect(page.locator(f"#card-provenance [data-field='{name}']")).to_have_text(sha)
+    # Every spec field, as the spec has them.
+    shown_spec = page.locator("#card-spec dd").evaluate_all("dds => dds.map(d => [d.dataset.field, d.textContent])")
+    assert [(name, json.loads(text)) for name, text in shown_spec] == list(card["spec"].items())
+    contract = card["input_contract"]
+    expect(page.locator("#card-input [data-field=image]")).to_have_text(
+        "28\N{MULTIPLICATION SIGN}28 grey, a light garment on a dark background"
+    )
+    expect(page.locator("#card-input-steps li")).to_have_count(len(contract["upload_steps"]))
+    limits = card["known_limits"]
+    rows = page.locator("#card-limits tbody tr")
+    expect(rows).to_have_count(len(limits["uploads"]))
+    for row, upload in zip(rows.all(), limits["uploads"], strict=True):
+        cells = row.locator("td").all_inner_texts()
+        change = "\N{EN DASH}" if upload["change"] is None else f"{upload['change']:+.4f}"
+        assert cells == [upload["upload"], f"{upload['accuracy']:.4f}", change, f"{upload['agreement']:.4f}"]
+    expect(page.locator("#card-limits-setup")).to_contain_text("bench.upload_accuracy")
+    expect(page.locator("#card-limits-notes li")).to_have_count(len(limits["notes"]))
+
+    per_class = page.locator("#per-class tbody tr")
+    expect(per_class).to_have_count(10)
+    for row, scores in zip(per_class.all(), card["evaluation"]["per_class"], strict=True):
+        assert row.locator("td").all_inner_texts() == [
+            scores["class_name"],
+            f"{scores['precision']:.4f}",
+            f"{scores['recall']:.4f}",
+            f"{scores['f1']:.4f}",
+            str(scores["support"]),
+        ]
+    for name in ("confusion", "calibration", "mistakes"):
+        img = page.locator(f"#{name}")
+        expect(img).to_have_attribute("data-loaded", f"/v1/models/{model_id}/{name}.svg")
+        assert img.evaluate("img => img.naturalWidth") > 100, name
+    session.screenshot("model-card")
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_the_model_page_by_alias_for_a_study_trial_and_for_no_model(session: Session, live: Live) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    study = wait_for_study(live.api, live.study_id, timeout=120)
+    best = study["best"]
+    assert live.api.put("/v1/aliases/card-test", json={"model_id": best["model_id"]}).status_code in (200, 201)
+    try:
+        session.goto("/models/card-test")
+        expect(page.locator("#model-id")).to_have_text(best["model_id"])
+        expect(page.locator("#model-aliases [data-alias='card-test']")).to_be_visible()
+        # A study's trials hold validation rows out: the kept epoch is the best on them.
+        expect(page.locator("#card-model [data-field='kept epoch']")).to_contain_text("the best validation accuracy")
+        expect(page.locator("#card-model [data-field='val acc']")).to_have_text(f"{100 * best['val_acc']:.2f}%")
+        study_cell = page.locator("#card-lineage [data-field=study]")
+        expect(study_cell).to_have_text(f"{live.study_id} trial {best['number']}")
+        expect(study_cell.locator("a")).to_have_attribute("href", f"/studies/{live.study_id}")
+        expect(page.locator("#card-evaluation")).to_contain_text("Validation split")
+        expect(page.locator("#mistakes")).to_have_attribute(
+            "data-loaded", f"/v1/models/{best['model_id']}/mistakes.svg"
+        )
+        expect(page.locator("#predict-link")).to_have_attribute("href", f"/predict?model={best['model_id']}")
+    finally:
+        live.api.delete("/v1/aliases/card-test")
+
+    session.watch.expect("GET", "/v1/models/no-such-model/card", 404)
+    session.goto("/models/no-such-model")
+    expect(page.locator("#flash")).to_have_text("No model or alias no-such-model.")
+    expect(page.locator("#card")).to_be_hidden()
+    expect(page.locator("#card-loading")).to_be_hidden()
 
 
 @pytest.mark.browser

@@ -92,6 +92,11 @@ def models_page(request: Request) -> HTMLResponse:
     return _page(request, "models.html", "Models")
 
 
+@router.get("/models/{model_ref}", response_class=HTMLResponse)
+def model_page(request: Request, model_ref: Id) -> HTMLResponse:
+    return _page(request, "model.html", f"Model {model_ref}", model_ref=model_ref)
+
+
 @router.get("/predict", response_class=HTMLResponse)
 def predict_page(request: Request) -> HTMLResponse:
     return _page(request, "predict.html", "Predict")

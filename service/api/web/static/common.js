@@ -145,6 +145,13 @@ const fmnist = (() => {
   const percent = (value) => (value === null || value === undefined ? "–" : `${(100 * value).toFixed(2)}%`);
   const fixed = (value, digits = 4) => (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
   const when = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
+  // Seconds as "8.4 s" or "2 min 5 s".
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    if (seconds < 60) return `${seconds.toFixed(1)} s`;
+    const whole = Math.round(seconds);
+    return `${Math.floor(whole / 60)} min ${whole % 60} s`;
+  }
   const bytes = (n) => (n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1024 / 1024).toFixed(1)} MiB`);
 
   // Ids are 32 hex digits; the first 12 tell jobs and models apart in a table (the title holds the rest).
@@ -204,7 +211,7 @@ const fmnist = (() => {
   document.addEventListener("DOMContentLoaded", setUpKeyBox);
 
   return {
-    FINAL, ApiError, href, api, loadImage, download, streamEvents, el, percent, fixed, when, bytes,
+    FINAL, ApiError, href, api, loadImage, download, streamEvents, el, percent, fixed, when, duration, bytes,
     shortId, statusBadge, summary, flash, report, showKeyBox,
   };
 })();

@@ -30,7 +30,7 @@
   function modelRow(model) {
     const id = encodeURIComponent(model.id);
     return el("tr", { dataset: { modelId: model.id } },
-      el("td", {}, shortId(model.id), el("div", { class: "hint" }, "job ", el("a", { href: fmnist.href(`/jobs/${encodeURIComponent(model.job_id)}`) }, shortId(model.job_id)))),
+      el("td", {}, el("a", { class: "model-link", href: fmnist.href(`/models/${id}`) }, shortId(model.id)), el("div", { class: "hint" }, "job ", el("a", { href: fmnist.href(`/jobs/${encodeURIComponent(model.job_id)}`) }, shortId(model.job_id)))),
       el("td", {}, summary(model.spec)),
       el("td", {}, model.aliases.map(aliasChip)),
       el("td", {}, percent(model.test_acc)),
@@ -39,6 +39,7 @@
       el("td", {}, when(model.created_at)),
       el("td", { class: "actions" },
         el("a", { class: "button", href: fmnist.href(`/predict?model=${id}`) }, "Predict"),
+        el("a", { class: "button", href: fmnist.href(`/models/${id}`) }, "Card"),
         el("button", { type: "button", class: "secondary", onclick: act(() => showSamples(model.id)) }, "Samples"),
         el("button", { type: "button", class: "secondary", onclick: act(() => download(`/v1/models/${id}/download`, `fmnist-${model.id}.safetensors`)) }, "Checkpoint"),
         el("button", { type: "button", class: "secondary", onclick: act(() => download(`/v1/models/${id}/onnx`, `fmnist-${model.id}.onnx`)) }, "ONNX"),
