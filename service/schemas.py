@@ -817,8 +817,10 @@ class LineagePublic(BaseModel):
         description="The last attempt went on after this epoch, from its saved state (0: it started from scratch); "
         "null when not recorded."
     )
-    tags: dict[str, str] = Field(description="The job's labels (PATCH /v1/jobs/{id}).")
-    note: str | None = Field(description="The job's note.")
+    tags: dict[str, str] | None = Field(
+        description="The job's labels (PATCH /v1/jobs/{id}); null for a caller without the `train` scope."
+    )
+    note: str | None = Field(description="The job's note; null for a caller without the `train` scope.")
     submitted_at: datetime
     started_at: datetime | None = Field(description="When its last attempt started.")
     finished_at: datetime | None

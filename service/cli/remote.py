@@ -897,7 +897,7 @@ def _print_card(card: ModelCardPublic) -> None:
                     "last attempt",
                     None if resumed is None else "from scratch" if resumed == 0 else f"resumed after epoch {resumed}",
                 ),
-                ("tags", ", ".join(f"{key}={value}" for key, value in lineage.tags.items())),
+                ("tags", ", ".join(f"{key}={value}" for key, value in (lineage.tags or {}).items())),
                 ("note", lineage.note),
                 ("submitted", _when(lineage.submitted_at)),
                 ("started", _when(lineage.started_at)),

@@ -90,10 +90,11 @@ INPUT_STEPS = (
 )
 
 
-def model_card(db: Database, settings: Settings, model_ref: str) -> dict[str, Any]:
+def model_card(db: Database, settings: Settings, model_ref: str, *, tracking: bool = True) -> dict[str, Any]:
     """The card of the model ``model_ref`` names (an id or an alias), as plain data (schemas.ModelCardPublic).
-    Raises ModelNotFound; for a model without a stored evaluation, what its evaluation raises (ServiceUnavailable
-    without the data set here)."""
+    ``tracking``: whether to include the job's tags and note, which are the `train` scope's to read (a key that
+    may only predict gets null). Raises ModelNotFound; for a model without a stored evaluation, what its
+    evaluation raises (ServiceUnavailable without the data set here)."""
     model, evaluation = evaluations.model_evaluation(db, settings, model_ref)
     job, trial_number = _job_and_trial(db, model.job_id)
     spec = TrainingSpec.model_validate(model.spec)
@@ -118,8 +119,8 @@ def model_card(db: Database, settings: Settings, model_ref: str) -> dict[str, An
             "attempts": job.attempt,
             "max_attempts": job.max_attempts,
             "resumed_from_epoch": provenance.get("resumed_from_epoch"),
-            "tags": job.tags or {},
-            "note": job.note,
+            "tags": (job.tags or {}) if tracking else None,
+            "note": job.note if tracking else None,
             "submitted_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,

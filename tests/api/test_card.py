@@ -281,3 +281,24 @@ def test_the_card_needs_the_predict_scope_like_the_evaluation(
             assert client.get(path).status_code == 401, path
             assert client.get(path, headers={"Authorization": f"Bearer {train_only}"}).status_code == 403, path
             assert client.get(path, headers={"Authorization": f"Bearer {predict_only}"}).status_code == 404, path
+
+
+def test_tags_and_note_are_shown_only_to_a_key_that_may_read_jobs(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tags and notes are run tracking, read with `train`: a key that may only predict sees the card without them."""
+    monkeypatch.setattr(auth, "CACHE_SECONDS", 0.0)
+    job = served.validated
+    assert served.client.patch(f"/v1/jobs/{job['id']}", json={"tags": {"owner": "ana"}, "note": "x"}).status_code == 200
+    _, predict_only = auth.create_key(served.db, "kiosk", ["predict"])
+    _, both = auth.create_key(served.db, "notebook", ["train", "predict"])
+    keyed = served.settings.model_copy(update={"api_keys": SecretStr("admin-key")})
+    with TestClient(create_app(keyed), raise_server_exceptions=False) as client:
+        path = f"/v1/models/{job['model_id']}/card"
+        hidden = client.get(path, headers={"Authorization": f"Bearer {predict_only}"}).json()["lineage"]
+        shown = client.get(path, headers={"Authorization": f"Bearer {both}"}).json()["lineage"]
+    assert (hidden["tags"], hidden["note"]) == (None, None)
+    assert shown["tags"]["owner"] == "ana" and shown["note"] == "x"
+    assert {k: v for k, v in hidden.items() if k not in ("tags", "note")} == {
+        k: v for k, v in shown.items() if k not in ("tags", "note")
+    }

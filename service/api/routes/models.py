@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 from fastapi.responses import FileResponse
 from pydantic import AfterValidator
 
 from models.spec import TrainingSpec
 from service import registry
+from service.api.auth import Principal, models_scope
 from service.api.deps import DatabaseDep, Offset, SettingsDep
 from service.schemas import (
     AliasesPublic,
@@ -148,12 +149,15 @@ def get_model_evaluation(model_ref: ModelRef, db: DatabaseDep, settings: Setting
     response_model=ModelCardPublic,
     responses={**MODEL_NOT_FOUND, 503: EVALUATION_UNAVAILABLE},
 )
-def get_model_card(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep) -> ModelCardPublic:
+def get_model_card(
+    model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep, caller: Annotated[Principal, Depends(models_scope)]
+) -> ModelCardPublic:
     """The model's card: its spec and size, the epoch it keeps and why, its evaluation, lineage (job, sweep or
     study trial, attempts), provenance (data digests, seed, code and torch versions, device, training time),
     the input it expects and its known limits on real uploads."""
     # A plain def, like the evaluation's: a model without a stored evaluation is evaluated here, in the thread pool.
-    return ModelCardPublic.model_validate(cards.model_card(db, settings, model_ref))
+    card = cards.model_card(db, settings, model_ref, tracking=caller.allows("train"))
+    return ModelCardPublic.model_validate(card)
 
 
 @router.get("/aliases", response_model=AliasesPublic)

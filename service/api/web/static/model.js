@@ -46,7 +46,7 @@
       ["study", lineage.study_id ? [link(`/studies/${id(lineage.study_id)}`, lineage.study_id), ` trial ${lineage.trial_number}`] : null],
       ["attempts", `${lineage.attempts} of ${lineage.max_attempts}`],
       ["last attempt", resumed === null ? null : resumed === 0 ? "from scratch" : `resumed after epoch ${resumed}`],
-      ["tags", Object.entries(lineage.tags).map(([key, value]) => el("span", { class: "chip" }, value ? `${key}: ${value}` : key))],
+      ["tags", Object.entries(lineage.tags || {}).map(([key, value]) => el("span", { class: "chip" }, value ? `${key}: ${value}` : key))],
       ["note", lineage.note],
       ["submitted", when(lineage.submitted_at)],
       ["started", when(lineage.started_at)],
