@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import math
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -203,7 +204,11 @@ def sample_grid(samples: Sequence[Sample], *, title: str | None = None, fmt: For
     a mistake's titles and frame are red."""
     columns = max(1, min(len(samples), SAMPLE_COLUMNS))
     rows = max(1, math.ceil(len(samples) / columns))
-    figure = Figure(figsize=(1.05 * columns, 1.35 * rows + (0.3 if title else 0)), layout="constrained")
+    # A title wider than a few images is wrapped to their width (about 13 characters an inch at this size).
+    lines = textwrap.wrap(title, width=max(12, int(1.05 * columns * 13))) if title else []
+    figure = Figure(
+        figsize=(1.05 * columns, 1.35 * rows + 0.2 * len(lines) + (0.1 if lines else 0)), layout="constrained"
+    )
     grid = figure.subplots(rows, columns, squeeze=False)
     for index, axes in enumerate(grid.flat):
         if index >= len(samples):
@@ -220,8 +225,8 @@ def sample_grid(samples: Sequence[Sample], *, title: str | None = None, fmt: For
             spine.set_color(MISTAKE_COLOUR)
             spine.set_linewidth(2)
         axes.set_gid(f"sample-{index}-{'right' if sample.correct else 'wrong'}")
-    if title:
-        figure.suptitle(title, fontsize="small")
+    if lines:
+        figure.suptitle("\n".join(lines), fontsize="small")
     return _render(figure, fmt)
 
 

@@ -79,6 +79,16 @@ def test_a_mistake_grid_titles_true_over_predicted_with_its_probability() -> Non
     assert texts(group(root, "sample-1-wrong")) == ["Shirt", "T-shirt/top 50%"]
 
 
+def test_a_long_title_over_few_images_is_wrapped_to_their_width_not_cut() -> None:
+    image = np.zeros((28, 28), dtype=np.uint8)
+    title = "model 0123456789abcdef: the 2 most confident of 2 mistakes on the test split"
+    root = parse(plots.mistake_grid([plots.Mistake(image, "Shirt", "Coat", 0.9)] * 2, title=title))
+    width_inches = float(root.get("width", "0pt").removesuffix("pt")) / 72
+    lines = [text for text in texts(root) if text not in ("Shirt", "Coat 90%")]
+    assert len(lines) > 1 and " ".join(lines) == title
+    assert all(len(line) <= width_inches * 13 + 1 for line in lines), (lines, width_inches)
+
+
 # -- the routes -------------------------------------------------------------------------------------
 
 
