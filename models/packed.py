@@ -31,11 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.augment import augment_batch, augments
 from models.data import DeviceDataset
 from models.network import _ACTIVATIONS, Standardize, build_mlp
 from models.schedule import lr_at
 from models.spec import Optimizer, TrainingSpec
 from models.training import (
+    _AUGMENT_SALT,
     _DROPOUT_SALT,
     EpochMetrics,
     TimeLimitExceeded,
@@ -131,6 +133,9 @@ class PackedTrainer:
         self.shuffles = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
         self.dropout_generators = [
             torch.Generator(device=self.device).manual_seed(seed ^ _DROPOUT_SALT) for seed in seeds
+        ]
+        self.augment_generators = [
+            torch.Generator(device=self.device).manual_seed(seed ^ _AUGMENT_SALT) for seed in seeds
         ]
         first_index = self.train_index[0]
         self.n_train = len(first_index) if first_index is not None else len(data.train_x)
@@ -334,7 +339,7 @@ class PackedTrainer:
                 [lr_at(self.specs[member], first_step + step, self.steps_per_epoch) for member in self.members]
             )
             index = order[:, step * self.batch_size : (step + 1) * self.batch_size]
-            inputs, labels = self.data.train_x[index], self.data.train_y[index]
+            inputs, labels = self._augmented(self.data.train_x[index]), self.data.train_y[index]
             logits = self._forward(inputs, train=True)
             losses = self._losses(logits, labels)
             losses.sum().backward()
@@ -356,6 +361,19 @@ class PackedTrainer:
                 self._end(member, MemberOutcome(error=TimeLimitExceeded.of(self.specs[member])))
                 leaving.append(member)
         return leaving
+
+    def _augmented(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(N, B, 784) batches, each member's augmented with its own spec and stream (as it would be alone)."""
+        if not any(augments(self.specs[member]) for member in self.members):
+            return inputs
+        return torch.stack(
+            [
+                augment_batch(inputs[position], self.specs[member], self.augment_generators[member])
+                if augments(self.specs[member])
+                else inputs[position]
+                for position, member in enumerate(self.members)
+            ]
+        )
 
     def _end(self, member: int, outcome: MemberOutcome) -> None:
         self.outcomes[member] = outcome
@@ -437,6 +455,7 @@ class PackedTrainer:
                 tensors[f"optim.{slot}.exp_avg_sq"] = lone(state["exp_avg_sq"])
         tensors["rng.shuffle"] = self.shuffles[member].get_state()
         tensors["rng.dropout"] = self.dropout_generators[member].get_state()
+        tensors["rng.augment"] = self.augment_generators[member].get_state()
         meta = {
             "epoch": self.epoch,
             "history": [metrics.as_dict() for metrics in self.history[member]],

@@ -23,6 +23,7 @@ MAX_EPOCHS = 1000
 MAX_BATCH_SIZE = 60_000
 MAX_LR = 100.0
 MAX_INIT_STD = 10.0
+MAX_SHIFT = 4  # pixels of a 28-pixel side
 MAX_SECONDS = 7 * 24 * 3600
 # parameters x training samples x epochs: about 6 FLOPs each, so 1e15 is ~6 PFLOP, a couple of minutes
 # on an H100 and many hours on a CPU. Larger runs are refused before anything is queued.
@@ -98,6 +99,17 @@ class SpecFields(BaseModel):
         default=0.0, ge=0.0, le=MAX_EPOCHS, description="Linear warm-up from 0 over this many epochs (any schedule)."
     )
     label_smoothing: float = Field(default=0.0, ge=0.0, le=0.5, description="Cross-entropy label smoothing.")
+    hflip: bool = Field(
+        default=False,
+        description="Data augmentation: flip each training image left-right with probability 0.5.",
+    )
+    max_shift: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_SHIFT,
+        description="Data augmentation: shift each training image by up to this many pixels along each axis "
+        "(zero-filled); 0 is off.",
+    )
     batch_size: int = Field(default=256, ge=1, le=MAX_BATCH_SIZE, description="Minibatch size.")
     epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS, description="Passes over the training set.")
     val_fraction: float = Field(

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.augment import augment_batch, augments
 from models.data import DeviceDataset
 from models.network import SeededDropout, build_mlp, input_standardizer
 from models.schedule import lr_at
@@ -33,9 +34,10 @@ log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 16384
 _CAPTURE_LOCK = threading.Lock()
-# Distinct random streams for the train/validation split and for dropout, all from the job's seed.
+# Distinct random streams for the train/validation split, dropout and augmentation, all from the job's seed.
 _SPLIT_SALT = 0x5EED_0001
 _DROPOUT_SALT = 0x5EED_0002
+_AUGMENT_SALT = 0x5EED_0003
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,10 @@ class Trainer:
         self.dropouts = [m for m in self.model.modules() if isinstance(m, SeededDropout)]
         for module in self.dropouts:
             module.generator = self.dropout_generator
-        if self.use_graphs and self.dropouts and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        self.augment = augments(spec)
+        self.augment_generator = torch.Generator(device=self.device).manual_seed(seed ^ _AUGMENT_SALT)
+        random_step = bool(self.dropouts) or self.augment
+        if self.use_graphs and random_step and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
             # This torch cannot replay a graph with a generator of its own: run the same step uncaptured.
             self.step_mode, self.use_graphs = "static", False
         self.train_index, self.val_index = train_val_split(len(data.train_x), spec.val_fraction, seed, self.device)
@@ -219,6 +224,7 @@ class Trainer:
                     scalars.setdefault(str(index), {})[name] = value
         tensors["rng.shuffle"] = self.shuffle.get_state()
         tensors["rng.dropout"] = self.dropout_generator.get_state()
+        tensors["rng.augment"] = self.augment_generator.get_state()
         meta = {
             "epoch": self.epoch,
             "history": [m.as_dict() for m in self.history],
@@ -249,6 +255,8 @@ class Trainer:
             self.optimizer.load_state_dict(full)
         self.shuffle.set_state(tensors["rng.shuffle"])
         self.dropout_generator.set_state(tensors["rng.dropout"])
+        if "rng.augment" in tensors:  # absent from states saved before augmentation existed (none augmented)
+            self.augment_generator.set_state(tensors["rng.augment"])
         self.epoch = int(meta["epoch"])
         self.history = [EpochMetrics(**m) for m in meta["history"]]
         self.best_epoch = meta.get("best_epoch")
@@ -334,6 +342,8 @@ class Trainer:
                     group["lr"] = lr_at(spec, first_step + step, self.steps_per_epoch)
             index = order[step * spec.batch_size : (step + 1) * spec.batch_size]
             inputs, labels = data.train_x[index], data.train_y[index]
+            if self.augment:
+                inputs = augment_batch(inputs, spec, self.augment_generator)
             logits = model(inputs)
             loss = F.cross_entropy(logits, labels, label_smoothing=spec.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -387,6 +397,8 @@ class _GraphStep:
             trainer.lr_tensor.copy_(self.lr_table.index_select(0, self.counter.view(1)).view(()))
         inputs = trainer.data.train_x.index_select(0, index)
         labels = trainer.data.train_y.index_select(0, index)
+        if trainer.augment:
+            inputs = augment_batch(inputs, spec, trainer.augment_generator)
         logits = trainer.model(inputs)
         loss = F.cross_entropy(logits, labels, label_smoothing=spec.label_smoothing)
         trainer.optimizer.zero_grad(set_to_none=True)
@@ -419,6 +431,8 @@ class _GraphStep:
         self.lr_table.zero_()
         trainer.lr_tensor.fill_(0.0)
         self.order.copy_(torch.arange(trainer.n_train, device=trainer.device))
+        # The warm-up's draws must not shift the run's augmentation stream: same seed, same images.
+        augment_state = trainer.augment_generator.get_state()
         side = torch.cuda.Stream(trainer.device)
         side.wait_stream(torch.cuda.current_stream(trainer.device))
         with torch.cuda.stream(side):
@@ -427,6 +441,7 @@ class _GraphStep:
                     self.counter.zero_()
                     self._body(size, base)
         torch.cuda.current_stream(trainer.device).wait_stream(side)
+        trainer.augment_generator.set_state(augment_state)
         trainer.lr_tensor.fill_(trainer.spec.lr)
         # Forget the warm-up's optimizer state: zeros are what a fresh optimizer starts from.
         self._load_optimizer_state(trainer._pending_optimizer_state or _zeroed(trainer.optimizer.state_dict()))
@@ -439,6 +454,8 @@ class _GraphStep:
                 graph = torch.cuda.CUDAGraph()
                 if trainer.dropouts:
                     graph.register_generator_state(trainer.dropout_generator)
+                if trainer.augment:
+                    graph.register_generator_state(trainer.augment_generator)
                 capture_stream.wait_stream(torch.cuda.current_stream(trainer.device))
                 with torch.cuda.stream(capture_stream):
                     graph.capture_begin(capture_error_mode="thread_local")

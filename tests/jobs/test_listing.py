@@ -238,6 +238,8 @@ SPEC_CASES: dict[str, tuple[Any, dict[str, Any]]] = {
     "gamma": (0.5, {}),
     "warmup_epochs": (1.5, {}),
     "label_smoothing": (0.1, {}),
+    "hflip": (True, {}),
+    "max_shift": (2, {}),
     "batch_size": (128, {}),
     "epochs": (3, {}),
     "val_fraction": (0.1, {}),

@@ -33,6 +33,12 @@ PACKS = {
         {"lr": 0.1, "dropout": 0.3},
         {"lr": 0.2, "dropout": 0.3, "momentum": 0.9},
     ],
+    "sgd, augmentation (flip, shift, both, none)": [
+        {"lr": 0.1, "hflip": True},
+        {"lr": 0.1, "max_shift": 2},
+        {"lr": 0.2, "hflip": True, "max_shift": 1, "momentum": 0.9},
+        {"lr": 0.1},
+    ],
     "adam, dropout, standardised inputs, validation": [
         {"optimizer": "adam", "lr": 1e-3, "dropout": 0.2, "normalize_inputs": True, "val_fraction": 0.2},
         {"optimizer": "adam", "lr": 2e-3, "dropout": 0.2, "normalize_inputs": True, "val_fraction": 0.2},
@@ -154,8 +160,9 @@ def test_a_member_past_its_time_limit_fails_alone(synthetic_dataset: DeviceDatas
         {"lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3, "dropout": 0.2},
         {"optimizer": "adam", "lr": 2e-3, "normalize_inputs": True, "val_fraction": 0.2},
         {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "lr_schedule": "cosine"},
+        {"optimizer": "adamw", "lr": 2e-3, "dropout": 0.2, "hflip": True, "max_shift": 2},
     ],
-    ids=["sgd", "adam", "adamw"],
+    ids=["sgd", "adam", "adamw", "adamw-dropout-augmented"],
 )
 def test_a_member_resumes_alone_from_its_state_after_any_epoch(
     member: dict[str, object], synthetic_dataset: DeviceDataset
@@ -181,7 +188,10 @@ def test_a_member_resumes_alone_from_its_state_after_any_epoch(
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", ["sgd, dropout", "adam, dropout, standardised inputs, validation"])
+@pytest.mark.parametrize(
+    "name",
+    ["sgd, dropout", "sgd, augmentation (flip, shift, both, none)", "adam, dropout, standardised inputs, validation"],
+)
 def test_a_packed_member_on_a_gpu_trains_as_it_would_alone_there(name: str, synthetic_dataset: DeviceDataset) -> None:
     """The packed step on CUDA (its own generators on the device, batched matmuls) against the lone eager step."""
     device = torch.device("cuda")

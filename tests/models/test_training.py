@@ -562,6 +562,9 @@ _ADAMW_EVERYTHING: dict[str, Any] = {
         pytest.param({}, 4, 0, "static", id="static-sgd-momentum-cosine"),
         pytest.param({"val_fraction": 0.0}, 3, 5, "static", id="static-with-a-short-last-batch"),
         pytest.param(_ADAMW_EVERYTHING, 4, 3, "static", id="static-adamw-onecycle-warmup-standardized"),
+        # The augmentation stream is part of the state: the resumed run flips and shifts the same images.
+        pytest.param({"hflip": True, "max_shift": 2}, 3, 5, "eager", id="augmented-mid-epoch-3"),
+        pytest.param({"hflip": True, "max_shift": 2}, 4, 0, "static", id="static-augmented"),
     ],
 )
 def test_resumed_run_equals_the_uninterrupted_one(
@@ -621,7 +624,7 @@ def test_state_is_tensors_and_json(synthetic_dataset: DeviceDataset) -> None:
 
     tensors, meta = states[-1]
     assert all(isinstance(value, torch.Tensor) for value in tensors.values())
-    assert {"rng.shuffle", "rng.dropout"} <= tensors.keys()
+    assert {"rng.shuffle", "rng.dropout", "rng.augment"} <= tensors.keys()
     assert {k for k in tensors if k.startswith("model.")} == {f"model.{k}" for k in trainer.model.state_dict()}
     assert {k for k in tensors if k.startswith("best.")} == {f"best.{k}" for k in trainer.model.state_dict()}
     assert any(k.startswith("optim.") and k.endswith(".momentum_buffer") for k in tensors)

@@ -70,6 +70,15 @@ def test_static_step_matches_eager_on_cpu(synthetic_dataset: DeviceDataset, spec
     assert_close_runs(eager, static, atol=1e-5)
 
 
+def test_static_step_augments_as_the_eager_loop_does_on_cpu(synthetic_dataset: DeviceDataset) -> None:
+    spec = spec_of(hidden_layers=[16], batch_size=64, epochs=2, hflip=True, max_shift=2, dropout=0.2)
+    eager = Trainer(spec, synthetic_dataset, seed=3, step_mode="eager").run()
+    static = Trainer(spec, synthetic_dataset, seed=3, step_mode="static").run()
+    assert_close_runs(eager, static, atol=1e-5)
+    plain = Trainer(spec.model_copy(update={"hflip": False, "max_shift": 0}), synthetic_dataset, seed=3).run()
+    assert plain.history[0].train_loss != pytest.approx(eager.history[0].train_loss, abs=1e-4)
+
+
 def test_graph_mode_needs_cuda(synthetic_dataset: DeviceDataset) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
@@ -149,6 +158,25 @@ def test_cuda_graphs_with_dropout_learn(cuda_dataset: DeviceDataset) -> None:
     result = Trainer(spec, cuda_dataset, seed=1, step_mode="graph").run()
     assert result.history[-1].train_loss < result.history[0].train_loss and result.test_acc is not None
     assert result.test_acc > 0.8
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_graphs_with_augmentation_learn_and_repeat_and_resume(cuda_dataset: DeviceDataset) -> None:
+    """The augmentation stream registered with the graph: replays draw fresh flips and shifts each step,
+    the same ones for the same seed, and a resumed run draws what the whole run drew."""
+    spec = spec_of(
+        hidden_layers=[64], batch_size=64, epochs=4, optimizer="adam", lr=0.003, hflip=True, max_shift=2, dropout=0.1
+    )
+    first = Trainer(spec, cuda_dataset, seed=2, step_mode="graph").run()
+    again = Trainer(spec, cuda_dataset, seed=2, step_mode="graph").run()
+    assert comparable(first.history) == comparable(again.history)
+    assert first.history[-1].train_loss < first.history[0].train_loss and first.test_acc is not None
+    assert first.test_acc > 0.8
+    resumed = _interrupted_then_resumed(spec, cuda_dataset, "graph", stop_after=2)
+    assert comparable(resumed.history) == comparable(
+        Trainer(spec, cuda_dataset, seed=7, step_mode="graph").run().history
+    )
 
 
 @pytest.mark.gpu
