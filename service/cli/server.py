@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,6 +19,9 @@ from service.cli import remote as cli_remote
 from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from service.api.routes.events import EventStreams
     from service.logs import LogFormat
 
 app = typer.Typer(
@@ -37,6 +41,14 @@ HostOption = Annotated[str, typer.Option(help="Address to bind.")]
 PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
 DeviceOption = Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")]
 LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=256,
+        help="API processes sharing the port, each with its own model cache and prediction batcher (one core each).",
+    ),
+]
 
 
 class LogFormatName(StrEnum):
@@ -72,10 +84,11 @@ def _require_current_schema() -> None:
 def serve(
     host: HostOption = "127.0.0.1",
     port: PortOption = 8000,
+    workers: WorkersOption = 1,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = None,
 ) -> None:
-    """Run the HTTP API."""
+    """Run the HTTP API (--workers N: N processes on one port)."""
     settings = get_settings()
     # Before torch loads: OpenMP reads it for every thread (torch.set_num_threads reaches only the caller's),
     # and idle OpenMP threads spinning beside the event loop cost the API a third of its throughput.
@@ -89,6 +102,9 @@ def serve(
     configure_logging(log_level, _log_format(log_format))
     _require_current_schema()
     _refuse_open_network(host, settings)
+    if workers > 1:
+        _serve_processes(host, port, workers, log_level, _log_format(log_format))
+        return
     app = create_app(settings)
     # log_config=None: uvicorn's own lines, the access log included, go through the handler set up above.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), log_config=None)
@@ -97,6 +113,71 @@ def serve(
         server.run()
     if not server.started:
         raise typer.Exit(3)  # as uvicorn.run does: the port is taken, or the app did not start
+
+
+def _serve_processes(host: str, port: int, workers: int, log_level: str, log_format: LogFormat) -> None:
+    """``serve --workers N``: uvicorn's supervisor binds the port once and spawns N processes that accept on it,
+    and restarts one that dies. Each process is a fresh interpreter that builds its own app
+    (``api_process_app``): the settings object reads the same environment there (every ``FMNIST_`` variable
+    and OMP_NUM_THREADS, set above, are inherited), and uvicorn sets up each one's logging from ``log_config``."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
+        "service.cli.server:api_process_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level.lower(),
+        log_config=_log_config(log_level, log_format),
+    )
+    try:
+        socket = config.bind_socket()
+    except SystemExit as exc:  # uvicorn has logged why (the port is taken)
+        raise typer.Exit(3) from exc
+    # uvicorn.run(..., workers=N), but with the outcome: it exits 0 when the processes failed to start.
+    supervisor = Multiprocess(config, sockets=[socket])
+    supervisor.run()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        raise typer.Exit(3)
+
+
+def _log_config(level: str, log_format: LogFormat) -> dict[str, Any]:
+    """What ``configure_logging`` does, as the ``logging.config`` dictionary uvicorn applies in each process."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"stderr": {"()": "service.logs.log_handler", "log_format": log_format}},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+    }
+
+
+def api_process_app() -> FastAPI:
+    """The app of one ``serve --workers N`` process: uvicorn calls this factory in each process it spawns."""
+    from service.api.app import create_app
+
+    app = create_app(get_settings())
+    _end_event_streams_on_exit(app.state.event_streams)
+    return app
+
+
+def _end_event_streams_on_exit(streams: EventStreams) -> None:
+    """What StreamClosingServer does in a single process: a signal to stop ends the open event streams first.
+
+    uvicorn's server installs its own handlers before it loads the app (here, in this process's main thread);
+    they are wrapped, so the server still stops, and it puts its own back when it has stopped.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        stop = signal.getsignal(signum)
+
+        def close_then_stop(received: int, frame: FrameType | None, stop: Any = stop) -> None:
+            streams.close_all()
+            if callable(stop):
+                stop(received, frame)
+
+        signal.signal(signum, close_then_stop)
 
 
 def _refuse_open_network(host: str, settings: Settings) -> None:
