@@ -338,6 +338,43 @@ class QueueLimitReached(RateLimited):
         )
 
 
+class RateLimitExceeded(RateLimited):
+    """Past the request rate one API key (without keys, one client address) may use in a scope."""
+
+    code = "rate_limit_exceeded"
+    amount = 0  # the limit's number of requests (the client's copy, made from an answer, has no other)
+
+    def __init__(self, scope: str, limit: str, amount: int, caller: str, retry_after: int) -> None:
+        self.amount, self.retry_after = amount, retry_after
+        super().__init__(
+            f"rate limit reached: {caller} may make {limit} `{scope}` requests "
+            f"(FMNIST_RATE_LIMIT_{scope.upper()}); try again in {retry_after} s (Retry-After)"
+        )
+
+    def headers(self) -> dict[str, str]:
+        # The IETF draft's fields (draft-ietf-httpapi-ratelimit-headers): the quota, what is left of it, and the
+        # seconds until enough of it frees up; with nothing left that is the Retry-After.
+        return {
+            **super().headers(),
+            "RateLimit-Limit": str(self.amount),
+            "RateLimit-Remaining": "0",
+            "RateLimit-Reset": f"{self.retry_after:g}",
+        }
+
+
+class PredictQueueFull(ServiceUnavailable):
+    """The prediction queue is full: the server is answering as many predictions as it can; retry shortly."""
+
+    code = "predict_queue_full"
+
+    def __init__(self, limit: int, waiting: int, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(
+            f"the server is busy: {waiting} images are already waiting for a prediction and the queue holds "
+            f"{limit} (FMNIST_PREDICT_MAX_QUEUE); retry after {retry_after} s (Retry-After), or spread requests out"
+        )
+
+
 def _subclasses(kind: type[ServiceError]) -> list[type[ServiceError]]:
     found = [kind]
     for sub in kind.__subclasses__():

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         le=1000.0,
         description="How long a batch waits for more requests to join it, while requests arrive together.",
     )
+    predict_max_queue: int = Field(
+        default=256,
+        ge=1,
+        le=1_000_000,
+        description="Most images waiting for a forward pass; past it, /v1/predict answers 503 with Retry-After at once "
+        "(load shedding: the requests it takes stay fast).",
+    )
     max_image_pixels: int = Field(default=40_000_000, ge=28 * 28, description="Largest accepted image, in pixels.")
     model_cache_size: int = Field(default=8, ge=1, description="Checkpoints kept loaded by the API.")
     predict_threads: int = Field(
@@ -97,6 +104,16 @@ class Settings(BaseSettings):
         default=100, ge=1, description="Most queued jobs one API key may have; past it, 429 with Retry-After."
     )
     queue_retry_after_seconds: int = Field(default=30, ge=1, description="Retry-After sent with that 429.")
+    rate_limit_predict: str = Field(
+        default="",
+        description="Requests one API key (without keys, one client address) may make with the predict scope, in the "
+        "`limits` notation ('100/second', '6000 per minute'); past it, 429. Empty: no limit.",
+    )
+    rate_limit_train: str = Field(
+        default="",
+        description="Submissions (POST /v1/jobs, /v1/sweeps, /v1/studies) one API key (or client address) may make, "
+        "in the same notation ('10/minute'); past it, 429. Empty: no limit.",
+    )
     events_poll_seconds: float = Field(
         default=0.5, gt=0.0, le=60.0, description="How often a live event stream looks at its job in the database."
     )
@@ -109,6 +126,26 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         default="", description="Comma-separated origins allowed to call the API from a browser; none by default."
     )
+
+    @field_validator("rate_limit_predict", "rate_limit_train")
+    @classmethod
+    def _one_rate_limit(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if not value:
+            return value
+        from limits import parse_many  # 50 ms to import: only where a limit is set
+
+        try:
+            parsed = parse_many(value)
+        except ValueError:
+            parsed = []
+        if len(parsed) != 1 or parsed[0].amount < 1:
+            raise ValueError(
+                f"FMNIST_{str(info.field_name).upper()}={value!r} is not a rate limit: write one amount (at least 1) "
+                "per period, as in '100/second', '10 per minute' or '1000/hour' (periods: second, minute, hour, day, "
+                "month, year), or leave it empty for none"
+            )
+        return value
 
     @property
     def environment_api_keys(self) -> list[str]:

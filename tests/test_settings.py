@@ -47,3 +47,51 @@ def test_unsafe_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, v
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=name.removeprefix("FMNIST_").lower()):
         Settings()
+
+
+def test_overload_settings_default_to_a_bounded_queue_and_no_rate_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FMNIST_PREDICT_MAX_QUEUE", "FMNIST_RATE_LIMIT_PREDICT", "FMNIST_RATE_LIMIT_TRAIN"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.predict_max_queue == 256
+    assert settings.rate_limit_predict == "" and settings.rate_limit_train == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "kept"),
+    [
+        ("FMNIST_RATE_LIMIT_PREDICT", "100/second", "100/second"),
+        ("FMNIST_RATE_LIMIT_PREDICT", " 6000 per minute ", "6000 per minute"),
+        ("FMNIST_RATE_LIMIT_TRAIN", "10/minute", "10/minute"),
+        ("FMNIST_RATE_LIMIT_TRAIN", "2/3 hours", "2/3 hours"),
+        ("FMNIST_RATE_LIMIT_TRAIN", "", ""),
+        ("FMNIST_PREDICT_MAX_QUEUE", "1", 1),
+    ],
+)
+def test_overload_settings_are_read(monkeypatch: pytest.MonkeyPatch, name: str, value: str, kept: object) -> None:
+    monkeypatch.setenv(name, value)
+    assert getattr(Settings(), name.removeprefix("FMNIST_").lower()) == kept
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FMNIST_RATE_LIMIT_PREDICT", "10/s"),  # no such period
+        ("FMNIST_RATE_LIMIT_PREDICT", "fast"),
+        ("FMNIST_RATE_LIMIT_PREDICT", "100"),  # no period
+        ("FMNIST_RATE_LIMIT_PREDICT", "0/second"),  # would refuse everything: not a limit anyone means
+        ("FMNIST_RATE_LIMIT_TRAIN", "-1/minute"),
+        ("FMNIST_RATE_LIMIT_TRAIN", "10/second;100/minute"),  # one limit per scope
+        ("FMNIST_PREDICT_MAX_QUEUE", "0"),
+        ("FMNIST_PREDICT_MAX_QUEUE", "many"),
+    ],
+)
+def test_bad_overload_settings_refuse_to_start_and_say_what_to_write(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.removeprefix("FMNIST_").lower()) as refused:
+        Settings()
+    if "RATE_LIMIT" in name:
+        assert f"{name}={value!r} is not a rate limit" in str(refused.value)
+        assert "'100/second'" in str(refused.value)

@@ -15,6 +15,7 @@ from service.api import auth, metrics
 from service.api.auth import KeyStore
 from service.api.errors import UnexpectedErrorMiddleware, register_error_handlers
 from service.api.metrics import ApiMetrics, PredictLatencyMiddleware
+from service.api.ratelimit import RATE_LIMIT_HEADERS, RateLimits
 from service.api.routes import (
     compare,
     dashboard,
@@ -88,8 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predictor = Predictor(settings, app.state.db)
     app.state.queue_signal = QueueSignal(settings.queue_signal_path)
     app.state.keys = KeyStore(app.state.db, settings.environment_api_keys)
+    app.state.rate_limits = RateLimits(settings)
     app.state.event_streams = events.EventStreams(settings.max_event_streams)
-    app.state.metrics = ApiMetrics(app.state.db, app.state.predictor)
+    app.state.metrics = ApiMetrics(app.state.db, app.state.predictor, app.state.rate_limits)
     app.include_router(health.router)  # open: load balancers and orchestrators probe it
     # Routes are matched in order, each router costing microseconds: the busiest path goes first.
     app.include_router(predict.router, dependencies=[Depends(auth.PREDICT)])
@@ -114,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER],
-            expose_headers=["Location", "Retry-After", REQUEST_ID_HEADER],
+            expose_headers=["Location", "Retry-After", *RATE_LIMIT_HEADERS, REQUEST_ID_HEADER],
         )
     # Added last, so outermost: the id is set before anything else logs, and the latency includes CORS.
     app.add_middleware(PredictLatencyMiddleware, histogram=app.state.metrics.predict_latency)

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import select
@@ -29,6 +29,9 @@ from starlette.concurrency import run_in_threadpool
 from service.errors import InvalidKeyRequest, KeyNotFound, MissingScope, Unauthenticated
 from service.store.db import Database
 from service.store.tables import ApiKey, utcnow
+
+if TYPE_CHECKING:
+    from service.api.ratelimit import RateLimits
 
 SCOPES = ("train", "predict", "admin")
 KEY_PREFIX = "fmk_"
@@ -142,13 +145,16 @@ class KeyStore:
 
 
 def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """A route dependency: the caller's Principal, refused without a key (401) or the scope (403)."""
+    """A route dependency: the caller's Principal, refused without a key (401) or the scope (403), or past the
+    scope's rate limit for that key (429, ``service.api.ratelimit``)."""
 
     async def dependency(request: Request) -> Principal:
         store: KeyStore = request.app.state.keys
+        limits: RateLimits = request.app.state.rate_limits
         if store.stale:
             await run_in_threadpool(store.refresh)
         if not store.enabled:
+            limits.check(scope, None, request)  # no keys: counted by the client's address
             return ANONYMOUS
         header = request.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
@@ -161,6 +167,7 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
             raise MissingScope(
                 f"this API key lacks the `{scope}` scope (it has: {', '.join(sorted(principal.scopes))})"
             )
+        limits.check(scope, principal.key_id, request)
         return principal
 
     dependency.__name__ = f"require_{scope}"

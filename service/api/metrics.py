@@ -4,7 +4,8 @@ Two kinds of number, collected two ways:
 
 - The API process measures its own work: predict latency per request (an ASGI middleware, one
   ``Histogram.observe``), and from the predictor, at scrape time, the micro-batch sizes and the model
-  cache's hits and misses (plain counters that the batching thread bumps, no lock and no Prometheus call).
+  cache's hits and misses (plain counters that the batching thread bumps, no lock and no Prometheus call),
+  the requests shed at the queue bound and those refused by the rate limits (plain counters too).
 - Job numbers come from the database when Prometheus scrapes, so every API replica reports the same,
   right, values whichever process started, ran or ended the jobs. Each query is bounded and uses an
   index; when the database does not answer, those metrics are left out, ``fmnist_database_up`` is 0, and
@@ -47,6 +48,7 @@ from service.store.db import Database, db_now
 from service.store.tables import EpochMetric, Job
 
 if TYPE_CHECKING:
+    from service.api.ratelimit import RateLimits
     from service.serving.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,16 @@ class PredictorCollector(Collector):
             "Predictions that had to load their model's checkpoint from disk first.",
             value=predictor.cache_misses,
         )
+        yield CounterMetricFamily(
+            "fmnist_predict_shed",
+            "Prediction requests refused at once with a 503 because FMNIST_PREDICT_MAX_QUEUE images were waiting.",
+            value=predictor.batcher.shed,
+        )
+        yield GaugeMetricFamily(
+            "fmnist_predict_queue_images",
+            "Images waiting for a forward pass now (503 at FMNIST_PREDICT_MAX_QUEUE).",
+            value=predictor.batcher.waiting,
+        )
         yield GaugeMetricFamily(
             "fmnist_model_cache_models", "Models loaded in this API process.", value=len(predictor.cache)
         )
@@ -131,6 +143,23 @@ class PredictorCollector(Collector):
             "Most models this API process keeps loaded (FMNIST_MODEL_CACHE_SIZE).",
             value=predictor.cache.capacity,
         )
+
+
+class RateLimitCollector(Collector):
+    """Requests refused by the per-key rate limits, by scope, read at scrape time."""
+
+    def __init__(self, rate_limits: RateLimits) -> None:
+        self.rate_limits = rate_limits
+
+    def collect(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            "fmnist_rate_limited",
+            "Requests refused with a 429 by the per-key rate limits (FMNIST_RATE_LIMIT_PREDICT, _TRAIN), by scope.",
+            labels=["scope"],
+        )
+        for scope, count in sorted(dict(self.rate_limits.refused).items()):
+            refused.add_metric([scope], count)
+        yield refused
 
 
 def _cumulative(counts: Mapping[int, int] | Mapping[float, int], bounds: Sequence[float]) -> list[tuple[str, float]]:
@@ -228,7 +257,7 @@ class DatabaseCollector(Collector):
 class ApiMetrics:
     """One API process's metrics registry: its own instruments and the scrape-time collectors."""
 
-    def __init__(self, db: Database, predictor: Predictor) -> None:
+    def __init__(self, db: Database, predictor: Predictor, rate_limits: RateLimits) -> None:
         # A registry per app rather than prometheus_client's global one: each app (and test) counts its own.
         # auto_describe would call the collectors (and query the database) just to register them.
         self.registry = CollectorRegistry(auto_describe=False)
@@ -243,6 +272,7 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.registry.register(PredictorCollector(predictor))
+        self.registry.register(RateLimitCollector(rate_limits))
         self.registry.register(DatabaseCollector(db))
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:

@@ -8,6 +8,17 @@ thirty requests costs two thread hand-offs instead of sixty.
 Under light load a request goes through alone, with no added wait. Once requests arrive together (the
 last batch held more than one), a batch also waits up to ``max_wait`` for more to join: fewer, fuller
 batches cost less per request, which is what a busy server needs.
+
+With ``max_queue``, the queue is bounded: once that much weight (for predictions, images, as ``max_batch``
+counts them) is waiting, a new submission is refused at once with ``PredictQueueFull`` rather than queued
+behind work the server cannot finish in time. Images, not requests, because a request's wait is the images
+ahead of it: 64 one-image requests and one request of 64 files cost the forward pass the same. Weight counts
+from the submission until the batching thread takes it into a batch (not until it is answered): the bound is on
+what waits, and a batch being processed is already at most ``max_batch``. The count is kept under a lock,
+exact whatever the number of event loops submitting and the batching thread taking. A request admitted
+once (``readmit``, for the predictor a request deferred while its model loaded) is never refused when it
+comes back, so a bounded queue may briefly hold a little more than ``max_queue``; so may one request that
+arrives with room left, as it is admitted whole.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -22,6 +34,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from service.errors import PredictQueueFull
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +55,22 @@ def _one(_item: object) -> int:
     return 1
 
 
+def _never(_item: object) -> bool:
+    return False
+
+
+# Retry-After for a refused submission: the waiting weight times the recent processing time per unit, within
+# these bounds (seconds). A busy CPU server drains its queue well within a second: 1 is the usual answer.
+RETRY_AFTER_BOUNDS = (1, 30)
+
+
 class MicroBatcher(Generic[Item, Answer]):
     """Runs ``process`` over batches of submitted items in a thread of its own.
 
     ``process`` gets the items of one batch in arrival order and returns one outcome per item; an
-    exception it raises fails the whole batch, and the thread goes on with the next.
+    exception it raises fails the whole batch, and the thread goes on with the next. ``max_queue``: the most
+    weight waiting before submissions are refused (None: unbounded); ``readmit``: whether an item was admitted
+    before and must not be refused now.
     """
 
     def __init__(
@@ -55,11 +80,18 @@ class MicroBatcher(Generic[Item, Answer]):
         max_batch: int,
         max_wait: float,
         weight: Callable[[Item], int] = _one,
+        max_queue: int | None = None,
+        readmit: Callable[[Item], bool] = _never,
         name: str = "micro-batcher",
     ) -> None:
         self.process, self.weight = process, weight
         self.max_batch, self.max_wait = max_batch, max_wait
+        self.max_queue, self.readmit = max_queue, readmit
         self.batch_sizes: Counter[int] = Counter()  # total weight per batch, for metrics and tests
+        self.shed = 0  # submissions refused at the bound, for metrics; under _admission
+        self._waiting = 0  # weight submitted and not yet taken into a batch; under _admission
+        self._admission = threading.Lock()
+        self._seconds_per_unit = 0.0  # the batching thread's moving average, for Retry-After
         self._queue: queue.SimpleQueue[_Pending[Item, Answer] | None] = queue.SimpleQueue()
         self._carried: _Pending[Item, Answer] | None = None  # the batching thread's: first of the next batch
         self._busy = False  # the batching thread's: did the last batch hold more than one item?
@@ -67,11 +99,40 @@ class MicroBatcher(Generic[Item, Answer]):
         self._thread.start()
 
     async def submit(self, item: Item) -> Answer:
-        """``item``'s answer, processed in a batch with whatever else is waiting."""
+        """``item``'s answer, processed in a batch with whatever else is waiting. Raises ``PredictQueueFull``
+        at once when the queue holds ``max_queue`` weight already (and ``item`` is not one to readmit)."""
         loop = asyncio.get_running_loop()
         pending = _Pending(item, self.weight(item), loop, loop.create_future())
+        self._admit(pending)
         self._queue.put(pending)
         return await pending.future
+
+    @property
+    def waiting(self) -> int:
+        """The weight submitted and not yet taken into a batch."""
+        return self._waiting
+
+    @property
+    def full(self) -> bool:
+        """Whether a new submission would be refused now: a caller may check it before reading a large body."""
+        return self.max_queue is not None and self._waiting >= self.max_queue
+
+    def _admit(self, pending: _Pending[Item, Answer]) -> None:
+        with self._admission:
+            if self.max_queue is not None and self._waiting >= self.max_queue and not self.readmit(pending.item):
+                self.shed += 1
+                raise PredictQueueFull(self.max_queue, self._waiting, self._retry_after(self._waiting))
+            self._waiting += pending.weight
+
+    def _taken(self, batch: list[_Pending[Item, Answer]]) -> int:
+        weight = sum(pending.weight for pending in batch)
+        with self._admission:
+            self._waiting -= weight
+        return weight
+
+    def _retry_after(self, waiting: int) -> int:
+        low, high = RETRY_AFTER_BOUNDS
+        return min(high, max(low, math.ceil(waiting * self._seconds_per_unit)))
 
     def close(self) -> None:
         self._queue.put(None)
@@ -81,7 +142,8 @@ class MicroBatcher(Generic[Item, Answer]):
         batch, size = [first], first.weight
         deadline = time.monotonic() + (self.max_wait if self._busy else 0.0)
         while size < self.max_batch:
-            timeout = deadline - time.monotonic()
+            # A batch holding a full queue's weight waits for nobody: until it is taken, the rest are refused.
+            timeout = deadline - time.monotonic() if self.max_queue is None or size < self.max_queue else 0.0
             try:
                 pending = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
@@ -103,7 +165,9 @@ class MicroBatcher(Generic[Item, Answer]):
                 return
             batch = self._collect(first)
             self._busy = len(batch) > 1
-            self.batch_sizes[sum(pending.weight for pending in batch)] += 1
+            weight = self._taken(batch)
+            self.batch_sizes[weight] += 1
+            started = time.monotonic()
             try:
                 outcomes = list(self.process([pending.item for pending in batch]))
                 if len(outcomes) != len(batch):
@@ -111,6 +175,8 @@ class MicroBatcher(Generic[Item, Answer]):
             except Exception as exc:  # every waiting caller learns of it; the thread lives on
                 log.exception("processing a batch failed")
                 outcomes = [exc] * len(batch)
+            per_unit = (time.monotonic() - started) / max(weight, 1)
+            self._seconds_per_unit += 0.2 * (per_unit - self._seconds_per_unit)
             by_loop: defaultdict[
                 asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Answer], Answer | BaseException]]
             ] = defaultdict(list)

@@ -138,6 +138,8 @@ class Predictor:
             max_batch=settings.predict_max_batch,
             max_wait=settings.predict_max_wait_ms / 1000,
             weight=lambda request: request.count,
+            max_queue=settings.predict_max_queue,
+            readmit=lambda request: request.prepared,  # deferred once, admitted then: it comes back past the bound
             name="predict-batcher",
         )
         # Model names resolved while the registry's version stood at ``_resolved_version``.

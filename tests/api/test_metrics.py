@@ -39,6 +39,9 @@ ALWAYS = {
     "fmnist_model_cache_misses",
     "fmnist_model_cache_models",
     "fmnist_model_cache_capacity",
+    "fmnist_predict_shed",
+    "fmnist_predict_queue_images",
+    "fmnist_rate_limited",
 }
 
 

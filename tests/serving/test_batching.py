@@ -14,6 +14,7 @@ from torch import nn
 
 from models.data import images_to_inputs
 from models.network import build_mlp
+from service.errors import PredictQueueFull
 from service.serving.batching import MicroBatcher
 from tests.support.specs import spec_of
 
@@ -257,3 +258,125 @@ def test_a_batch_waits_for_more_only_while_requests_arrive_together() -> None:
         assert asyncio.run(timed(5)) < 0.5
     finally:
         instance.close()
+
+
+# -- the bounded queue ----------------------------------------------------------------------------------
+
+
+class Readmitted(int):
+    """An item admitted before, which the batcher takes whatever the queue holds (as the predictor's deferred
+    requests coming back with their model loaded)."""
+
+
+def bounded_batcher(max_queue: int) -> MicroBatcher[Any, Any]:
+    """Items are ints of that weight (or a Hold, of weight 1); each one's answer is itself."""
+    return MicroBatcher(
+        holding(lambda items: items),
+        max_batch=1024,
+        max_wait=0.0,
+        weight=lambda item: 1 if isinstance(item, Hold) else int(item),
+        max_queue=max_queue,
+        readmit=lambda item: isinstance(item, Readmitted),
+    )
+
+
+@pytest.fixture
+def bounded() -> Iterator[MicroBatcher[Any, Any]]:
+    instance = bounded_batcher(max_queue=4)
+    yield instance
+    instance.close()
+
+
+async def hold_thread(batcher: MicroBatcher[Any, Any]) -> tuple[Hold, asyncio.Future[object]]:
+    """Puts the batching thread inside a batch of its own until the hold is released."""
+    hold = Hold()
+    held = asyncio.ensure_future(batcher.submit(hold))
+    await asyncio.sleep(0.05)
+    assert batcher.waiting == 0  # taken into its batch: no longer waiting, though not answered yet
+    return hold, held
+
+
+def test_a_full_queue_refuses_at_once_and_admits_again_once_drained(bounded: MicroBatcher[Any, Any]) -> None:
+    async def main() -> None:
+        hold, held = await hold_thread(bounded)
+        admitted = [asyncio.ensure_future(bounded.submit(n)) for n in (1, 1, 1, 2)]
+        await asyncio.sleep(0.01)  # each one admitted, waiting
+        assert bounded.waiting == 5  # the 2 came with room left (3 of 4) and was taken whole
+        assert bounded.full
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(PredictQueueFull) as refused:
+                await bounded.submit(1)
+            assert time.monotonic() - started < 0.05  # at once, not after the held batch
+        assert bounded.shed == 2 and bounded.waiting == 5
+        error = refused.value
+        assert (error.status, error.code, error.headers()) == (503, "predict_queue_full", {"Retry-After": "1"})
+        assert "5 images are already waiting" in str(error) and "FMNIST_PREDICT_MAX_QUEUE" in str(error)
+
+        hold.release.set()
+        await held
+        assert await asyncio.gather(*admitted) == [1, 1, 1, 2]
+        assert bounded.waiting == 0 and not bounded.full
+        assert await asyncio.gather(*(bounded.submit(1) for _ in range(4))) == [1, 1, 1, 1]  # drained: room again
+        assert bounded.shed == 2
+
+    asyncio.run(main())
+
+
+def test_an_item_admitted_before_is_taken_back_past_the_bound(bounded: MicroBatcher[Any, Any]) -> None:
+    async def main() -> list[object]:
+        hold, held = await hold_thread(bounded)
+        admitted = [asyncio.ensure_future(bounded.submit(4))]
+        await asyncio.sleep(0.01)
+        with pytest.raises(PredictQueueFull):
+            await bounded.submit(1)
+        admitted.append(asyncio.ensure_future(bounded.submit(Readmitted(3))))
+        await asyncio.sleep(0.01)
+        assert bounded.waiting == 7 and bounded.shed == 1
+        hold.release.set()
+        await held
+        return await asyncio.gather(*admitted)
+
+    assert asyncio.run(main()) == [4, 3]
+    assert bounded.waiting == 0
+
+
+def test_the_bound_is_exact_under_concurrent_submitters_on_many_event_loops() -> None:
+    """Eight threads, each with its event loop, submit 40 items at the same moment while the batching thread
+    is held: exactly ``max_queue`` are admitted, and every other one is refused and counted."""
+    instance = bounded_batcher(max_queue=100)
+    start = threading.Barrier(8)
+    outcomes: list[object] = []
+    lock = threading.Lock()
+
+    def submitter() -> None:
+        async def main() -> list[object]:
+            start.wait(timeout=10)
+            return await asyncio.gather(*(instance.submit(1) for _ in range(40)), return_exceptions=True)
+
+        results = asyncio.run(main())
+        with lock:
+            outcomes.extend(results)
+
+    async def hold_and_wait() -> Hold:
+        hold, _held = await hold_thread(instance)
+        return hold
+
+    try:
+        hold = asyncio.run(hold_and_wait())  # the held batch's answer goes to a closed loop: nobody waits
+        threads = [threading.Thread(target=submitter) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while instance.waiting + instance.shed < 320 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert instance.waiting == 100 and instance.shed == 220
+        hold.release.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        instance.close()
+    assert outcomes.count(1) == 100
+    refused = [outcome for outcome in outcomes if isinstance(outcome, PredictQueueFull)]
+    assert len(refused) == 220 and len(outcomes) == 320
+    assert instance.waiting == 0

@@ -1,0 +1,243 @@
+"""Overload: a full prediction queue answers 503 at once (FMNIST_PREDICT_MAX_QUEUE), and a real `fmnist serve`
+under a burst of concurrent requests answers every one of them quickly: 200, 503 or 429, each with its headers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.api.app import create_app
+from service.jobs import queue
+from service.settings import Settings
+from service.store.db import Database
+from service.worker.worker import Worker
+from tests.support.servers import free_port, wait_ready
+from tests.support.specs import spec_of
+
+_SCRIPT = Path(sys.executable).with_name("fmnist")
+FMNIST = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "service.cli"]
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def files(count: int) -> dict[str, Any]:
+    return {"files": [("files", (f"{index}.png", png(), "image/png")) for index in range(count)]}
+
+
+BOUNDARY = "fmnistoverloadtest"
+MULTIPART = (
+    f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="0.png"\r\n'
+    "Content-Type: image/png\r\n\r\n".encode()
+    + png()
+    + f"\r\n--{BOUNDARY}--\r\n".encode()
+)
+
+
+def train_a_model(settings: Settings, db: Database) -> None:
+    queue.enqueue_job(db, spec_of(hidden_layers=[8], epochs=1, batch_size=64), max_attempts=1)
+    assert Worker(settings, db, torch.device("cpu"), burst=True).run_once()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return sample.value
+    raise AssertionError(f"no {name} {labels}")
+
+
+@pytest.fixture
+def bounded_app(settings: Settings, db: Database) -> Iterator[FastAPI]:
+    """The API with one trained model, loaded, and a queue bound of 2 images."""
+    train_a_model(settings, db)
+    app = create_app(settings.model_copy(update={"predict_max_queue": 2}))
+    with TestClient(app) as client:
+        assert client.post("/v1/predict", **files(1)).status_code == 200  # the model is now in the cache
+        yield app
+
+
+def test_a_full_queue_answers_503_at_once_with_retry_after(bounded_app: FastAPI) -> None:
+    batcher = bounded_app.state.predictor.batcher
+    entered, release = threading.Event(), threading.Event()
+    process = batcher.process
+
+    def held(items: list[Any]) -> Any:  # the real batch, once the test lets the batching thread go on
+        entered.set()
+        release.wait(timeout=10)
+        return process(items)
+
+    async def main() -> tuple[list[httpx.Response], httpx.Response, float]:
+        transport = httpx.ASGITransport(app=bounded_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            batcher.process = held
+            running = asyncio.ensure_future(client.post("/v1/predict", **files(1)))
+            while not entered.is_set():
+                await asyncio.sleep(0.005)
+            waiting = asyncio.ensure_future(client.post("/v1/predict", **files(2)))  # fills the queue: 2 images
+            while batcher.waiting < 2:
+                await asyncio.sleep(0.005)
+            started = time.monotonic()
+            shed = await client.post("/v1/predict", **files(1))
+            took = time.monotonic() - started
+            release.set()
+            return [await running, await waiting], shed, took
+
+    try:
+        served, shed, took = asyncio.run(main())
+    finally:
+        release.set()
+        batcher.process = process
+    assert [response.status_code for response in served] == [200, 200]
+    assert took < 1.0  # at once: not after the held batch
+    assert shed.status_code == 503, shed.text
+    assert shed.headers["Retry-After"] == "1"
+    body = shed.json()
+    assert body["code"] == "predict_queue_full"
+    assert "2 images are already waiting" in body["detail"] and "FMNIST_PREDICT_MAX_QUEUE" in body["detail"]
+    assert "retry" in body["detail"]
+    with TestClient(bounded_app) as client:
+        text = client.get("/metrics").text
+        assert metric(text, "fmnist_predict_shed_total") == 1
+        assert metric(text, "fmnist_predict_queue_images") == 0
+        assert metric(text, "fmnist_predict_latency_seconds_count", endpoint="predict", status="503") == 1
+        # Drained: served again.
+        assert client.post("/v1/predict", **files(2)).status_code == 200
+
+
+# -- a burst against a real server --------------------------------------------------------------------------------
+
+BURST = 1024
+CONCURRENCY = 256
+PREDICT_LIMIT = 600  # per minute, for the one loopback address: the burst passes it
+
+
+@pytest.fixture
+def busy_server(settings: Settings, db: Database, tmp_path: Path) -> Iterator[str]:
+    """`fmnist serve` on loopback with one model, a queue bound of 8 images and a predict rate limit."""
+    train_a_model(settings, db)
+    port = free_port()
+    env = {
+        **os.environ,
+        "FMNIST_HOME": str(settings.home),
+        "FMNIST_PREDICT_MAX_QUEUE": "8",
+        "FMNIST_RATE_LIMIT_PREDICT": f"{PREDICT_LIMIT}/minute",
+    }
+    env.pop("FMNIST_API_KEYS", None)
+    with (tmp_path / "api.log").open("wb") as log:
+        process = subprocess.Popen(
+            [*FMNIST, "serve", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            wait_ready(client, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in (tmp_path / "api.log").read_text(errors="replace")
+
+
+class HealthProbe(threading.Thread):
+    """Times GET /healthz every 50 ms on a connection of its own, from a thread of its own (the burst's client
+    keeps its event loop busy: a probe there would time that loop, not the server)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.times, self.done = url, list[float](), threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while not self.done.is_set():
+                started = time.monotonic()
+                assert client.get("/healthz").status_code == 200
+                self.times.append(time.monotonic() - started)
+                self.done.wait(0.05)
+
+
+async def burst(url: str) -> list[httpx.Response]:
+    """BURST predictions, CONCURRENCY at a time."""
+    # One upload, encoded once: the client's CPU goes to sending, on the two cores the server has too.
+    body = {"content": MULTIPART, "headers": {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}}
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as client:
+        slots = asyncio.Semaphore(CONCURRENCY)
+
+        async def predict() -> httpx.Response:
+            async with slots:
+                return await client.post("/v1/predict", **body)
+
+        return await asyncio.gather(*(predict() for _ in range(BURST)))
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_a_burst_gets_quick_answers_200_503_or_429_and_health_stays_prompt(busy_server: str) -> None:
+    probe = HealthProbe(busy_server)
+    probe.start()
+    started = time.monotonic()
+    answers = asyncio.run(burst(busy_server))
+    took = time.monotonic() - started
+    probe.done.set()
+    probe.join(timeout=10)
+    during = probe.times
+    with httpx.Client(base_url=busy_server, timeout=5) as client:
+        after = []
+        for _ in range(5):
+            before = time.monotonic()
+            assert client.get("/healthz").status_code == 200
+            after.append(time.monotonic() - before)
+    statuses = Counter(answer.status_code for answer in answers)
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert statuses[200] > 0 and statuses[429] > 0, statuses  # past 600 a minute, all 429
+    assert statuses[200] + statuses[503] <= PREDICT_LIMIT
+    for answer in answers:
+        if answer.status_code == 503:
+            assert int(answer.headers["Retry-After"]) >= 1
+            assert answer.json()["code"] == "predict_queue_full"
+        elif answer.status_code == 429:
+            assert int(answer.headers["Retry-After"]) >= 1
+            assert answer.headers["RateLimit-Limit"] == str(PREDICT_LIMIT)
+            assert answer.headers["RateLimit-Remaining"] == "0"
+            assert answer.json()["code"] == "rate_limit_exceeded"
+        else:
+            assert answer.json()["predictions"][0]["top_k"]
+    assert during, "no probe ran during the burst"
+    assert max(during) < 2.0, during
+    assert max(after) < 0.5, after
+    with httpx.Client(base_url=busy_server) as client:
+        text = client.get("/metrics").text
+    assert metric(text, "fmnist_predict_shed_total") == statuses[503]
+    assert metric(text, "fmnist_rate_limited_total", scope="predict") == statuses[429]
+    print(
+        f"burst of {BURST} in {took:.1f} s: {dict(statuses)}; /healthz during: {len(during)} probes, "
+        f"max {max(during) * 1000:.0f} ms"
+    )
