@@ -191,6 +191,20 @@ def request_id_header() -> dict[str, str]:
     return {REQUEST_ID_HEADER: request_id} if request_id is not None else {}
 
 
+def assign_request_id(scope: Scope) -> tuple[bytes, bytes]:
+    """Sets the id of the HTTP request ``scope`` describes, for its log lines: the caller's ``X-Request-ID``
+    when it is sane, else a new one. Returns the response header that echoes it."""
+    incoming = next((value for key, value in scope["headers"] if key == _HEADER_KEY), None)
+    if incoming is not None and _SANE_REQUEST_ID.fullmatch(incoming):
+        request_id = incoming.decode("ascii")
+    else:
+        request_id = new_request_id()
+    # Not reset afterwards: the server runs each request in a task of its own, whose context ends with it,
+    # and the error handler outside the middleware still logs a 500 with the id.
+    request_id_var.set(request_id)
+    return _HEADER_KEY, request_id.encode("ascii")
+
+
 class RequestIdMiddleware:
     """Gives each HTTP request an id: the caller's ``X-Request-ID`` when it is sane, else a new one. It is
     echoed in the response's ``X-Request-ID`` header and carried by every log line written for the request.
@@ -205,15 +219,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = next((value for key, value in scope["headers"] if key == _HEADER_KEY), None)
-        if incoming is not None and _SANE_REQUEST_ID.fullmatch(incoming):
-            request_id = incoming.decode("ascii")
-        else:
-            request_id = new_request_id()
-        # Not reset afterwards: the server runs each request in a task of its own, whose context ends with it,
-        # and the error handler outside this middleware still logs a 500 with the id.
-        request_id_var.set(request_id)
-        header = (_HEADER_KEY, request_id.encode("ascii"))
+        header = assign_request_id(scope)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -6,14 +6,17 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from service.api import auth, metrics
 from service.api.auth import KeyStore
 from service.api.errors import UnexpectedErrorMiddleware, register_error_handlers
+from service.api.fast_predict import PredictFastPath
 from service.api.metrics import ApiMetrics, PredictLatencyMiddleware
 from service.api.ratelimit import RATE_LIMIT_HEADERS, RateLimits
 from service.api.routes import (
@@ -60,7 +63,20 @@ def _document_non_json_bodies(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the document
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class ServiceApp(FastAPI):
+    """The FastAPI app, with ``POST /v1/predict`` tried first on its own path (service/api/fast_predict.py)."""
+
+    fast_predict: PredictFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_predict is not None and PredictFastPath.takes(scope):
+            scope["app"] = self  # as Starlette sets it: auth and the routes' helpers read app.state through it
+            await self.fast_predict(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> ServiceApp:
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -73,9 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.predictor.close()
         app.state.db.dispose()
 
-    app = FastAPI(
+    max_body_size = max(settings.max_request_bytes, settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    app = ServiceApp(
         # Counted while the body streams in, chunked or not: 413 before more than this is read.
-        max_body_size=max(settings.max_request_bytes, settings.max_upload_bytes + MULTIPART_OVERHEAD),
+        max_body_size=max_body_size,
         title="fmnist-service",
         # /docs and /redoc come from service/api/routes/dashboard.py, on local assets instead of a CDN.
         docs_url=None,
@@ -122,4 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(PredictLatencyMiddleware, histogram=app.state.metrics.predict_latency)
     app.add_middleware(UnexpectedErrorMiddleware)  # inside the request id's: the 500 and its log line carry it
     app.add_middleware(RequestIdMiddleware)
+    # CORS headers come from the middleware: with CORS on, predictions take the app's path.
+    if settings.predict_fast_path and not settings.cors_origin_list:
+        app.fast_predict = PredictFastPath(app, partial(FastAPI.__call__, app), max_body_size)
     return app

@@ -78,6 +78,36 @@ def bounded_app(settings: Settings, db: Database) -> Iterator[FastAPI]:
         yield app
 
 
+async def answer_without_a_body(app: FastAPI) -> int:
+    """The status ``app`` answers to a multipart prediction whose body never comes (``receive`` blocks)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/predict",
+        "raw_path": b"/v1/predict",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"1000")],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+        "state": {},
+    }
+    await asyncio.wait_for(app(scope, receive, send), timeout=5)
+    return int(sent[0]["status"])
+
+
 def test_a_full_queue_answers_503_at_once_with_retry_after(bounded_app: FastAPI) -> None:
     batcher = bounded_app.state.predictor.batcher
     entered, release = threading.Event(), threading.Event()
@@ -101,6 +131,7 @@ def test_a_full_queue_answers_503_at_once_with_retry_after(bounded_app: FastAPI)
             started = time.monotonic()
             shed = await client.post("/v1/predict", **files(1))
             took = time.monotonic() - started
+            assert await answer_without_a_body(bounded_app) == 503  # refused before the body is read
             release.set()
             return [await running, await waiting], shed, took
 
@@ -119,9 +150,9 @@ def test_a_full_queue_answers_503_at_once_with_retry_after(bounded_app: FastAPI)
     assert "retry" in body["detail"]
     with TestClient(bounded_app) as client:
         text = client.get("/metrics").text
-        assert metric(text, "fmnist_predict_shed_total") == 1
+        assert metric(text, "fmnist_predict_shed_total") == 2
         assert metric(text, "fmnist_predict_queue_images") == 0
-        assert metric(text, "fmnist_predict_latency_seconds_count", endpoint="predict", status="503") == 1
+        assert metric(text, "fmnist_predict_latency_seconds_count", endpoint="predict", status="503") == 2
         # Drained: served again.
         assert client.post("/v1/predict", **files(2)).status_code == 200
 

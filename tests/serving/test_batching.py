@@ -308,7 +308,9 @@ def test_a_full_queue_refuses_at_once_and_admits_again_once_drained(bounded: Mic
             with pytest.raises(PredictQueueFull) as refused:
                 await bounded.submit(1)
             assert time.monotonic() - started < 0.05  # at once, not after the held batch
-        assert bounded.shed == 2 and bounded.waiting == 5
+        with pytest.raises(PredictQueueFull):
+            bounded.refuse_if_full()  # the check a caller makes before reading a body: counted as shed too
+        assert bounded.shed == 3 and bounded.waiting == 5
         error = refused.value
         assert (error.status, error.code, error.headers()) == (503, "predict_queue_full", {"Retry-After": "1"})
         assert "5 images are already waiting" in str(error) and "FMNIST_PREDICT_MAX_QUEUE" in str(error)
@@ -317,8 +319,9 @@ def test_a_full_queue_refuses_at_once_and_admits_again_once_drained(bounded: Mic
         await held
         assert await asyncio.gather(*admitted) == [1, 1, 1, 2]
         assert bounded.waiting == 0 and not bounded.full
+        bounded.refuse_if_full()  # drained: no longer raises
         assert await asyncio.gather(*(bounded.submit(1) for _ in range(4))) == [1, 1, 1, 1]  # drained: room again
-        assert bounded.shed == 2
+        assert bounded.shed == 3
 
     asyncio.run(main())
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
@@ -34,7 +34,8 @@ from service.schemas import (
     ValidationErrorsPublic,
     image_location,
 )
-from service.serving.predictor import ImageOutcome, Prediction
+from service.serving.predictor import ImageOutcome, Prediction, Predictor
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ router = APIRouter(prefix="/v1", tags=["predict"])
 
 MAX_TOP_K = 10
 MAX_ARRAYS = 256
+MODEL_MAX_LENGTH = 64
+# A raw-body upload (`Content-Type: image/png`, the TorchServe and KServe habit): the body is the image. Its
+# content decides its format, as for a multipart upload (a GIF sent as image/png is read as a GIF).
+RAW_IMAGE_TYPES = ("image/png", "image/jpeg")
 
 # The answers that concern the whole request, whichever form the images come in.
 MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -64,7 +69,10 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
 
 ModelQuery = Annotated[
     str | None,
-    Query(max_length=64, description="Model id or alias; default: the `production` alias, else the newest model."),
+    Query(
+        max_length=MODEL_MAX_LENGTH,
+        description="Model id or alias; default: the `production` alias, else the newest model.",
+    ),
 ]
 TopKQuery = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="How many classes to list per image.")]
 
@@ -81,11 +89,14 @@ ImageFiles = Annotated[
     File(description="Several images in one request (FMNIST_MAX_PREDICT_FILES at most)."),
     WithJsonSchema({"type": "array", "items": BINARY, "minItems": 1}),
 ]
-# One of the two fields, at least, carries the images.
+# One of the two fields, at least, carries the images; or the body is one image.
 IMAGES_REQUIRED: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {"anyOf": [{"required": ["file"]}, {"required": ["files"]}]}}},
+        "content": {
+            "multipart/form-data": {"schema": {"anyOf": [{"required": ["file"]}, {"required": ["files"]}]}},
+            **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in RAW_IMAGE_TYPES},
+        },
     }
 }
 
@@ -138,6 +149,51 @@ def _public(
             error = image_error(outcome, index, filename)
             items.append(PredictionFailedPublic(index=index, filename=filename, error=error))
     return PredictPublic(model_id=model_id, predictions=items, failed=failed)
+
+
+def is_raw_image(content_type: str) -> bool:
+    """Whether a request's ``Content-Type`` says its body is one image (`image/png`, `image/jpeg`)."""
+    return content_type.partition(";")[0].strip().lower() in RAW_IMAGE_TYPES
+
+
+def check_image_count(count: int, settings: Settings) -> None:
+    """Raises ImageCountError for a request with no image or more than FMNIST_MAX_PREDICT_FILES."""
+    if not count:
+        raise ImageCountError(
+            "send the image in the multipart field `file` (or several in `files`), "
+            "or as the body with `Content-Type: image/png` or `image/jpeg`"
+        )
+    if count > settings.max_predict_files:
+        raise ImageCountError(
+            f"{count} images in one request; the limit is {settings.max_predict_files} (FMNIST_MAX_PREDICT_FILES)"
+        )
+
+
+async def classify_uploads(
+    predictor: Predictor,
+    settings: Settings,
+    contents: Sequence[bytes | Exception],
+    filenames: list[str | None],
+    model: str | None,
+    top_k: int,
+) -> PredictPublic:
+    """The answer for uploaded images (each its bytes, or the exception that says why it could not be read),
+    in order, whichever way they came (multipart on either path, or a raw body). Raises ImageCountError, and
+    what concerns the whole request (`ModelNotFound`, `NoModelYet`, `CheckpointError`...)."""
+    check_image_count(len(contents), settings)
+    limit = settings.max_upload_bytes
+    encoded = [UploadTooLarge(limit) if isinstance(data, bytes) and len(data) > limit else data for data in contents]
+    model_id, outcomes = await predictor.predict(model, top_k, encoded=encoded)
+    return _public(model_id, outcomes, filenames)
+
+
+def render(answer: PredictPublic) -> tuple[int, bytes]:
+    """An upload answer's status and JSON body: 200 while an image was classified, else the first image's
+    status with the refusal (see `_refused`)."""
+    if answer.failed < len(answer.predictions):
+        return 200, answer.model_dump_json().encode()
+    refused = _refused(answer)
+    return refused.status_code, bytes(refused.body)
 
 
 def _refused(answer: PredictPublic) -> JSONResponse:
@@ -195,38 +251,41 @@ def parse_pixels(body: bytes) -> torch.Tensor:
     openapi_extra=IMAGES_REQUIRED,
 )
 async def predict(
+    request: Request,
     predictor: PredictorDep,
     file: ImageFile = None,
     files: ImageFiles = None,
     model: ModelQuery = None,
     top_k: TopKQuery = 3,
-) -> PredictPublic | JSONResponse:
+) -> Response:
     """Classify uploaded images of garments, one entry per image in upload order (`file` first).
 
-    Each entry has the image's `index` and `filename`, and its prediction or, for an image that cannot be
-    used (corrupt, not an image, too large...), an `error` with its `status`, `type` and `detail`; `failed`
-    counts those. One bad image costs the others nothing: the answer is 200 while at least one image was
-    classified. When none could be, it is the first image's error status (400, 413, 415, 422), with a
-    `detail` and the same entries. Photos are brought to Fashion-MNIST's form first (see the README).
+    The images come as multipart fields (`file`, and several in `files`), or as the whole body with
+    `Content-Type: image/png` or `image/jpeg`. Each entry has the image's `index` and `filename`, and its
+    prediction or, for an image that cannot be used (corrupt, not an image, too large...), an `error` with its
+    `status`, `type` and `detail`; `failed` counts those. One bad image costs the others nothing: the answer
+    is 200 while at least one image was classified. When none could be, it is the first image's error status
+    (400, 413, 415, 422), with a `detail` and the same entries. Photos are brought to Fashion-MNIST's form
+    first (see the README).
     """
     settings = predictor.settings
-    uploads = ([file] if file is not None else []) + list(files or [])
-    if not uploads:
-        raise ImageCountError("send the image in the multipart field `file` (or several in `files`)")
-    if len(uploads) > settings.max_predict_files:
-        raise ImageCountError(
-            f"{len(uploads)} images in one request; "
-            f"the limit is {settings.max_predict_files} (FMNIST_MAX_PREDICT_FILES)"
-        )
-    encoded: list[bytes | Exception] = []
-    for upload in uploads:
-        try:
-            encoded.append(await read_upload(upload, settings.max_upload_bytes))
-        except UploadTooLarge as exc:  # that image's outcome alone
-            encoded.append(exc)
-    model_id, outcomes = await predictor.predict(model, top_k, encoded=encoded)
-    answer = _public(model_id, outcomes, [upload.filename for upload in uploads])
-    return answer if answer.failed < len(outcomes) else _refused(answer)
+    # Most requests never get here: service/api/fast_predict.py answers them with the same functions.
+    if is_raw_image(request.headers.get("content-type", "")):
+        contents: list[bytes | Exception] = [await request.body()]
+        filenames: list[str | None] = [None]
+    else:
+        uploads = ([file] if file is not None else []) + list(files or [])
+        check_image_count(len(uploads), settings)
+        contents = []
+        for upload in uploads:
+            try:
+                contents.append(await read_upload(upload, settings.max_upload_bytes))
+            except UploadTooLarge as exc:  # that image's outcome alone
+                contents.append(exc)
+        filenames = [upload.filename for upload in uploads]
+    answer = await classify_uploads(predictor, settings, contents, filenames, model, top_k)
+    status, payload = render(answer)
+    return Response(payload, status_code=status, media_type="application/json")
 
 
 @router.post(
