@@ -85,10 +85,12 @@ class MicroBatcher(Generic[Item, Answer]):
         weight: Callable[[Item], int] = _one,
         max_queue: int | None = None,
         readmit: Callable[[Item], bool] = _never,
+        loop_max: int = 0,
         name: str = "micro-batcher",
     ) -> None:
         self.process, self.weight = process, weight
         self.max_batch, self.max_wait = max_batch, max_wait
+        self.loop_max = loop_max
         self.max_queue, self.readmit = max_queue, readmit
         self.batch_sizes: Counter[int] = Counter()  # total weight per batch, for metrics and tests
         self.shed = 0  # submissions refused at the bound, for metrics; under _admission
@@ -100,6 +102,8 @@ class MicroBatcher(Generic[Item, Answer]):
         self._outboxes: dict[asyncio.AbstractEventLoop, list[_Pending[Item, Answer]]] = {}  # this turn's, by loop
         self._backlog: deque[_Pending[Item, Answer]] = deque()  # the batching thread's: taken, not yet batched
         self._stopping = False  # the batching thread's
+        self._holding = False  # whether the batching thread holds items it has not answered yet
+        self._processing = threading.Lock()  # held while a batch is processed, in the thread or inline
         self._busy = False  # the batching thread's: did the last batch hold more than one item?
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -119,7 +123,25 @@ class MicroBatcher(Generic[Item, Answer]):
         return await pending.future
 
     def _hand_off(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._queue.put(self._outboxes.pop(loop))
+        outbox = self._outboxes.pop(loop)
+        if not self._processed_on_loop(outbox):
+            self._queue.put(outbox)
+
+    def _processed_on_loop(self, batch: list[_Pending[Item, Answer]]) -> bool:
+        """Processes ``batch`` here, on the event loop, when it weighs at most ``loop_max`` and the batching
+        thread holds nothing: no thread hand-off either way, and no wait for the thread to wake. False (nothing
+        done) otherwise: the thread takes it, behind what it already holds."""
+        if self._holding or sum(pending.weight for pending in batch) > self.loop_max:
+            return False
+        if not self._processing.acquire(blocking=False):
+            return False
+        try:
+            if self._holding or not self._queue.empty():
+                return False
+            _deliver(self._process_batch(batch))
+        finally:
+            self._processing.release()
+        return True
 
     @property
     def waiting(self) -> int:
@@ -172,6 +194,7 @@ class MicroBatcher(Generic[Item, Answer]):
         if entry is None:
             self._stopping = True
             return False
+        self._holding = True
         self._backlog.extend(entry)
         return True
 
@@ -197,32 +220,41 @@ class MicroBatcher(Generic[Item, Answer]):
             size += pending.weight
         return batch
 
+    def _process_batch(
+        self, batch: list[_Pending[Item, Answer]]
+    ) -> list[tuple[asyncio.Future[Answer], Answer | BaseException]]:
+        """Processes ``batch`` (under ``_processing``): each caller's future and outcome, in order."""
+        weight = self._taken(batch)
+        self.batch_sizes[weight] += 1
+        started = time.monotonic()
+        try:
+            outcomes = list(self.process([pending.item for pending in batch]))
+            if len(outcomes) != len(batch):
+                raise RuntimeError(f"{len(outcomes)} outcomes for a batch of {len(batch)}")
+        except Exception as exc:  # every waiting caller learns of it; the thread lives on
+            log.exception("processing a batch failed")
+            outcomes = [exc] * len(batch)
+        per_unit = (time.monotonic() - started) / max(weight, 1)
+        self._seconds_per_unit += 0.2 * (per_unit - self._seconds_per_unit)
+        return [(pending.future, outcome) for pending, outcome in zip(batch, outcomes, strict=True)]
+
     def _run(self) -> None:
         while True:
             batch = self._collect()
             if not batch:
                 return
             self._busy = len(batch) > 1
-            weight = self._taken(batch)
-            self.batch_sizes[weight] += 1
-            started = time.monotonic()
-            try:
-                outcomes = list(self.process([pending.item for pending in batch]))
-                if len(outcomes) != len(batch):
-                    raise RuntimeError(f"{len(outcomes)} outcomes for a batch of {len(batch)}")
-            except Exception as exc:  # every waiting caller learns of it; the thread lives on
-                log.exception("processing a batch failed")
-                outcomes = [exc] * len(batch)
-            per_unit = (time.monotonic() - started) / max(weight, 1)
-            self._seconds_per_unit += 0.2 * (per_unit - self._seconds_per_unit)
+            with self._processing:
+                answers = self._process_batch(batch)
+                self._holding = bool(self._backlog)
             by_loop: defaultdict[
                 asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Answer], Answer | BaseException]]
             ] = defaultdict(list)
-            for pending, outcome in zip(batch, outcomes, strict=True):
-                by_loop[pending.loop].append((pending.future, outcome))
-            for loop, answers in by_loop.items():
+            for pending, answer in zip(batch, answers, strict=True):
+                by_loop[pending.loop].append(answer)
+            for loop, loop_answers in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting there
-                    loop.call_soon_threadsafe(_deliver, answers)
+                    loop.call_soon_threadsafe(_deliver, loop_answers)
 
 
 def _deliver(answers: list[tuple[asyncio.Future[Answer], Answer | BaseException]]) -> None:

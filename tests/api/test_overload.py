@@ -111,7 +111,7 @@ async def answer_without_a_body(app: FastAPI) -> int:
 def test_a_full_queue_answers_503_at_once_with_retry_after(bounded_app: FastAPI) -> None:
     batcher = bounded_app.state.predictor.batcher
     entered, release = threading.Event(), threading.Event()
-    process = batcher.process
+    process, loop_max = batcher.process, batcher.loop_max
 
     def held(items: list[Any]) -> Any:  # the real batch, once the test lets the batching thread go on
         entered.set()
@@ -122,6 +122,7 @@ def test_a_full_queue_answers_503_at_once_with_retry_after(bounded_app: FastAPI)
         transport = httpx.ASGITransport(app=bounded_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             batcher.process = held
+            batcher.loop_max = 0  # the held batch must hold the batching thread, not the event loop
             running = asyncio.ensure_future(client.post("/v1/predict", **files(1)))
             while not entered.is_set():
                 await asyncio.sleep(0.005)
@@ -140,6 +141,7 @@ def test_a_full_queue_answers_503_at_once_with_retry_after(bounded_app: FastAPI)
     finally:
         release.set()
         batcher.process = process
+        batcher.loop_max = loop_max
     assert [response.status_code for response in served] == [200, 200]
     assert took < 1.0  # at once: not after the held batch
     assert shed.status_code == 503, shed.text

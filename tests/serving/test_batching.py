@@ -383,3 +383,86 @@ def test_the_bound_is_exact_under_concurrent_submitters_on_many_event_loops() ->
     refused = [outcome for outcome in outcomes if isinstance(outcome, PredictQueueFull)]
     assert len(refused) == 220 and len(outcomes) == 320
     assert instance.waiting == 0
+
+
+# -- small batches on the event loop (loop_max) -------------------------------------------------------------------
+
+
+def recording(log: list[tuple[str, list[Any]]]) -> Callable[[list[Any]], list[Any]]:
+    """A process that answers n + 1 and records which thread ran each batch."""
+
+    def run(items: list[Any]) -> list[Any]:
+        log.append((threading.current_thread().name, list(items)))
+        return [n + 1 for n in items]
+
+    return run
+
+
+def test_a_small_batch_is_processed_on_the_event_loop_when_the_thread_is_idle() -> None:
+    log: list[tuple[str, list[Any]]] = []
+    instance: MicroBatcher[int, int] = MicroBatcher(recording(log), max_batch=64, max_wait=0.0, loop_max=4)
+    loop_thread = threading.current_thread().name
+
+    async def main() -> tuple[list[int], list[int]]:
+        small = await asyncio.gather(*(instance.submit(n) for n in range(4)))  # one turn: one batch of 4
+        large = await asyncio.gather(*(instance.submit(n) for n in range(5)))  # past loop_max: the thread's
+        return small, large
+
+    try:
+        small, large = asyncio.run(main())
+    finally:
+        instance.close()
+    assert (small, large) == ([1, 2, 3, 4], [1, 2, 3, 4, 5])
+    assert log == [(loop_thread, [0, 1, 2, 3]), ("micro-batcher", [0, 1, 2, 3, 4])]
+    assert instance.batch_sizes == {4: 1, 5: 1} and instance.waiting == 0
+
+
+def test_while_the_thread_holds_a_batch_small_ones_queue_behind_it_in_order() -> None:
+    log: list[tuple[str, list[Any]]] = []
+    release = threading.Event()
+    record = recording(log)
+
+    def blocking(items: list[Any]) -> list[Any]:
+        if -1 in items:  # this batch holds the thread until the test releases it
+            release.wait(timeout=10)
+        return record(items)
+
+    instance: MicroBatcher[int, int] = MicroBatcher(blocking, max_batch=64, max_wait=0.0, loop_max=4)
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        first = asyncio.gather(*(instance.submit(n) for n in (-1, 0, 1, 2, 3)))  # 5 > loop_max: the thread's
+        await asyncio.sleep(0.05)  # the thread is inside that batch, held
+        assert instance.waiting == 0
+        small = asyncio.ensure_future(asyncio.gather(instance.submit(10), instance.submit(11)))
+        await asyncio.sleep(0.05)
+        assert not small.done()  # not run on the loop ahead of the held batch: it waits its turn
+        release.set()
+        return list(await first), await small
+
+    try:
+        first, small = asyncio.run(scenario())
+    finally:
+        release.set()
+        instance.close()
+    assert first == [0, 1, 2, 3, 4] and small == [11, 12]
+    assert log == [("micro-batcher", [-1, 0, 1, 2, 3]), ("micro-batcher", [10, 11])]
+
+
+def test_a_batch_that_fails_on_the_event_loop_fails_its_callers_and_the_next_one_is_served() -> None:
+    def flaky(items: list[int]) -> list[int]:
+        if 13 in items:
+            raise ValueError("thirteen")
+        return [n + 1 for n in items]
+
+    instance: MicroBatcher[int, int] = MicroBatcher(flaky, max_batch=8, max_wait=0.0, loop_max=8)
+
+    async def main() -> tuple[list[object], list[int]]:
+        failed = await asyncio.gather(instance.submit(13), instance.submit(1), return_exceptions=True)
+        return failed, await asyncio.gather(instance.submit(2), instance.submit(3))
+
+    try:
+        failed, served = asyncio.run(main())
+    finally:
+        instance.close()
+    assert [type(outcome) for outcome in failed] == [ValueError, ValueError]
+    assert served == [3, 4] and instance.waiting == 0
