@@ -53,7 +53,7 @@ def test_overload_settings_default_to_a_bounded_queue_and_no_rate_limits(monkeyp
     for name in ("FMNIST_PREDICT_MAX_QUEUE", "FMNIST_RATE_LIMIT_PREDICT", "FMNIST_RATE_LIMIT_TRAIN"):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
-    assert settings.predict_max_queue == 256
+    assert settings.predict_max_queue == 2048
     assert settings.rate_limit_predict == "" and settings.rate_limit_train == ""
 
 
