@@ -5,7 +5,8 @@ Each step leaves a screenshot under test-artifacts/browser (FMNIST_TEST_ARTIFACT
 test fails on any console error, uncaught exception, failed request, 4xx/5xx answer it did not expect, or
 request to another origin. Without Chromium these tests fail; FMNIST_SKIP_BROWSER=1 skips them explicitly.
 
-``python -m tests.test_browser docs/img`` takes the README's screenshots on the real data set instead.
+``FMNIST_DATA_DIR=... python -m tests.api.test_browser docs/img`` takes the README's screenshots on the real data
+set instead, on a server without keys (as a laptop runs it).
 """
 
 from __future__ import annotations
@@ -30,13 +31,16 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from models.data import load_fashion_mnist
 from models.spec import SpecFields
+from service.api import auth
 from service.api.app import create_app
 from service.api.web.forms import InputKind, form_fields
 from service.settings import Settings
 from service.store import migrations
+from service.store.db import Database
 from tests.conftest import REPO_ROOT, real_data_dir
 from tests.test_e2e import Stack, png, wait_for_job
 
@@ -127,6 +131,32 @@ def test_pages_escape_what_the_url_carries(client: TestClient) -> None:
 def test_pages_forbid_loading_from_elsewhere(client: TestClient) -> None:
     policy = client.get("/").headers["content-security-policy"]
     assert "default-src 'self'" in policy
+
+
+def key_button(html: str) -> str:
+    match = re.search(r'<button type="button" id="key-toggle"[^>]*>', html)
+    assert match is not None, "the page has the key button"
+    return match.group(0)
+
+
+def test_the_key_button_shows_only_where_the_server_asks_for_a_key(
+    client: TestClient, db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "CACHE_SECONDS", 0.0)  # a key created below counts at once
+    for path in ("/", "/jobs/abc", "/models", "/predict"):
+        html = client.get(path).text
+        assert 'data-auth="open"' in html and " hidden" in key_button(html), path
+    assert "FMNIST_API_KEY" not in client.get("/").text, "the empty state's commands need no key"
+    # A key in the database: every page now offers the key box, and the commands carry the key.
+    auth.create_key(db, "dashboard", ["predict"])
+    html = client.get("/").text
+    assert 'data-auth="key"' in html and " hidden" not in key_button(html)
+    assert "FMNIST_API_KEY" in html
+    # Keys from the environment only.
+    keyed = settings.model_copy(update={"api_keys": SecretStr("from-the-environment")})
+    with TestClient(create_app(keyed)) as keyed_client:
+        html = keyed_client.get("/models").text
+    assert 'data-auth="key"' in html and " hidden" not in key_button(html)
 
 
 def test_submit_form_has_every_spec_field_with_its_default(client: TestClient) -> None:

@@ -1,11 +1,14 @@
 """The web dashboard's pages and the API docs, all served from the app's own files (no CDN: works offline).
 
 The pages are open, like /docs: they hold no data. Their JavaScript reads everything from /v1 with the
-API key the user types in, so the pages need no session and the API's checks apply unchanged.
+API key the user types in, so the pages need no session and the API's checks apply unchanged. Each page says
+whether the server asks for a key (``data-auth`` on its body), so the key button shows only where one is
+needed; a key created after the page was served still opens the key box through the API's 401.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,12 +20,15 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagge
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import SQLAlchemyError
 
 from models.presets import PRESETS
 from models.spec import SpecFields
+from service.api.auth import KeyStore
 from service.api.web import STATIC_DIR, TEMPLATES_DIR
 from service.api.web.forms import form_fields
 
+logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=TEMPLATES_DIR)
 
@@ -52,8 +58,26 @@ def _path_for(request: Request) -> Callable[..., str]:
     return path_for
 
 
+def _auth(request: Request) -> str:
+    """Whether the API asks for a key: ``key`` when one is in the environment or active in the database,
+    ``open`` when none is, ``unknown`` when the database cannot say (the page then offers the key box)."""
+    store: KeyStore = request.app.state.keys
+    try:
+        if store.stale:
+            store.refresh()  # the page routes are plain defs: this runs in the thread pool
+    except SQLAlchemyError:
+        logger.warning("could not read the API keys to render a page", exc_info=True)
+        return "unknown"
+    return "key" if store.enabled else "open"
+
+
 def _page(request: Request, template: str, title: str, **context: Any) -> HTMLResponse:
-    values = {"title": title, "path_for": _path_for(request), "root_path": request.scope.get("root_path", "")}
+    values = {
+        "title": title,
+        "path_for": _path_for(request),
+        "root_path": request.scope.get("root_path", ""),
+        "auth": _auth(request),
+    }
     response = templates.TemplateResponse(request, template, {**values, **context})
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"

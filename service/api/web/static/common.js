@@ -29,6 +29,10 @@ const fmnist = (() => {
     return localStorage.getItem(KEY_STORAGE) || "";
   }
 
+  // Whether calls need a key: the server said so when it rendered the page (or could not say), or this browser
+  // holds one.
+  const asksForKey = () => document.body.dataset.auth !== "open" || Boolean(apiKey());
+
   function authHeaders(extra = {}) {
     const headers = { ...extra };
     const key = apiKey();
@@ -183,15 +187,21 @@ const fmnist = (() => {
   }
 
   function showKeyBox(message) {
+    document.getElementById("key-toggle").hidden = false; // a key is needed after all (one created since)
     const box = document.getElementById("key-box");
     box.hidden = false;
     document.getElementById("key-message").textContent = message || "";
     document.getElementById("key-input").focus();
   }
 
+  // The key button shows where the server asks for a key (the template hides it where the server said it is
+  // open), wherever this browser holds one, so that it can be changed or forgotten, and after any 401.
   function setUpKeyBox() {
     const box = document.getElementById("key-box");
-    document.getElementById("key-toggle").addEventListener("click", () => {
+    const toggle = document.getElementById("key-toggle");
+    if (apiKey()) toggle.hidden = false;
+    toggle.title = apiKey() ? "An API key is stored in this browser" : "Enter the API key this server asks for";
+    toggle.addEventListener("click", () => {
       if (box.hidden) showKeyBox(apiKey() ? "A key is stored in this browser." : "");
       else box.hidden = true;
     });
@@ -211,7 +221,7 @@ const fmnist = (() => {
   document.addEventListener("DOMContentLoaded", setUpKeyBox);
 
   return {
-    FINAL, ApiError, href, api, loadImage, download, streamEvents, el, percent, fixed, when, duration, bytes,
+    FINAL, ApiError, href, asksForKey, api, loadImage, download, streamEvents, el, percent, fixed, when, duration, bytes,
     shortId, statusBadge, summary, flash, report, showKeyBox,
   };
 })();

@@ -1,16 +1,50 @@
 // A job's page: status, live curves and the metrics table, from the job's event stream (polling when the
-// stream is not available), and a cancel button.
+// stream is not available), and a cancel button. A line at the top sums the job up: status, test accuracy (and
+// validation accuracy where the job holds some out), training time and device.
 "use strict";
 
 (() => {
-  const { FINAL, ApiError, api, el, loadImage, streamEvents, statusBadge, percent, fixed, when, report, flash } = fmnist;
+  const { FINAL, ApiError, api, el, loadImage, streamEvents, statusBadge, percent, fixed, when, duration, report, flash } =
+    fmnist;
   const jobId = document.getElementById("main").dataset.jobId;
   const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
   const rows = new Map(); // epoch -> metrics row
   let job = null;
 
+  const lastEpoch = () => (rows.size ? Math.max(...rows.keys()) : null);
+
+  // The seed the run uses: the spec's, or the one drawn at submission when the spec left it out.
+  function seedValue() {
+    const drawn = job.spec.seed === null || job.spec.seed === undefined;
+    return el("span", { dataset: { drawn: String(drawn) } }, el("code", {}, String(job.seed)),
+      drawn ? el("span", { class: "hint", title: "The spec left the seed out: the server drew this one." }, " (drawn)") : null);
+  }
+
+  // The job's outcome so far. While it trains, the accuracies are the latest epoch's (the stream brings epochs,
+  // not the job); once it has ended, the job's own: those of the epoch its model keeps.
+  function renderSummary() {
+    const live = !FINAL.has(job.status) && rows.size > 0;
+    const latest = live ? rows.get(lastEpoch()) : null;
+    const testAcc = live ? latest.test_acc : job.test_acc;
+    const valAcc = live ? latest.val_acc : job.val_acc;
+    const seconds = live ? [...rows.values()].reduce((sum, row) => sum + (row.seconds || 0), 0) : job.train_seconds;
+    const field = (name, ...content) => el("span", { dataset: { field: name } }, ...content);
+    const parts = [field("status", job.status)];
+    if (testAcc !== null && testAcc !== undefined) {
+      const label = job.status === "succeeded" ? "final test accuracy " : "test accuracy ";
+      parts.push(el("span", {}, label, el("strong", {}, field("test_acc", percent(testAcc))), live ? ` at epoch ${latest.epoch}` : ""));
+    } else if (job.status === "queued") {
+      parts.push("waiting for a worker");
+    }
+    if (valAcc !== null && valAcc !== undefined) parts.push(el("span", {}, "val ", field("val_acc", percent(valAcc))));
+    if (seconds) parts.push(el("span", {}, "trained ", field("train_seconds", duration(seconds))));
+    if (job.device) parts.push(el("span", {}, "on ", field("device", job.device)));
+    document.getElementById("job-summary").replaceChildren(...parts.flatMap((part, i) => (i ? [" · ", part] : [part])));
+  }
+
   function renderJob(next) {
     job = next;
+    renderSummary();
     document.getElementById("job-status").replaceChildren(statusBadge(job.status));
     const { epoch, epochs } = job.progress;
     document.getElementById("progress-bar").style.width = `${(100 * epoch) / epochs}%`;
@@ -23,7 +57,7 @@
     error.textContent = job.error || "";
     error.hidden = !job.error;
     const details = [
-      ["seed", job.seed],
+      ["seed", seedValue()],
       ["device", job.device || "–"],
       ["attempt", `${job.attempt} of ${job.max_attempts}`],
       ["preset", job.preset || "–"],
@@ -34,8 +68,13 @@
       ["started", when(job.started_at)],
       ["finished", when(job.finished_at)],
     ];
-    document.getElementById("job-details").replaceChildren(...details.flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]));
-    const spec = Object.entries(job.spec).map(([name, value]) => [el("dt", {}, name), el("dd", {}, el("code", {}, JSON.stringify(value)))]);
+    document.getElementById("job-details").replaceChildren(
+      ...details.flatMap(([name, value]) => [el("dt", {}, name), el("dd", { dataset: { field: name } }, value)]),
+    );
+    const spec = Object.entries(job.spec).map(([name, value]) => [
+      el("dt", {}, name),
+      el("dd", { dataset: { field: name } }, name === "seed" ? seedValue() : el("code", {}, JSON.stringify(value))),
+    ]);
     document.getElementById("job-spec").replaceChildren(...spec.flat());
   }
 
@@ -85,6 +124,7 @@
     const metrics = await api(`${base}/metrics`);
     for (const row of metrics.epochs) rows.set(row.epoch, row);
     renderMetrics();
+    if (job) renderSummary();
   }
 
   function onEvent(event) {
@@ -95,11 +135,10 @@
       rows.set(row.epoch, row);
       renderMetrics();
       if (job && row.epoch > job.progress.epoch) renderJob({ ...job, progress: { ...job.progress, epoch: row.epoch } });
+      else if (job) renderSummary();
       refreshCurves();
     }
   }
-
-  const lastEpoch = () => (rows.size ? Math.max(...rows.keys()) : null);
 
   async function follow() {
     for (let failures = 0; !FINAL.has(job.status); ) {

@@ -1,10 +1,11 @@
 // The job list: polled while the page is open, so status and progress stay live. Sorted by a column the user
 // clicks (GET /v1/jobs?sort=), a page at a time through the listing's cursors; `?sort=` and `?limit=` in the
-// page's own URL choose the first view.
+// page's own URL choose the first view. Until the first answer the table says it is loading; with no job at all
+// it says how to submit one; when a refresh fails it says why, and keeps polling.
 "use strict";
 
 (() => {
-  const { api, el, shortId, statusBadge, summary, when, percent, duration, report, flash } = fmnist;
+  const { ApiError, api, asksForKey, el, shortId, statusBadge, summary, when, percent, duration, flash } = fmnist;
   const POLL_MS = 2000;
   const SORTABLE = ["created_at", "test_acc", "val_acc", "train_seconds"];
   const params = new URLSearchParams(location.search);
@@ -69,6 +70,28 @@
     document.getElementById("jobs-loading").hidden = !busy;
   }
 
+  function showError(error) {
+    const box = document.getElementById("jobs-error");
+    box.hidden = error === null;
+    if (error === null) return;
+    let text;
+    if (error instanceof ApiError && error.status === 401) text = "The jobs need an API key: enter it above.";
+    else if (error instanceof ApiError) text = `Could not load the jobs: ${error.message}.`;
+    else text = `Could not reach the server (${error.message || error}).`;
+    if (!(error instanceof ApiError && error.status === 401)) text += ` Trying again every ${POLL_MS / 1000} s.`;
+    box.textContent = text;
+  }
+
+  // The empty state's commands, for this server: its address, and the key header where it asks for one.
+  function showCommands() {
+    const base = `${location.origin}${fmnist.href("")}`;
+    const key = asksForKey() ? ` -H "Authorization: Bearer $FMNIST_API_KEY"` : "";
+    document.getElementById("jobs-empty-curl").textContent =
+      `curl -X POST ${base}/v1/jobs${key} -H 'content-type: application/json' -d '{"epochs": 10}'`;
+    document.getElementById("jobs-empty-cli").textContent =
+      `fmnist submit --url ${base} --epochs 10`; // the CLI reads the key from FMNIST_API_KEY
+  }
+
   function bestTest(sweep) {
     const scores = sweep.jobs.map((job) => job.test_acc).filter((acc) => acc !== null);
     return scores.length ? percent(Math.max(...scores)) : "–";
@@ -114,6 +137,7 @@
     if (request !== latest) return;
     nextCursor = jobs.next_cursor;
     setBusy(false);
+    showError(null);
     document.querySelector("#jobs tbody").replaceChildren(...jobs.data.map(jobRow));
     const none = jobs.count === 0;
     document.getElementById("jobs-empty").hidden = !(none && !status);
@@ -139,7 +163,7 @@
     setBusy(true);
     refresh().catch((error) => {
       setBusy(false);
-      report(error);
+      showError(error);
     });
   }
 
@@ -148,7 +172,7 @@
       await refresh();
     } catch (error) {
       setBusy(false);
-      report(error);
+      showError(error);
       if (error.status === 401) return; // wait for a key: polling would only repeat the 401
     }
     setTimeout(poll, POLL_MS);
@@ -167,5 +191,6 @@
   document.getElementById("newer").addEventListener("click", () => { if (cursors.length > 1) cursors.pop(); reload(); });
   document.getElementById("older").addEventListener("click", () => { if (nextCursor) cursors.push(nextCursor); reload(); });
   showSort();
+  showCommands();
   poll();
 })();
