@@ -172,13 +172,6 @@ def test_a_killed_worker_s_job_is_picked_up_by_another(stack: Stack) -> None:
     assert stack.stop("api") == 0
 
 
-def test_commands_refuse_an_unmigrated_database(stack: Stack) -> None:
-    for args in (("serve", "--port", str(stack.port)), ("worker", "--burst")):
-        result = stack.run(*args)
-        assert result.returncode == 2
-        assert "fmnist db upgrade" in result.stderr
-
-
 def test_worker_refuses_a_device_that_is_not_there(stack: Stack) -> None:
     result = stack.run("worker", "--device", "cuda:99")
     assert result.returncode == 2 and "device" in result.stderr

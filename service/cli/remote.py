@@ -26,8 +26,9 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 import typer
 from pydantic import BaseModel
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -117,14 +118,46 @@ JobIdArgument = Annotated[str, typer.Argument(help="The job's id.")]
 SweepIdArgument = Annotated[str, typer.Argument(help="The sweep's id.")]
 StudyIdArgument = Annotated[str, typer.Argument(help="The study's id.")]
 
-stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+
+class _Trimmed:
+    """A renderable whose lines end at their last character."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for line in console.render_lines(self.renderable, options, pad=False):
+            while line and not line[-1].control and not line[-1].text.rstrip():
+                line.pop()
+            if line and not line[-1].control:
+                line[-1] = Segment(line[-1].text.rstrip(), line[-1].style)
+            yield from line
+            yield Segment.line()
+
+
+class TrimmedConsole(Console):
+    """A console that ends each line at its last character: rich pads a table's cells and title with spaces to
+    the table's width, which a terminal hides but a file, a diff or a copied line keeps."""
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        """``Console.print``, each renderable but text trimmed of the spaces that end its lines."""
+        super().print(*(item if isinstance(item, str) else _Trimmed(item) for item in objects), **options)
+
+
+stdout = TrimmedConsole(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True, soft_wrap=True)  # messages stay one line for scripts that read them
 
-alias_app = typer.Typer(help="Model aliases (`production`, ...).", no_args_is_help=True)
-sweep_app = typer.Typer(help="Sweeps: a grid of specs submitted, ranked and cancelled together.", no_args_is_help=True)
+# rich_markup_mode=None: click's plain help, as for the top-level command (service/cli/server.py says why).
+alias_app = typer.Typer(
+    help="Model aliases: set, list, rm (`production`, ...).", no_args_is_help=True, rich_markup_mode=None
+)
+sweep_app = typer.Typer(
+    help="Sweeps: grids of specs submitted, ranked and cancelled together.", no_args_is_help=True, rich_markup_mode=None
+)
 study_app = typer.Typer(
-    help="Studies: adaptive searches (Optuna) whose sampler suggests the trials and whose pruner stops the hopeless.",
+    help="Studies: adaptive searches (Optuna) that suggest trials and stop the hopeless ones.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 
@@ -258,6 +291,22 @@ def _outcome(*statuses: JobStatus) -> ExitCode:
 
 
 # -- text --------------------------------------------------------------------------------------------------
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`1 epoch`, `3 epochs`: a count with its noun in the number it takes (``plural``: when not noun + s)."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
+def listing_title(noun: str, plural: str, *, offset: int, shown: int, count: int | None) -> str:
+    """How every listing says what it shows, by the place of its rows among all: `jobs 1-4 of 4`, `job 1 of 1`,
+    `no jobs`, `no jobs past 20 of 4`; without ``count`` (not asked for), no ` of N`."""
+    of = "" if count is None else f" of {count}"
+    if shown == 0:
+        return f"no {plural}" if offset == 0 else f"no {plural} past {offset}{of}"
+    if shown == 1:
+        return f"{noun} {offset + 1}{of}"
+    return f"{plural} {offset + 1}-{offset + shown}{of}"
 
 
 def titled_table(title: str, columns: tuple[str, ...], no_wrap: tuple[str, ...] = (), **options: Any) -> Table:
@@ -492,7 +541,7 @@ def follow(client: Client, job_id: str, timeout: float | None) -> Shown:
 
 
 def _print_queued_job(job: JobPublic) -> None:
-    stdout.print(f"queued job {job.id}: {_summary(job.spec)}, {job.spec.epochs} epochs, seed {job.seed}")
+    stdout.print(f"queued job {job.id}: {_summary(job.spec)}, {counted(job.spec.epochs, 'epoch')}, seed {job.seed}")
 
 
 @with_spec_flags
@@ -516,10 +565,14 @@ def submit(
 
 def _print_jobs(page: JobsPublic, continued: bool = False) -> None:
     """A page of jobs; a page that a cursor continued is not numbered (its place in the listing is not known)."""
-    first, last = page.offset + 1, page.offset + len(page.data)
-    shown = f"jobs after the cursor: {len(page.data)}" if continued else f"jobs {first}-{last}"
+    if continued:
+        shown = len(page.data)
+        title = f"{shown or 'no'} {'job' if shown == 1 else 'jobs'} after the cursor"
+        title += "" if page.count is None else f" ({page.count} in all)"
+    else:
+        title = listing_title("job", "jobs", offset=page.offset, shown=len(page.data), count=page.count)
     table = titled_table(
-        f"{shown} of {page.count}" if page.count is not None else shown,
+        title,
         ("id", "status", "epoch", "spec", "epochs", "test acc", "created", "model"),
         no_wrap=("id", "model", "created"),
     )
@@ -646,7 +699,7 @@ def _print_job(job: JobPublic, client: Client | None = None) -> None:
         ("id", job.id),
         ("status", _state(job)),
         ("progress", f"epoch {job.progress.epoch} of {job.progress.epochs}"),
-        ("spec", f"{_summary(job.spec)}, batch {job.spec.batch_size}, {job.spec.epochs} epochs"),
+        ("spec", f"{_summary(job.spec)}, batch {job.spec.batch_size}, {counted(job.spec.epochs, 'epoch')}"),
         ("seed", str(job.seed)),
         ("attempt", f"{job.attempt} of {job.max_attempts}"),
         ("device", job.device or "-"),
@@ -765,9 +818,9 @@ def predict(
     return Shown(body, functools.partial(_print_predictions, result, images, top_k), errors, code)
 
 
-def _print_models(page: ModelsPublic) -> None:
+def _print_models(page: ModelsPublic, offset: int) -> None:
     table = titled_table(
-        f"{page.count} models",
+        listing_title("model", "models", offset=offset, shown=len(page.models), count=page.count),
         ("id", "aliases", "summary", "parameters", "test acc", "val acc", "created"),
         no_wrap=("id", "created"),
     )
@@ -784,15 +837,16 @@ def _print_models(page: ModelsPublic) -> None:
     stdout.print(table)
 
 
-@remote_command(_print_models, paging=Paging("Models", size=50, most=500))
-def models(client: Client, *, limit: int, offset: int) -> ModelsPublic:
+@remote_command(paging=Paging("Models", size=50, most=500))
+def models(client: Client, *, limit: int, offset: int) -> Shown:
     """List trained models, newest first, with their aliases."""
-    return client.list_models(limit=limit, offset=offset)
+    page = client.list_models(limit=limit, offset=offset)
+    return Shown(page, functools.partial(_print_models, page, offset))
 
 
 def _print_evaluation(model_id: str, shown: SplitEvaluationPublic) -> None:
     stdout.print(
-        f"model {model_id}, {shown.split} split ({shown.samples:,} images): "
+        f"model {model_id}, {shown.split} split ({counted(shown.samples, 'image')}): "
         f"accuracy {shown.accuracy:.4f}, expected calibration error {shown.ece:.4f}"
     )
     table = titled_table("per class", ("class", "precision", "recall", "f1", "support"), no_wrap=("class",))
@@ -852,7 +906,7 @@ def _duration(seconds: float | None) -> str:
 
 def _kept_epoch_line(card: ModelCardPublic) -> str:
     kept = card.kept_epoch
-    trained = f"{kept.epochs_trained} of {kept.epochs_planned} planned epochs trained"
+    trained = f"{kept.epochs_trained} of {counted(kept.epochs_planned, 'planned epoch')} trained"
     epoch = "epoch ?" if kept.epoch is None else f"epoch {kept.epoch}"
     if kept.reason == "validation":
         return f"{epoch}: the best validation accuracy ({trained})"
@@ -929,7 +983,7 @@ def _print_card(card: ModelCardPublic) -> None:
     if card.evaluation.validation is not None:
         validation = card.evaluation.validation
         stdout.print(
-            f"validation split ({validation.samples:,} images): accuracy {validation.accuracy:.4f}, "
+            f"validation split ({counted(validation.samples, 'image')}): accuracy {validation.accuracy:.4f}, "
             f"expected calibration error {validation.ece:.4f}"
         )
     contract = card.input_contract
@@ -983,7 +1037,9 @@ def alias_set(
 
 def _print_aliases(aliases: list[AliasPublic]) -> None:
     table = titled_table(
-        f"{len(aliases)} aliases", ("alias", "model", "updated"), no_wrap=("alias", "model", "updated")
+        listing_title("alias", "aliases", offset=0, shown=len(aliases), count=len(aliases)),
+        ("alias", "model", "updated"),
+        no_wrap=("alias", "model", "updated"),
     )
     for alias in aliases:
         table.add_row(alias.name, alias.model_id, _when(alias.updated_at))
@@ -1057,7 +1113,7 @@ def _print_sweep(sweep: SweepPublic) -> None:
 
 @sweep_app.command("submit", epilog=EXIT_CODES)
 @with_spec_flags
-@remote_command(lambda sweep: stdout.print(f"queued sweep {sweep.id}: {len(sweep.jobs)} jobs"))
+@remote_command(lambda sweep: stdout.print(f"queued sweep {sweep.id}: {counted(len(sweep.jobs), 'job')}"))
 def sweep_submit(
     client: Client,
     grid: Annotated[
@@ -1089,9 +1145,11 @@ def sweep_status(client: Client, sweep_id: SweepIdArgument) -> SweepPublic:
     return client.get_sweep(sweep_id)
 
 
-def _print_sweeps(page: SweepsPublic) -> None:
+def _print_sweeps(page: SweepsPublic, offset: int) -> None:
     table = titled_table(
-        f"{page.count} sweeps", ("id", "created", "grid", "jobs", "best test acc"), no_wrap=("id", "created")
+        listing_title("sweep", "sweeps", offset=offset, shown=len(page.data), count=page.count),
+        ("id", "created", "grid", "jobs", "best test acc"),
+        no_wrap=("id", "created"),
     )
     for sweep in page.data:
         accuracies = [job.test_acc for job in sweep.jobs if job.test_acc is not None]
@@ -1106,10 +1164,11 @@ def _print_sweeps(page: SweepsPublic) -> None:
 
 
 @sweep_app.command("list", epilog=EXIT_CODES)
-@remote_command(_print_sweeps, paging=Paging("Sweeps", size=20, most=100))
-def sweep_list(client: Client, *, limit: int, offset: int) -> SweepsPublic:
+@remote_command(paging=Paging("Sweeps", size=20, most=100))
+def sweep_list(client: Client, *, limit: int, offset: int) -> Shown:
     """List sweeps, newest first."""
-    return client.list_sweeps(limit=limit, offset=offset)
+    page = client.list_sweeps(limit=limit, offset=offset)
+    return Shown(page, functools.partial(_print_sweeps, page, offset))
 
 
 @sweep_app.command("cancel", epilog=EXIT_CODES)
@@ -1178,7 +1237,7 @@ def _study_counts(study: StudyPublic) -> str:
 def _study_line(study: StudyPublic) -> str:
     """`study ID: running, 5 of 20 trials (3 succeeded, 1 pruned, 1 running)`."""
     counts = _study_counts(study)
-    return f"study {study.id}: {study.status}, {len(study.trials)} of {study.n_trials} trials" + (
+    return f"study {study.id}: {study.status}, {len(study.trials)} of {counted(study.n_trials, 'trial')}" + (
         f" ({counts})" if counts else ""
     )
 
@@ -1195,7 +1254,7 @@ def _best_line(study: StudyPublic) -> str:
 
 def _print_started_study(study: StudyPublic) -> None:
     stdout.print(
-        f"started study {study.id}: {study.n_trials} trials, {study.sampler.get('type', '?')} sampler, "
+        f"started study {study.id}: {counted(study.n_trials, 'trial')}, {study.sampler.get('type', '?')} sampler, "
         f"{study.pruner.get('type', '?')} pruner, {study.max_concurrent} at once, seed {study.seed}",
         markup=False,
         highlight=False,
@@ -1318,9 +1377,9 @@ study_app.command("show", epilog=EXIT_CODES)(study_show)
 study_app.command("status", epilog=EXIT_CODES, hidden=True)(study_show)  # as `sweep status` is named
 
 
-def _print_studies(page: StudiesPublic) -> None:
+def _print_studies(page: StudiesPublic, offset: int) -> None:
     table = titled_table(
-        f"{page.count} studies",
+        listing_title("study", "studies", offset=offset, shown=len(page.data), count=page.count),
         ("id", "status", "created", "sampler", "pruner", "trials", "best val acc"),
         no_wrap=("id", "created"),
     )
@@ -1338,10 +1397,11 @@ def _print_studies(page: StudiesPublic) -> None:
 
 
 @study_app.command("list", epilog=EXIT_CODES)
-@remote_command(_print_studies, paging=Paging("Studies", size=20, most=100))
-def study_list(client: Client, *, limit: int, offset: int) -> StudiesPublic:
+@remote_command(paging=Paging("Studies", size=20, most=100))
+def study_list(client: Client, *, limit: int, offset: int) -> Shown:
     """List studies, newest first."""
-    return client.list_studies(limit=limit, offset=offset)
+    page = client.list_studies(limit=limit, offset=offset)
+    return Shown(page, functools.partial(_print_studies, page, offset))
 
 
 @study_app.command("cancel", epilog=EXIT_CODES)

@@ -14,26 +14,101 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from service.cli import remote as cli_remote
+from service.cli import sample as cli_sample
 from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from sqlalchemy import Engine
 
     from service.api.routes.events import EventStreams
     from service.logs import LogFormat
 
+# The top-level help, as gh and docker write theirs: a usage line, then the commands by group, one line each.
+COMMAND_GROUPS: dict[str, dict[str, str]] = {
+    "Run the service": {
+        "up": "Migrate the database, then run the API and a worker",
+        "serve": "Run the HTTP API",
+        "worker": "Run a worker that trains the queued jobs",
+        "db": "Upgrade the database schema, or show its revision",
+        "keys": "Create, list and revoke API keys",
+    },
+    "Train": {
+        "submit": "Queue a training job",
+        "jobs": "List jobs, filtered and sorted",
+        "status": "Show a job",
+        "wait": "Follow a job until it ends",
+        "metrics": "Show a job's per-epoch metrics",
+        "tag": "Set a job's tags and note",
+        "cancel": "Cancel a job",
+        "sweep": "Submit, show, list and cancel grid searches",
+        "study": "Run adaptive searches (Optuna)",
+    },
+    "Models and predictions": {
+        "sample": "Write test images as PNG files (no server needed)",
+        "predict": "Classify images with a trained model",
+        "models": "List trained models",
+        "eval": "Show a model's evaluation",
+        "card": "Show a model's card",
+        "alias": "Set, list and remove model aliases",
+    },
+}
+
+
+class CommandGroups(TyperGroup):
+    """The ``fmnist`` group, whose help lists its commands by ``COMMAND_GROUPS``, one line each."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """The usage line, the description, the commands group by group (one not in ``COMMAND_GROUPS`` under
+        "Other commands", with its own short help), the options, and where to read more."""
+        shown = {
+            name: command
+            for name in self.list_commands(ctx)
+            if (command := self.get_command(ctx, name)) is not None and not command.hidden
+        }
+        others = {
+            name: command.get_short_help_str(limit=60)
+            for name, command in shown.items()
+            if not any(name in group for group in COMMAND_GROUPS.values())
+        }
+        groups = {**COMMAND_GROUPS, "Other commands": others}
+        width = max(len(name) for name in shown) + 3
+        lines = [f"Usage: {ctx.command_path} COMMAND [ARGS]...", "", self.help or ""]
+        for title, summaries in groups.items():
+            rows = [f"  {name:<{width}}{summary}" for name, summary in summaries.items() if name in shown]
+            if rows:
+                lines += ["", f"{title}:", *rows]
+        lines += ["", "Options:", f"  {'--help':<{width}}Show this message and exit."]
+        lines += [
+            "",
+            f"Run `{ctx.command_path} COMMAND --help` for a command's options. The commands that call a server",
+            "take --url (or FMNIST_URL) and --api-key (or FMNIST_API_KEY).",
+        ]
+        formatter.write("\n".join(lines) + "\n")
+
+
+# rich_markup_mode=None: click's plain help, which names a value's type only where an option takes one (typer's
+# rich help, from 0.29 on, shows every flag as taking a `<bool>`), and pads no line to the terminal's width.
 app = typer.Typer(
-    help="fmnist-service: train MLPs on Fashion-MNIST over HTTP and serve their predictions.",
+    cls=CommandGroups,
+    help="Train multilayer perceptrons on Fashion-MNIST over HTTP and serve their predictions.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
-db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Database schema: upgrade, current (Alembic migrations).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(db_app, name="db")
-keys_app = typer.Typer(help="API keys (stored hashed in the database).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys: create, list, revoke (stored hashed).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(keys_app, name="keys")
 cli_remote.register(app)  # submit, jobs, wait, predict...: the commands that call a server over HTTP
+cli_sample.register(app)  # sample: test images as PNG files, from the local data set
 
 log = logging.getLogger("service.cli")
 
@@ -66,18 +141,48 @@ def _log_format(option: LogFormatName | None) -> LogFormat:
     return "json" if (option or get_settings().log_format) == "json" else "text"
 
 
-def _require_current_schema() -> None:
+def _ensure_schema() -> None:
+    """Creates the schema in an empty database, as `fmnist up` does; exits 2, saying to run `fmnist db upgrade`,
+    on a database at an older revision: upgrading one that holds data is the operator's step (once per release,
+    from one host, before the new version starts). A database with tables but no revision is someone else's."""
+    from sqlalchemy import inspect
+
     from service.store import migrations
     from service.store.db import create_db_engine
 
-    engine = create_db_engine(get_settings().sqlalchemy_url)
+    url = get_settings().sqlalchemy_url
+    engine = create_db_engine(url)
     try:
+        if migrations.current_revision(engine) is None:
+            tables = inspect(engine).get_table_names()
+            if tables:
+                typer.echo(
+                    f"error: the database {_safe_url()} holds tables ({', '.join(sorted(tables)[:5])}) but no "
+                    "fmnist schema revision: set FMNIST_HOME or FMNIST_DATABASE_URL to a new or an fmnist database",
+                    err=True,
+                )
+                raise typer.Exit(2)
+            _create_schema(url, engine)
         migrations.ensure_current(engine)
     except migrations.SchemaOutOfDate as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     finally:
         engine.dispose()
+
+
+def _create_schema(url: str, engine: Engine) -> None:
+    """Migrates an empty database to the newest revision. Another process starting on the same empty database
+    (a worker beside the API) may do so at the same moment: its schema serves as well, so a failure stands only
+    while the schema is still not current."""
+    from service.store import migrations
+
+    try:
+        migrations.upgrade(url)
+    except Exception:
+        if migrations.current_revision(engine) != migrations.head_revision():
+            raise
+    log.info("created the database schema (revision %s): %s", migrations.head_revision(), _safe_url())
 
 
 @app.command()
@@ -100,7 +205,7 @@ def serve(
     from service.logs import configure_logging
 
     configure_logging(log_level, _log_format(log_format))
-    _require_current_schema()
+    _ensure_schema()
     _refuse_open_network(host, settings)
     if workers > 1:
         _serve_processes(host, port, workers, log_level, _log_format(log_format))
@@ -236,7 +341,7 @@ def worker(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    _require_current_schema()
+    _ensure_schema()
     settings = get_settings()
     db = Database(settings.sqlalchemy_url)
     pool = WorkerPool(settings, db, resolved, concurrency=concurrency, burst=burst)
@@ -267,7 +372,7 @@ def _worker_per_gpu(*, burst: bool, concurrency: int, log_level: str, log_format
     if count == 0:
         typer.echo("error: --device all found no CUDA device; use --device cpu", err=True)
         return 2
-    _require_current_schema()
+    _ensure_schema()
     command = [
         sys.executable,
         "-m",
@@ -339,7 +444,7 @@ def keys_create(
     from service.api import auth
     from service.store.db import Database
 
-    _require_current_schema()
+    _ensure_schema()
     db = Database(get_settings().sqlalchemy_url)
     try:
         row, key = auth.create_key(db, name, scope)
@@ -358,7 +463,7 @@ def keys_list() -> None:
     from service.api import auth
     from service.store.db import Database
 
-    _require_current_schema()
+    _ensure_schema()
     db = Database(get_settings().sqlalchemy_url)
     try:
         rows = auth.list_keys(db)
@@ -377,7 +482,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `
     from service.api import auth
     from service.store.db import Database
 
-    _require_current_schema()
+    _ensure_schema()
     db = Database(get_settings().sqlalchemy_url)
     try:
         row = auth.revoke_key(db, key_id)
