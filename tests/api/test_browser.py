@@ -517,8 +517,10 @@ def test_the_key_box_appears_on_401_and_then_works(keyless: Session, live: Live,
     for path in ("/v1/jobs", "/v1/sweeps", "/v1/studies"):
         keyless.watch.expect("GET", rf"{path}\?.*", 401)
     keyless.goto("/")
+    expect(page.locator("#key-toggle")).to_be_visible()
     expect(page.locator("#key-box")).to_be_visible()
     expect(page.locator("#key-message")).to_have_text("This server needs an API key.")
+    expect(page.locator("#jobs-error")).to_have_text("The jobs need an API key: enter it above.")
     keyless.screenshot("key-asked")
 
     page.fill("#key-input", "not-the-key")
@@ -536,27 +538,136 @@ def test_the_key_box_appears_on_401_and_then_works(keyless: Session, live: Live,
 @pytest.mark.browser
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
+def test_a_page_served_as_open_shows_the_key_button_on_a_401(keyless: Session, live: Live) -> None:
+    """A key created after the page was served: the page believed the server open, the API's 401 corrects it."""
+    from playwright.sync_api import Route, expect
+
+    page = keyless.page
+    keyless.watch.expect("GET", r"/v1/models\?.*", 401)
+    keyless.watch.expect("GET", "/v1/aliases", 401)
+
+    def served_as_open(route: Route) -> None:
+        html = route.fetch().text()
+        assert 'data-auth="key"' in html and 'id="key-toggle" class="link" >' in html
+        html = html.replace('data-auth="key"', 'data-auth="open"').replace(
+            'id="key-toggle" class="link" >', 'id="key-toggle" class="link" hidden>'
+        )
+        route.fulfill(body=html, content_type="text/html; charset=utf-8")
+
+    page.route(f"{live.url}/models", served_as_open)
+    keyless.goto("/models")
+    expect(page.locator("#key-box")).to_be_visible()
+    expect(page.locator("#key-toggle")).to_be_visible()
+    page.click("#key-toggle")
+    expect(page.locator("#key-box")).to_be_hidden()
+    page.click("#key-toggle")
+    expect(page.locator("#key-box")).to_be_visible()
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_the_job_page_sums_the_job_up_and_shows_the_drawn_seed(
+    session: Session, live: Live, trained_model: dict[str, Any]
+) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    summary = page.locator("#job-summary")
+    with live.worker_paused():
+        job = live.api.post("/v1/jobs", json={"hidden_layers": [16], "batch_size": 64, "epochs": 2}).json()
+        session.goto(f"/jobs/{job['id']}")
+        expect(summary).to_have_text("queued · waiting for a worker")
+    # The spec left the seed out: both blocks show the one drawn, marked so.
+    for block in ("#job-spec", "#job-details"):
+        expect(page.locator(f"{block} [data-field=seed]")).to_have_text(f"{job['seed']} (drawn)")
+        expect(page.locator(f"{block} [data-field=seed] [data-drawn]")).to_have_attribute("data-drawn", "true")
+    # Live to the end, then the job's own numbers.
+    expect(page.locator("#job-status [data-status]")).to_have_attribute("data-status", "succeeded")
+    done = live.api.get(f"/v1/jobs/{job['id']}").json()
+    accuracy, seconds = f"{100 * done['test_acc']:.2f}%", f"{done['train_seconds']:.1f} s"
+    expect(summary).to_have_text(f"succeeded · final test accuracy {accuracy} · trained {seconds} · on cpu")
+    expect(summary.locator("[data-field=test_acc]")).to_have_text(f"{100 * done['test_acc']:.2f}%")
+    expect(summary.locator("[data-field=val_acc]")).to_have_count(0)  # no validation split
+    session.screenshot("summary")
+
+    # A seed the spec gave is shown as it is.
+    session.goto(f"/jobs/{trained_model['id']}")
+    expect(page.locator("#job-spec [data-field=seed]")).to_have_text("1")
+    expect(page.locator("#job-spec [data-field=seed] [data-drawn]")).to_have_attribute("data-drawn", "false")
+    # A study's trial holds validation rows out: the line gives its validation accuracy too.
+    study = wait_for_study(live.api, live.study_id, timeout=120)
+    trial = live.api.get(f"/v1/jobs/{study['best']['job_id']}").json()
+    session.goto(f"/jobs/{trial['id']}")
+    expect(summary.locator("[data-field=val_acc]")).to_have_text(f"{100 * trial['val_acc']:.2f}%")
+    expect(summary.locator("[data-field=test_acc]")).to_have_text(f"{100 * trial['test_acc']:.2f}%")
+    expect(summary.locator("[data-field=device]")).to_have_text("cpu")
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
 def test_models_page_sets_and_removes_an_alias(session: Session, live: Live, trained_model: dict[str, Any]) -> None:
     from playwright.sync_api import expect
 
     page = session.page
     model_id = trained_model["model_id"]
+    sweep = live.api.get(f"/v1/sweeps/{live.sweep_id}").json()
+    wait_for_finished(live.api, [job["id"] for job in sweep["jobs"]], timeout=120)
+    newest = live.api.get("/v1/models", params={"limit": 1}).json()["models"][0]["id"]
+    assert newest != model_id, "the sweep's models came after it"
     session.goto("/models")
     row = page.locator(f"#models tr[data-model-id='{model_id}']")
     expect(row).to_contain_text("784-32-10 relu")
+    # The name starts as a real suggestion, not a placeholder; a new alias points at the newest model.
+    expect(page.locator("#alias-name")).to_have_value("production")
+    expect(page.locator("#alias-current")).to_have_text("production is a new alias.")
+    expect(page.locator("#alias-model")).to_have_value(newest)
     page.fill("#alias-name", "staging")
     page.select_option("#alias-model", model_id)
+    expect(page.locator("#alias-submit")).to_have_text("Create alias")
     page.click("#alias-form button[type=submit]")
     expect(row.locator(".chip[data-alias='staging']")).to_be_visible()
     assert live.api.get("/v1/aliases/staging").json()["model_id"] == model_id
+    expect(page.locator("#alias-names option[value='staging']")).to_have_count(1)
+
+    # On a fresh page, naming an alias that exists selects the model it points at now, not the newest.
+    session.goto("/models")
+    expect(page.locator("#alias-names option[value='staging']")).to_have_count(1)
+    page.fill("#alias-name", "staging")
+    expect(page.locator("#alias-model")).to_have_value(model_id)
+    expect(page.locator("#alias-current")).to_have_text("staging points at this model now.")
+    page.select_option("#alias-model", newest)
+    expect(page.locator("#alias-current")).to_have_text(f"staging points at {model_id[:12]}… now.")
+    expect(page.locator("#alias-submit")).to_have_text("Move alias")
+
+    # Each row: one action in sight (Predict), the others in its menu; headers on one line.
+    actions = row.locator("td.actions")
+    expect(actions.locator(":scope > a.button")).to_have_text("Predict")
+    expect(row.get_by_role("button", name="Samples")).to_be_hidden()
+    heights = page.locator("#models thead th").evaluate_all(
+        "ths => ths.map(th => [th.textContent, th.clientHeight / parseFloat(getComputedStyle(th).fontSize)])"
+    )
+    assert all(height < 3 for _, height in heights), heights  # padding and one line: about 2.3 ems
+    menu = row.locator("details.menu")
+    menu.locator("summary").click()
+    expect(menu.locator("a.menu-item", has_text="Model card")).to_have_attribute("href", f"/models/{model_id}")
+    expect(menu.locator(".menu-item")).to_have_text(["Model card", "Samples", "Checkpoint", "ONNX", "Delete"])
+    session.screenshot("menu-open")
     row.get_by_role("button", name="Samples").click()
+    assert menu.evaluate("details => details.open") is False, "choosing closes the menu"
     expect(page.locator("#samples")).to_have_attribute("data-loaded", f"/v1/models/{model_id}/samples.svg")
     assert page.eval_on_selector("#samples", "img => img.naturalWidth") > 100
+    # A click elsewhere closes an open menu.
+    menu.locator("summary").click()
+    page.click("h1")
+    expect(row.get_by_role("button", name="Checkpoint")).to_be_hidden()
     session.screenshot("alias-set")
 
     row.get_by_role("button", name="Remove the alias staging").click()
     expect(row.locator(".chip")).to_have_count(0)
     assert live.api.get("/v1/aliases/staging").status_code == 404
+    expect(page.locator("#alias-current")).to_have_text("staging is a new alias.")
 
 
 def job_ids(api: httpx.Client, **query: Any) -> list[str]:
@@ -682,7 +793,7 @@ def test_the_job_list_says_it_is_loading_and_when_there_are_no_jobs(session: Ses
     held: list[Route] = []
     page.route(listing, lambda route: held.append(route))  # the first answer waits until the test lets it through
     session.goto("/")
-    expect(page.locator("#jobs-loading")).to_be_visible()
+    expect(page.locator("#jobs-loading")).to_have_text("Loading…")
     expect(page.locator("#jobs")).to_have_attribute("aria-busy", "true")
     expect(page.locator("#jobs-empty")).to_be_hidden()
     session.screenshot("loading")
@@ -705,11 +816,40 @@ def test_the_job_list_says_it_is_loading_and_when_there_are_no_jobs(session: Ses
     expect(page.locator("#jobs-empty")).to_be_visible()
     expect(page.locator("#jobs-empty")).to_contain_text("No jobs yet")
     expect(page.locator("#jobs")).to_be_hidden()
+    # It says how to submit one: the form, or this command for this server (which asks for a key).
+    expect(page.locator("#jobs-empty a", has_text="the submit form")).to_have_attribute("href", "/submit")
+    command = page.locator("#jobs-empty-curl").inner_text()
+    assert command == (
+        f'curl -X POST {live.url}/v1/jobs -H "Authorization: Bearer $FMNIST_API_KEY" '
+        "-H 'content-type: application/json' -d '{\"epochs\": 10}'"
+    )
+    expect(page.locator("#jobs-empty-cli")).to_have_text(f"fmnist submit --url {live.url} --epochs 10")
+    session.screenshot("empty")
+    if shutil.which("curl"):  # the command works as shown, pasted into a shell
+        with live.worker_paused():
+            ran = subprocess.run(
+                ["bash", "-c", command], env={**os.environ, "FMNIST_API_KEY": live.key}, capture_output=True, timeout=30
+            )
+            queued = json.loads(ran.stdout)
+            assert queued["status"] == "queued" and queued["spec"]["epochs"] == 10, ran
+            assert live.api.post(f"/v1/jobs/{queued['id']}/cancel").status_code == 200
     # Filtered to a status no job has: the table stays, with a line that says so.
     page.select_option("#status-filter", "failed")
     expect(page.locator("#jobs-none-match")).to_have_text("No failed jobs.")
     expect(page.locator("#jobs-empty")).to_be_hidden()
     expect(page.locator("#jobs")).to_be_visible()
+
+    # A refresh that fails says why, above the rows it had, and the next poll that succeeds clears it.
+    page.unroute(listing)
+    session.watch.expect("GET", r"/v1/jobs\?.*", 500)
+    broken = {"detail": "the database is unavailable"}
+    page.route(listing, lambda route: route.fulfill(status=500, json=broken))
+    error = page.locator("#jobs-error")
+    expect(error).to_have_text("Could not load the jobs: the database is unavailable. Trying again every 2 s.")
+    expect(page.locator("#jobs-loading")).to_be_hidden()
+    session.screenshot("error")
+    page.unroute(listing)
+    expect(error).to_be_hidden()
 
 
 @pytest.mark.browser

@@ -145,6 +145,7 @@
     noneMatch.hidden = !(none && status);
     noneMatch.textContent = `No ${status} jobs.`;
     document.getElementById("jobs").hidden = none && !status;
+    document.getElementById("jobs-pager").hidden = none && !status;
     const first = (cursors.length - 1) * PAGE;
     document.getElementById("jobs-count").textContent = jobs.data.length ? `${first + 1}–${first + jobs.data.length} of ${jobs.count}` : "";
     document.getElementById("newer").disabled = cursors.length === 1;
