@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
 
 from service.api import auth, metrics
@@ -45,19 +46,66 @@ NOT_JSON_RESPONSE: dict[str, Any] = {
     "description": "The body was not sent as JSON (`Content-Type: application/json`).",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorPublic"}}},
 }
+COMPONENT_SCHEMAS = "#/components/schemas/"
 
 
-def _document_non_json_bodies(app: FastAPI) -> None:
+def operation_id(route: APIRoute) -> str:
+    """An operation's id in the OpenAPI document: its route's name (`submit_job`, `predict`), which clients
+    generated from the document take for their functions' names. FastAPI warns of a duplicate."""
+    return route.name
+
+
+def _document_non_json_bodies(document: dict[str, Any]) -> None:
     """Documents the 415 that a body sent as anything but JSON gets, on each operation that takes JSON."""
+    for path_item in document["paths"].values():
+        for operation in path_item.values():
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                operation["responses"].setdefault("415", NOT_JSON_RESPONSE)
+
+
+def _binary_fields(schema: Any, components: dict[str, Any], seen: set[str]) -> Iterator[dict[str, Any]]:
+    """The file fields in a multipart body's ``schema``: bytes (a ``contentMediaType``, no ``contentEncoding``),
+    in its properties, array items and alternatives, through the components it refers to."""
+    if isinstance(schema, list):
+        for item in schema:
+            yield from _binary_fields(item, components, seen)
+        return
+    if not isinstance(schema, dict):
+        return
+    reference = schema.get("$ref", "")
+    if reference.startswith(COMPONENT_SCHEMAS) and reference not in seen:
+        seen.add(reference)
+        yield from _binary_fields(components.get(reference.removeprefix(COMPONENT_SCHEMAS)), components, seen)
+    if schema.get("type") == "string" and "contentMediaType" in schema and "contentEncoding" not in schema:
+        yield schema
+    for keyword in ("items", "anyOf", "oneOf", "allOf", "prefixItems"):
+        yield from _binary_fields(schema.get(keyword), components, seen)
+    for field in schema.get("properties", {}).values():
+        yield from _binary_fields(field, components, seen)
+
+
+def _document_file_fields(document: dict[str, Any]) -> None:
+    """Adds ``format: binary`` beside ``contentMediaType`` on every multipart file field. OpenAPI 3.1 says a
+    file with ``contentMediaType`` alone (FastAPI's output); generators that read the 3.0 way (openapi-python-client,
+    orval, ng-openapi-gen...) take such a field for text and would send the file's bytes as a text field."""
+    components = document.get("components", {}).get("schemas", {})
+    for path_item in document["paths"].values():
+        for operation in path_item.values():
+            multipart = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+            if multipart is not None:
+                for field in _binary_fields(multipart.get("schema"), components, set()):
+                    field.setdefault("format", "binary")
+
+
+def _extend_document(app: FastAPI) -> None:
+    """Completes the OpenAPI document FastAPI writes (once, on first use) with what it cannot say itself."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            document = generate()
-            for path_item in document["paths"].values():
-                for operation in path_item.values():
-                    if "application/json" in operation.get("requestBody", {}).get("content", {}):
-                        operation["responses"].setdefault("415", NOT_JSON_RESPONSE)
+            document = generate()  # cached by FastAPI in app.openapi_schema: changed in place
+            _document_non_json_bodies(document)
+            _document_file_fields(document)
         return app.openapi_schema or generate()
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the document
@@ -100,6 +148,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         version="0.1.0",
         summary="Train multilayer perceptrons on Fashion-MNIST and serve their predictions.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.db = Database(settings.sqlalchemy_url)
@@ -126,7 +175,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.include_router(dashboard.router)
     dashboard.mount_assets(app)
     register_error_handlers(app)
-    _document_non_json_bodies(app)
+    _extend_document(app)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,

@@ -145,7 +145,9 @@ class JobWatch:
 
 
 # Errors are JSON, though the route's own answer is an event stream.
-JSON_ERROR = {"application/json": {"schema": ErrorPublic.model_json_schema()}}
+# A reference to the one ErrorPublic in the document: a copy inline per answer would make client generators
+# build one model per copy, and collide on their names.
+JSON_ERROR = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ErrorPublic.__name__}"}}}
 
 LastEventId = Annotated[
     int | None,

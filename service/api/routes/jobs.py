@@ -138,7 +138,7 @@ def cancel_job(job_id: str, db: DatabaseDep) -> JobPublic:
     return JobPublic.from_job(queue.request_cancel(db, job_id))
 
 
-@router.get("/{job_id}/metrics", response_model=JobMetricsPublic, responses=NOT_FOUND)
+@router.get("/{job_id}/metrics", response_model=JobMetricsPublic, responses=NOT_FOUND, name="get_job_metrics")
 def get_metrics(job_id: str, db: DatabaseDep) -> JobMetricsPublic:
     """Per-epoch metrics, written after each epoch and readable while the job runs."""
     job, rows = jobs.get_metrics(db, job_id)

@@ -30,6 +30,12 @@ from service.store.tables import Model
 router = APIRouter(prefix="/v1", tags=["models"])
 
 MODEL_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic, "description": "No such model."}}
+# A file's bytes, as OpenAPI 3.0 (`format: binary`) and 3.1 (`contentMediaType`) tools each read them.
+DOWNLOAD = {
+    "application/octet-stream": {
+        "schema": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+    }
+}
 EVALUATION_UNAVAILABLE: dict[str, Any] = {
     "model": ErrorPublic,
     "description": "A model trained before evaluations were stored, and no Fashion-MNIST data on the server.",
@@ -105,7 +111,7 @@ def delete_model(
 @router.get(
     "/models/{model_ref}/download",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, **MODEL_NOT_FOUND},
+    responses={200: {"description": "The file.", "content": DOWNLOAD}, **MODEL_NOT_FOUND},
 )
 def download_model(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep) -> FileResponse:
     """The checkpoint: a safetensors file whose header carries the spec (see the README to load it)."""
@@ -121,7 +127,7 @@ def download_model(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep) 
 @router.get(
     "/models/{model_ref}/onnx",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, **MODEL_NOT_FOUND},
+    responses={200: {"description": "The file.", "content": DOWNLOAD}, **MODEL_NOT_FOUND},
 )
 def download_onnx(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep) -> FileResponse:
     """The model as ONNX: input `images` float32 (batch, 28, 28) in [0, 1], output `logits` (batch, 10)."""

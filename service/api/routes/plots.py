@@ -51,8 +51,12 @@ FOREVER = "max-age=31536000, immutable"
 def documented(media_type: str, errors: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
     """The figure's media type for a 200 and a 304; JSON errors. (FastAPI gives an error the response class's
     media type when the route names one, so the routes name none and the figure's is documented here.)"""
+    # `format: binary` for the image bytes too (OpenAPI 3.0's way; 3.1 tools read `contentMediaType`). SVG is text.
+    schema: dict[str, Any] = {"type": "string", "contentMediaType": media_type}
+    if media_type != plots.MEDIA_TYPES["svg"]:
+        schema["format"] = "binary"
     responses: dict[int | str, dict[str, Any]] = {
-        200: {"description": "The figure.", "content": {media_type: {"schema": {"type": "string"}}}},
+        200: {"description": "The figure.", "content": {media_type: {"schema": schema}}},
         304: {"description": "The figure is the one the request's If-None-Match names."},
     }
     for status, description in (errors or {}).items():

@@ -133,7 +133,7 @@ def submit_study(
     return study_public(get_study(db, study.id))
 
 
-@router.get("", response_model=StudiesPublic)
+@router.get("", response_model=StudiesPublic, name="list_studies")
 def list_all(
     db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -150,7 +150,7 @@ def get_study_status(study_id: str, db: DatabaseDep) -> StudyPublic:
     return study_public(get_study(db, study_id))
 
 
-@router.post("/{study_id}/cancel", response_model=StudyPublic, responses=NOT_FOUND)
+@router.post("/{study_id}/cancel", response_model=StudyPublic, responses=NOT_FOUND, name="cancel_study")
 def cancel(study_id: str, db: DatabaseDep) -> StudyPublic:
     """Stop the study: no more trials; its queued trials are cancelled, running ones stop at the next batch.
     Cancelling a study that has ended changes nothing."""

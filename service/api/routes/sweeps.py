@@ -78,7 +78,7 @@ def submit_sweep(
     return _public(db, sweep.id)
 
 
-@router.get("", response_model=SweepsPublic)
+@router.get("", response_model=SweepsPublic, name="list_sweeps")
 def list_all(
     db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -95,7 +95,7 @@ def get_sweep_status(sweep_id: str, db: DatabaseDep) -> SweepPublic:
     return _public(db, sweep_id)
 
 
-@router.post("/{sweep_id}/cancel", response_model=SweepPublic, responses=NOT_FOUND)
+@router.post("/{sweep_id}/cancel", response_model=SweepPublic, responses=NOT_FOUND, name="cancel_sweep")
 def cancel(sweep_id: str, db: DatabaseDep) -> SweepPublic:
     """Cancel every job of the sweep that has not ended yet."""
     queue.cancel_sweep(db, sweep_id)
