@@ -246,6 +246,22 @@ class MissingScope(Forbidden):
     code = "missing_scope"
 
 
+class NotOwner(Forbidden):
+    """A valid key changing a job, sweep or study that another key created (service/api/ownership.py)."""
+
+    code = "not_owner"
+
+    def __init__(self, kind: str, row_id: str, owner: str | None, owner_name: str | None, action: str) -> None:
+        if owner is None:
+            whose = "was created while the server had no API keys, so it has no owner"
+            who = "an admin key"
+        else:
+            named = f"{owner_name!r} ({owner})" if owner_name else repr(owner)
+            whose = f"belongs to the API key {named}"
+            who = "that key or an admin key"
+        super().__init__(f"{kind} {row_id!r} {whose}: only {who} may {action} it")
+
+
 class JobNotFound(NotFound):
     code = "job_not_found"
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, QueueSignalDep, SettingsDep
 from service.api.idempotency import IdempotencyKey, answer_submission, idempotent_responses, submitter
+from service.api.ownership import ensure_owner
 from service.jobs import listing, queue, tracking
 from service.jobs import queries as jobs
 from service.jobs.specs import validated_spec
@@ -117,14 +118,16 @@ def get_job(job_id: str, db: DatabaseDep) -> JobPublic:
     response_model=JobPublic,
     responses={**NOT_FOUND, 422: {"description": "A tag or note out of bounds, or more than 32 tags in all."}},
 )
-def update_job(job_id: str, body: JobUpdate, db: DatabaseDep) -> JobPublic:
+def update_job(job_id: str, body: JobUpdate, db: DatabaseDep, caller: TrainCaller) -> JobPublic:
     """Label a job (any status): tags merge, the note is replaced; fields left out stay as they are.
 
     `{"tags": {"team": "vision", "baseline": null}}` sets `team`, removes `baseline` and keeps the other tags;
     `"tags": null` removes them all. `"note": "..."` replaces the note, `"note": null` clears it. A job has at most
     32 tags; keys are 1-64 letters, digits, `_`, `.` or `-`; values strings of at most 256 characters without
-    control characters. The job's status and `updated_at` do not change.
+    control characters. The job's status and `updated_at` do not change. Only the key that submitted the job,
+    or an admin key, may label it (403 `not_owner` otherwise).
     """
+    ensure_owner(db, caller, "job", job_id, "label")
     return JobPublic.from_job(tracking.label_job(db, job_id, **body.changes()))
 
 
@@ -133,8 +136,10 @@ def update_job(job_id: str, body: JobUpdate, db: DatabaseDep) -> JobPublic:
     response_model=JobPublic,
     responses={**NOT_FOUND, 409: {"model": ErrorPublic, "description": "The job has already ended."}},
 )
-def cancel_job(job_id: str, db: DatabaseDep) -> JobPublic:
-    """Cancel a job: a queued one at once, a running one at its next batch (it then ends `cancelled`)."""
+def cancel_job(job_id: str, db: DatabaseDep, caller: TrainCaller) -> JobPublic:
+    """Cancel a job: a queued one at once, a running one at its next batch (it then ends `cancelled`). Only the
+    key that submitted it, or an admin key, may cancel it (403 `not_owner` otherwise)."""
+    ensure_owner(db, caller, "job", job_id, "cancel")
     return JobPublic.from_job(queue.request_cancel(db, job_id))
 
 

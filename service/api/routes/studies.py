@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, Offset, QueueSignalDep, SettingsDep
 from service.api.idempotency import IdempotencyKey, answer_submission, idempotent_responses, submitter
+from service.api.ownership import ensure_owner
 from service.jobs import queue, studies
 from service.jobs.status import JobStatus
 from service.jobs.studies import StudyView, get_study, list_studies
@@ -151,8 +152,10 @@ def get_study_status(study_id: str, db: DatabaseDep) -> StudyPublic:
 
 
 @router.post("/{study_id}/cancel", response_model=StudyPublic, responses=NOT_FOUND, name="cancel_study")
-def cancel(study_id: str, db: DatabaseDep) -> StudyPublic:
+def cancel(study_id: str, db: DatabaseDep, caller: TrainCaller) -> StudyPublic:
     """Stop the study: no more trials; its queued trials are cancelled, running ones stop at the next batch.
-    Cancelling a study that has ended changes nothing."""
+    Cancelling a study that has ended changes nothing. Only the key that submitted the study, or an admin key,
+    may cancel it (403 `not_owner` otherwise)."""
+    ensure_owner(db, caller, "study", study_id, "cancel")
     queue.cancel_study(db, study_id)
     return study_public(get_study(db, study_id))

@@ -10,6 +10,7 @@ from models.spec import TrainingSpec
 from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, Offset, QueueSignalDep, SettingsDep
 from service.api.idempotency import IdempotencyKey, answer_submission, idempotent_responses, submitter
+from service.api.ownership import ensure_owner
 from service.jobs import queue
 from service.jobs.sweeps import expand_grid, get_sweep, list_sweeps, status_counts
 from service.schemas import ErrorPublic, JobProgress, SweepCreate, SweepJobPublic, SweepPublic, SweepsPublic
@@ -96,7 +97,9 @@ def get_sweep_status(sweep_id: str, db: DatabaseDep) -> SweepPublic:
 
 
 @router.post("/{sweep_id}/cancel", response_model=SweepPublic, responses=NOT_FOUND, name="cancel_sweep")
-def cancel(sweep_id: str, db: DatabaseDep) -> SweepPublic:
-    """Cancel every job of the sweep that has not ended yet."""
+def cancel(sweep_id: str, db: DatabaseDep, caller: TrainCaller) -> SweepPublic:
+    """Cancel every job of the sweep that has not ended yet. Only the key that submitted the sweep, or an admin
+    key, may cancel it (403 `not_owner` otherwise)."""
+    ensure_owner(db, caller, "sweep", sweep_id, "cancel")
     queue.cancel_sweep(db, sweep_id)
     return _public(db, sweep_id)
