@@ -309,6 +309,11 @@ def listing_title(noun: str, plural: str, *, offset: int, shown: int, count: int
     return f"{plural} {offset + 1}-{offset + shown}{of}"
 
 
+def print_listing(table: Table) -> None:
+    """A listing's table; with no row, its title alone (`no jobs`), not an empty frame of headers."""
+    stdout.print(table if table.row_count else Text(str(table.title)))
+
+
 def titled_table(title: str, columns: tuple[str, ...], no_wrap: tuple[str, ...] = (), **options: Any) -> Table:
     """A table with its title on the left, these columns, and the ``no_wrap`` ones never folded."""
     table = Table(title=title, title_justify="left")
@@ -587,7 +592,7 @@ def _print_jobs(page: JobsPublic, continued: bool = False) -> None:
             _when(job.created_at),
             job.model_id or "-",
         )
-    stdout.print(table)
+    print_listing(table)
     if page.next_cursor is not None:
         stdout.print(f"more: --cursor {page.next_cursor}", markup=False, highlight=False)
 
@@ -834,7 +839,7 @@ def _print_models(page: ModelsPublic, offset: int) -> None:
             _fmt(entry.val_acc),
             _when(entry.created_at),
         )
-    stdout.print(table)
+    print_listing(table)
 
 
 @remote_command(paging=Paging("Models", size=50, most=500))
@@ -1043,7 +1048,7 @@ def _print_aliases(aliases: list[AliasPublic]) -> None:
     )
     for alias in aliases:
         table.add_row(alias.name, alias.model_id, _when(alias.updated_at))
-    stdout.print(table)
+    print_listing(table)
 
 
 @alias_app.command("list", epilog=EXIT_CODES)
@@ -1160,7 +1165,7 @@ def _print_sweeps(page: SweepsPublic, offset: int) -> None:
             _counts(sweep),
             _fmt(max(accuracies) if accuracies else None),
         )
-    stdout.print(table)
+    print_listing(table)
 
 
 @sweep_app.command("list", epilog=EXIT_CODES)
@@ -1393,7 +1398,7 @@ def _print_studies(page: StudiesPublic, offset: int) -> None:
             f"{len(study.trials)}/{study.n_trials}" + (f": {_study_counts(study)}" if study.counts else ""),
             _fmt(study.best.val_acc if study.best is not None else None),
         )
-    stdout.print(table)
+    print_listing(table)
 
 
 @study_app.command("list", epilog=EXIT_CODES)
