@@ -70,22 +70,48 @@ class SpecFields(BaseModel):
         description="Widths of the hidden layers, input to output; [] is softmax regression.",
         examples=[[256], [1024, 512]],
     )
-    activation: Activation = Field(default=Activation.relu, description="Non-linearity after each hidden layer.")
+    activation: Activation = Field(
+        default=Activation.relu, description="The non-linearity applied after each hidden layer."
+    )
     init: Init = Field(
         default=Init.normal,
         description="Weight initialisation: normal (N(0, init_std)), xavier (Glorot normal) or kaiming (He normal).",
     )
     init_std: float = Field(
-        default=0.01, gt=0, le=MAX_INIT_STD, allow_inf_nan=False, description="Standard deviation for init=normal."
+        default=0.01,
+        gt=0,
+        le=MAX_INIT_STD,
+        allow_inf_nan=False,
+        description="Standard deviation of the initial weights when init is normal (ignored otherwise).",
     )
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout after each hidden activation.")
+    dropout: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Probability of zeroing each hidden unit after its activation, in training only.",
+    )
     normalize_inputs: bool = Field(
         default=False, description="Standardise pixels with the training set's mean and std instead of [0, 1]."
     )
-    optimizer: Optimizer = Field(default=Optimizer.sgd, description="Optimisation algorithm.")
-    lr: float = Field(default=0.1, gt=0, le=MAX_LR, allow_inf_nan=False, description="(Peak) learning rate.")
-    momentum: float = Field(default=0.0, ge=0.0, lt=1.0, description="SGD momentum.")
-    nesterov: bool = Field(default=False, description="Nesterov momentum (SGD with momentum > 0).")
+    optimizer: Optimizer = Field(
+        default=Optimizer.sgd, description="How the gradients update the weights: SGD, Adam or AdamW."
+    )
+    lr: float = Field(
+        default=0.1,
+        gt=0,
+        le=MAX_LR,
+        allow_inf_nan=False,
+        description="Step size of the optimiser; the peak when a schedule varies it.",
+    )
+    momentum: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="SGD momentum: the share of the previous update added to the next (sgd only).",
+    )
+    nesterov: bool = Field(
+        default=False, description="Use Nesterov's look-ahead momentum (needs optimizer sgd and momentum > 0)."
+    )
     weight_decay: float = Field(
         default=0.0, ge=0.0, le=1.0, description="L2 penalty (sgd, adam) or decoupled weight decay (adamw)."
     )
@@ -93,12 +119,24 @@ class SpecFields(BaseModel):
         default=LRSchedule.constant,
         description="constant; step (x gamma every step_epochs); cosine (to 0); onecycle (up to lr, then down).",
     )
-    step_epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS, description="Epochs between decays (step schedule).")
-    gamma: float = Field(default=0.1, gt=0.0, le=1.0, description="Decay factor (step schedule).")
+    step_epochs: int = Field(
+        default=10, ge=1, le=MAX_EPOCHS, description="Epochs between two decays of the step schedule."
+    )
+    gamma: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=1.0,
+        description="Factor the step schedule multiplies the learning rate by at each decay.",
+    )
     warmup_epochs: float = Field(
         default=0.0, ge=0.0, le=MAX_EPOCHS, description="Linear warm-up from 0 over this many epochs (any schedule)."
     )
-    label_smoothing: float = Field(default=0.0, ge=0.0, le=0.5, description="Cross-entropy label smoothing.")
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=0.5,
+        description="Share of each target's probability spread evenly over the other classes (cross-entropy).",
+    )
     hflip: bool = Field(
         default=False,
         description="Data augmentation: flip each training image left-right with probability 0.5.",
@@ -110,8 +148,8 @@ class SpecFields(BaseModel):
         description="Data augmentation: shift each training image by up to this many pixels along each axis "
         "(zero-filled); 0 is off.",
     )
-    batch_size: int = Field(default=256, ge=1, le=MAX_BATCH_SIZE, description="Minibatch size.")
-    epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS, description="Passes over the training set.")
+    batch_size: int = Field(default=256, ge=1, le=MAX_BATCH_SIZE, description="Training images per gradient step.")
+    epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS, description="Full passes over the training set.")
     val_fraction: float = Field(
         default=0.0,
         ge=0.0,
@@ -125,7 +163,10 @@ class SpecFields(BaseModel):
         description="Stop after this many epochs without a better validation accuracy.",
     )
     max_seconds: float | None = Field(
-        default=None, gt=0, le=MAX_SECONDS, description="Wall-clock cap; past it the job fails with that reason."
+        default=None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="Wall-clock limit in seconds; past it the job fails with that reason.",
     )
     seed: int | None = Field(
         default=None,
