@@ -1085,11 +1085,18 @@ def test_swagger_ui_renders_offline(session: Session) -> None:
 # --- the README's screenshots --------------------------------------------------------------------------
 
 
-def readme_screenshots(folder: Path) -> None:
-    """Trains a few jobs on the real data through a real stack and photographs the dashboard at 1280x800."""
+SHOTS = ("job", "jobs", "sweep", "predict", "models", "submit")
+
+
+def readme_screenshots(folder: Path, names: tuple[str, ...] = SHOTS) -> None:
+    """Trains a few jobs on the real data through a real stack without keys and photographs the dashboard at
+    1280x800, as ``docs/img/dashboard-<name>.png`` for each of ``names``."""
     from PIL import Image
     from playwright.sync_api import expect, sync_playwright
 
+    unknown = set(names) - set(SHOTS)
+    if unknown:
+        raise SystemExit(f"no screenshot named {', '.join(sorted(unknown))}: choose from {', '.join(SHOTS)}")
     expect.set_options(timeout=TIMEOUT_MS)
     data_dir = real_data_dir()
     if data_dir is None:
@@ -1108,8 +1115,9 @@ def readme_screenshots(folder: Path) -> None:
                 "/v1/sweeps",
                 json={"base": {"epochs": 10, "seed": 0}, "grid": {"hidden_layers": [[64], [256], [1024]]}},
             ).json()
-            for job in sweep["jobs"]:
-                wait_for_job(api, job["id"], timeout=600)
+            if set(names) != {"submit"}:  # the form alone needs no trained job
+                for job in sweep["jobs"]:
+                    wait_for_job(api, job["id"], timeout=900)
             best = api.get(f"/v1/sweeps/{sweep['id']}").json()["jobs"][0]
             api.put("/v1/aliases/production", json={"model_id": best["model_id"]})
             # A wider job left running, so that the job list shows a live one; cancelled at the end.
@@ -1126,29 +1134,40 @@ def readme_screenshots(folder: Path) -> None:
                 Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
                 print(path, path.stat().st_size, "bytes")
 
-            page.goto(f"{stack.url}/jobs/{best['id']}")
-            expect(page.locator("#curves")).to_have_attribute("data-epochs", "10")
-            shot("job")
-            page.goto(f"{stack.url}/")
-            expect(page.locator("#sweeps tbody tr")).to_have_count(1)
-            shot("jobs")
-            page.goto(f"{stack.url}/sweeps/{sweep['id']}")
-            expect(page.locator("#compare")).to_be_visible()
-            shot("sweep")
-            page.goto(f"{stack.url}/submit")
-            page.select_option("#field-preset", "best-mlp")
-            shot("submit")
-            page.goto(f"{stack.url}/predict")
-            images = sample_pngs(data_dir, 4)
-            page.set_input_files(
-                "#predict-files",
-                files=[png_payload(f"test-{i}.png", image) for i, image in enumerate(images)],
-            )
-            expect(page.locator(".prediction")).to_have_count(4)
-            shot("predict")
-            page.goto(f"{stack.url}/models")
-            expect(page.locator("#models tbody tr")).to_have_count(3)
-            shot("models")
+            if "job" in names:
+                page.goto(f"{stack.url}/jobs/{best['id']}")
+                expect(page.locator("#curves")).to_have_attribute("data-epochs", "10")
+                expect(page.locator("#job-summary [data-field=test_acc]")).to_be_visible()
+                shot("job")
+            if "jobs" in names:
+                page.goto(f"{stack.url}/")
+                expect(page.locator("#sweeps tbody tr")).to_have_count(1)
+                expect(page.locator(f"#jobs tr[data-job-id='{running['id']}'] [data-status]")).to_have_attribute(
+                    "data-status", "running"
+                )
+                shot("jobs")
+            if "sweep" in names:
+                page.goto(f"{stack.url}/sweeps/{sweep['id']}")
+                expect(page.locator("#compare")).to_be_visible()
+                shot("sweep")
+            if "predict" in names:
+                page.goto(f"{stack.url}/predict")
+                images = sample_pngs(data_dir, 4)
+                page.set_input_files(
+                    "#predict-files",
+                    files=[png_payload(f"test-{i}.png", image) for i, image in enumerate(images)],
+                )
+                expect(page.locator(".prediction")).to_have_count(4)
+                shot("predict")
+            if "models" in names:
+                page.goto(f"{stack.url}/models")
+                expect(page.locator("#models tbody tr")).to_have_count(3)
+                expect(page.locator("#alias-current")).to_have_text("production points at this model now.")
+                shot("models")
+            if "submit" in names:
+                page.goto(f"{stack.url}/submit")
+                page.select_option("#field-preset", "best-mlp")
+                shot("submit")
             api.post(f"/v1/jobs/{running['id']}/cancel")
             browser.close()
     finally:
@@ -1157,4 +1176,5 @@ def readme_screenshots(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    readme_screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/img"))
+    # python -m tests.api.test_browser [FOLDER [NAME ...]]: every screenshot, or only those named.
+    readme_screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/img"), tuple(sys.argv[2:]) or SHOTS)
