@@ -18,19 +18,16 @@ from fastapi.testclient import TestClient
 
 from models.spec import SpecFields
 from service.api.web.forms import LAYOUT, SECTIONS, InputKind, bounds_text, form_fields
-from tests.api.test_browser import (  # noqa: F401 (fixtures, found by name)
-    ARTIFACTS,
-    TIMEOUT_MS,
-    Live,
-    Session,
-    Watch,
-    browser,
-    client,
-    live,
-)
+from tests.api import test_browser
+from tests.api.test_browser import ARTIFACTS, TIMEOUT_MS, Live, Session, Watch
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
+
+# The stack, the browser and the test client of tests/api/test_browser.py, as fixtures of this module too.
+live = test_browser.live
+browser = test_browser.browser
+client = test_browser.client
 
 WIDE = {"width": 1400, "height": 900}
 # Tiny runs: one epoch of a narrow layer on the synthetic set.
@@ -48,7 +45,10 @@ BASE = {"hidden_layers": "16", "epochs": "1", "batch_size": "64", "seed": "0"}
         ({"type": "integer", "minimum": 1, "maximum": 60000}, "≥ 1, ≤ 60,000"),
         ({"type": "integer", "minimum": 0, "maximum": 2**63 - 1}, "≥ 0, ≤ 9,223,372,036,854,775,807"),
         ({"type": "number", "minimum": 0.0, "maximum": 0.5}, "≥ 0, ≤ 0.5"),
-        ({"type": "array", "maxItems": 8, "items": {"type": "integer", "minimum": 1, "maximum": 8192}}, "up to 8 values, each ≥ 1, ≤ 8192"),
+        (
+            {"type": "array", "maxItems": 8, "items": {"type": "integer", "minimum": 1, "maximum": 8192}},
+            "up to 8 values, each ≥ 1, ≤ 8192",
+        ),
         ({"type": "array", "items": {"type": "integer"}}, ""),
         ({"type": "boolean"}, ""),
         ({"enum": ["a", "b"]}, ""),
@@ -62,7 +62,12 @@ def test_the_spec_s_fields_get_labels_sections_and_bounds() -> None:
     fields = {field.name: field for field in form_fields(SpecFields.model_json_schema())}
     assert list(fields) == list(SpecFields.model_fields), "form_fields keeps the schema's order"
     lr = fields["lr"]
-    assert (lr.label, lr.section.slug, lr.bounds, lr.default_text) == ("Learning rate", "optimiser", "> 0, ≤ 100", "0.1")
+    assert (lr.label, lr.section.slug, lr.bounds, lr.default_text) == (
+        "Learning rate",
+        "optimiser",
+        "> 0, ≤ 100",
+        "0.1",
+    )
     assert "step size" in lr.description.lower()
     assert (fields["seed"].section.slug, fields["seed"].default_text) == ("run", "none")
     assert (fields["hflip"].section.slug, fields["hflip"].default_text) == ("regularisation", "off")
@@ -98,7 +103,7 @@ def test_a_field_the_layout_does_not_know_lands_in_other_under_its_schema_title(
     assert lr.position < knob.position < untitled.position
 
 
-def test_the_page_groups_the_fields_and_folds_the_rare_ones(client: TestClient) -> None:  # noqa: F811
+def test_the_page_groups_the_fields_and_folds_the_rare_ones(client: TestClient) -> None:
     html = client.get("/submit").text
     assert '/static/forms.css"' in html and client.get("/static/forms.css").status_code == 200
     sections = re.findall(r'<details class="form-section" id="section-([a-z]+)" data-section="[a-z]+"\s*(open)?>', html)
@@ -123,7 +128,7 @@ def test_the_page_groups_the_fields_and_folds_the_rare_ones(client: TestClient) 
 
 
 @pytest.fixture
-def wide(browser: Browser, live: Live, request: pytest.FixtureRequest) -> Iterator[Session]:  # noqa: F811
+def wide(browser: Browser, live: Live, request: pytest.FixtureRequest) -> Iterator[Session]:
     """A 1400x900 page whose browser holds the API key; fails the test on any console error or unexpected 4xx."""
     context = browser.new_context(viewport=WIDE)  # type: ignore[arg-type]
     context.set_default_timeout(TIMEOUT_MS)
@@ -287,12 +292,12 @@ def test_a_sweep_submitted_from_the_form(wide: Session, live: Live) -> None:
     rows.nth(1).locator(".param-values").fill("16; 32, 16")
     # A field in the grid is no part of the base.
     expect(page.locator("#field-hidden_layers")).to_be_disabled()
-    expect(page.locator("#submit-summary")).to_contain_text("4 jobs (2 × 2)")
+    expect(page.locator("#submit-summary")).to_contain_text("4 jobs (2 \u00d7 2)")
 
     # 500 is over the learning rate's ceiling: the first point with it (index 2) is refused, counted from 1.
     page.click("#submit-button")
     expect(rows.nth(0).locator(".error")).to_have_text(
-        'Input should be less than or equal to 100 (grid point 3: lr 500, hidden_layers [16])'
+        "Input should be less than or equal to 100 (grid point 3: lr 500, hidden_layers [16])"
     )
     expect(rows.nth(0).locator(".param-values")).to_have_attribute("aria-invalid", "true")
     wide.screenshot("grid-error")
@@ -353,7 +358,10 @@ def test_a_study_submitted_from_the_form(wide: Session, live: Live) -> None:
     study_id = page.url.rsplit("/", 1)[-1]
     study = live.api.get(f"/v1/studies/{study_id}").json()
     live.api.post(f"/v1/studies/{study_id}/cancel")
-    assert study["space"] == {"lr": {"low": 0.01, "high": 0.5, "log": True}, "activation": {"choices": ["relu", "tanh"]}}
+    assert study["space"] == {
+        "lr": {"low": 0.01, "high": 0.5, "log": True},
+        "activation": {"choices": ["relu", "tanh"]},
+    }
     assert study["sampler"]["type"] == "random" and study["pruner"]["type"] == "none"
     assert (study["n_trials"], study["max_concurrent"], study["seed"]) == (2, 1, 3)
     assert study["base"]["val_fraction"] == 0.1

@@ -209,7 +209,7 @@
         el("input", { type: "number", step: "any", class: "param-bound", "data-bound": "low", placeholder: "low", "aria-label": "Low" }),
         el("input", { type: "number", step: "any", class: "param-bound", "data-bound": "high", placeholder: "high", "aria-label": "High" }),
         el("label", {}, el("input", { type: "checkbox", class: "param-log" }), " log scale"),
-        el("input", { type: "number", step: "any", class: "param-bound", "data-bound": "step", placeholder: "step (optional)", "aria-label": "Step" }),
+        el("input", { type: "number", step: "any", class: "param-bound", "data-bound": "step", placeholder: "step (any)", "aria-label": "Step" }),
       );
       const choices = el("input", { type: "text", class: "param-values", "aria-label": "Choices", placeholder: placeholderFor(field) });
       const show = () => {
