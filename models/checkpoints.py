@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,25 @@ def save_tensors(
         tmp.unlink(missing_ok=True)
         raise
     return SavedCheckpoint(path=path, sha256=sha, size_bytes=size)
+
+
+def sweep_temporary_files(folder: Path, older_than: float, now: float | None = None) -> list[Path]:
+    """Removes what interrupted atomic writes (``save_tensors``, ``models.export``) left in ``folder``: files
+    named ``.<name>.<random>.tmp`` last modified more than ``older_than`` seconds before ``now`` (default: the
+    current time). A write in progress is a fresh file, so another process's is never touched. Returns the
+    paths removed; a missing folder has none."""
+    if not folder.is_dir():
+        return []
+    cutoff = (time.time() if now is None else now) - older_than
+    removed = []
+    for candidate in folder.glob(".*.tmp"):
+        try:
+            if candidate.is_file() and candidate.stat().st_mtime < cutoff:
+                candidate.unlink()
+                removed.append(candidate)
+        except FileNotFoundError:  # another process swept it first
+            continue
+    return removed
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -3,12 +3,19 @@
 Written after every epoch (atomic rename), read when a requeued job is claimed again, removed once the
 job ends. Only a file made for the same job, spec and seed is ever resumed from; anything else is
 ignored and the attempt starts over.
+
+Fenced by the claim's token (the lease's fencing token, which grows with every claim of the job): an
+attempt writes ``<job>.<token>.safetensors`` and a new attempt resumes from the highest token below its own.
+A worker that froze past its lease and wakes to write a late epoch writes under its old token, so it can
+neither overwrite the state of the attempt that took the job over nor be resumed from once that attempt has
+written one. Each write removes the job's files of lower tokens.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +27,31 @@ from service.jobs.queue import Claim
 log = logging.getLogger(__name__)
 
 FORMAT = "fmnist-resume/1"
+_TOKEN_DIGITS = 12
 
 
 def resume_path(folder: Path, job_id: str) -> Path:
+    """The job's resume path: where its states live, ``<job>.<token>.safetensors`` beside it (the path itself
+    is where states were written before fencing; it is still read, as token 0)."""
     return folder / f"{job_id}.safetensors"
+
+
+def fenced_path(path: Path, token: int) -> Path:
+    """The file of the attempt holding fencing token ``token``, for the job whose resume path is ``path``."""
+    return path.with_name(f"{path.stem}.{token:0{_TOKEN_DIGITS}d}.safetensors")
+
+
+def resume_files(path: Path) -> list[tuple[int, Path]]:
+    """The job's resume files as (token, path), highest token first; the unfenced path counts as token 0."""
+    pattern = re.compile(rf"{re.escape(path.stem)}\.(\d{{{_TOKEN_DIGITS}}})\.safetensors")
+    found = [
+        (int(match.group(1)), child)
+        for child in path.parent.glob(f"{path.stem}.*.safetensors")
+        if (match := pattern.fullmatch(child.name))
+    ]
+    if path.is_file():
+        found.append((0, path))
+    return sorted(found, key=lambda entry: entry[0], reverse=True)
 
 
 def _identity(claim: Claim) -> dict[str, str]:
@@ -31,24 +59,41 @@ def _identity(claim: Claim) -> dict[str, str]:
 
 
 def save_resume_state(path: Path, claim: Claim, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Writes the attempt's state under its fencing token, unless a later attempt has written one already (this
+    attempt has lost the job: its write would be ignored anyway); then removes the job's older states."""
+    files = resume_files(path)
+    if files and files[0][0] > claim.token:
+        log.warning("job %s: a later attempt holds the job; this attempt's state is not saved", claim.job_id)
+        return
     # No fsync: this guards against a crashed worker, and a file a power cut damaged is just not resumed from.
-    save_tensors(path, tensors, {**_identity(claim), "state": json.dumps(meta)}, durable=False)
+    save_tensors(
+        fenced_path(path, claim.token), tensors, {**_identity(claim), "state": json.dumps(meta)}, durable=False
+    )
+    for token, older in files:
+        if token < claim.token:
+            older.unlink(missing_ok=True)
 
 
 def load_resume_state(path: Path, claim: Claim) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    if not path.is_file():
-        return None
-    try:
-        tensors, metadata = load_tensors(path)
-    except CheckpointError as exc:
-        log.warning("job %s: resume checkpoint unreadable (%s); starting over", claim.job_id, exc)
-        return None
-    expected = _identity(claim)
-    if any(metadata.get(key) != value for key, value in expected.items()) or "state" not in metadata:
-        log.warning("job %s: resume checkpoint belongs to another run; starting over", claim.job_id)
-        return None
-    return tensors, json.loads(metadata["state"])
+    """The state to resume ``claim`` from: the newest one written under a lower token than the claim's own, if
+    it belongs to the same run; None to start over."""
+    for token, candidate in resume_files(path):
+        if token >= claim.token:
+            continue  # not an earlier attempt's (the claim's own, or from an attempt after it: it lost the job)
+        try:
+            tensors, metadata = load_tensors(candidate)
+        except CheckpointError as exc:
+            log.warning("job %s: resume checkpoint unreadable (%s); starting over", claim.job_id, exc)
+            return None
+        expected = _identity(claim)
+        if any(metadata.get(key) != value for key, value in expected.items()) or "state" not in metadata:
+            log.warning("job %s: resume checkpoint belongs to another run; starting over", claim.job_id)
+            return None
+        return tensors, json.loads(metadata["state"])
+    return None
 
 
 def discard_resume_state(path: Path) -> None:
-    path.unlink(missing_ok=True)
+    """Removes every resume state of the job (all tokens)."""
+    for _, found in resume_files(path):
+        found.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from types import FrameType
 
 import torch
 
+from models.checkpoints import sweep_temporary_files
 from service.jobs import queue, studies
 from service.jobs.queue import Claim, LeaseLost
 from service.jobs.status import JobStatus
@@ -115,6 +116,23 @@ class LeaseKeeper(threading.Thread):
         self._done.set()
         if self.is_alive():
             self.join()
+
+
+# A temporary file this much older than now is a write that a killed process never finished (seconds).
+STALE_TEMPORARY_SECONDS = 3600.0
+
+
+def sweep_stale_temporary_files(settings: Settings) -> int:
+    """Removes the checkpoint and resume folders' temporary files left by writes that a killed process (kill -9,
+    a power cut) never finished, once they are ``STALE_TEMPORARY_SECONDS`` old; returns how many."""
+    removed = [
+        path
+        for folder in (settings.checkpoint_dir, settings.resume_dir)
+        for path in sweep_temporary_files(folder, STALE_TEMPORARY_SECONDS)
+    ]
+    for path in removed:
+        log.info("removed %s, left by an interrupted write", path)
+    return len(removed)
 
 
 class Worker:
@@ -422,6 +440,7 @@ class WorkerPool:
             log.error("%s; retrying before the first claim", exc)
 
     def run(self) -> int:
+        sweep_stale_temporary_files(self.workers[0].settings)
         try:
             if len(self.workers) == 1:
                 return self.workers[0].run()

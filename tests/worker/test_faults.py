@@ -31,7 +31,7 @@ from service.jobs.status import JobStatus
 from service.jobs.wakeup import QueueSignal
 from service.store.db import Database
 from service.store.tables import Job, Model
-from service.worker.resume import resume_path
+from service.worker.resume import resume_files, resume_path
 from tests.support.fleet import Fleet, wait_for
 from tests.support.servers import free_port, wait_ready
 
@@ -156,7 +156,7 @@ def test_a_job_killed_mid_epoch_ten_times_resumes_each_time_and_succeeds(fleet: 
     assert job.provenance is not None and job.provenance["resumed_from_epoch"] >= killed_at[-1] > 0
     assert epochs_recorded(db, job_id) == list(range(1, LONG_JOB.epochs + 1)), "each epoch recorded once"
     assert models_of(db, job_id) == 1
-    assert not resume_path(fleet.settings.resume_dir, job_id).exists()
+    assert not resume_files(resume_path(fleet.settings.resume_dir, job_id))
 
 
 # -- the trainer process --------------------------------------------------------------------------------

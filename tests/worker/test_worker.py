@@ -25,7 +25,7 @@ from service.registry import get_model
 from service.settings import FaultInjection, Settings
 from service.store.db import Database
 from service.store.tables import Model, utcnow
-from service.worker.resume import resume_path
+from service.worker.resume import resume_files, resume_path
 from service.worker.worker import Worker, WorkerPool
 from tests.support.specs import spec_of
 from tests.support.waiting import wait_until
@@ -118,7 +118,7 @@ def test_shutdown_releases_the_running_job_to_the_queue(settings: Settings, db: 
     thread.join(timeout=30)
     stored = get_job(db, job.id)
     assert stored.status is JobStatus.queued and stored.attempt == 0 and stored.epochs_done >= 1
-    assert resume_path(settings.resume_dir, job.id).is_file(), "the next attempt resumes from here"
+    assert resume_files(resume_path(settings.resume_dir, job.id)), "the next attempt resumes from here"
 
 
 def test_a_released_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(settings: Settings, db: Database) -> None:
@@ -159,7 +159,7 @@ def test_a_released_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(se
 
     assert [comparable(row) for row in rows] == [comparable(row) for row in expected]
     assert get_model(db, done.model_id).epoch == get_model(db, get_job(db, reference.id).model_id).epoch
-    assert not resume_path(settings.resume_dir, job.id).exists(), "removed once the job ended"
+    assert not resume_files(resume_path(settings.resume_dir, job.id)), "removed once the job ended"
 
 
 def test_a_job_records_what_it_ran_with(settings: Settings, db: Database) -> None:
@@ -248,7 +248,7 @@ def test_a_trainer_that_dies_on_every_attempt_fails_the_job_with_why(settings: S
     failed = get_job(db, dying.id)
     assert failed.status is JobStatus.failed and failed.attempt == 2
     assert failed.error == "the trainer process died (SIGABRT) (attempt 2 of 2)"
-    assert not resume_path(settings.resume_dir, dying.id).exists()
+    assert not resume_files(resume_path(settings.resume_dir, dying.id))
     assert get_job(db, after.id).status is JobStatus.succeeded
     assert worker.trainer.starts == 3
 
