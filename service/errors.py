@@ -336,6 +336,44 @@ class ModelInUse(Conflict):
         )
 
 
+class JobModelInUse(ModelInUse):
+    """A job whose model an alias serves cannot be deleted: the alias would point at nothing."""
+
+    code = "job_model_in_use"
+
+    def __init__(self, job_id: str, model_id: str, aliases: Sequence[str]) -> None:
+        self.aliases = list(aliases)
+        Conflict.__init__(  # ModelInUse's family, this message
+            self,
+            f"job {job_id}'s model {model_id} is served by alias(es) {', '.join(sorted(aliases))}: "
+            "move or delete them first (PUT or DELETE /v1/aliases/NAME), then delete the job",
+        )
+
+
+class JobNotEnded(Conflict):
+    """Only an ended job (succeeded, failed, cancelled, pruned) can be deleted: a worker may still write to the rest."""
+
+    code = "job_not_ended"
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            f"job {job_id} is {status}: cancel it first (POST /v1/jobs/{job_id}/cancel), then delete it once it "
+            "has ended"
+        )
+
+
+class StudyStillRunning(Conflict):
+    """A trial's job cannot be deleted while its study runs: the study's sampler learns from every trial."""
+
+    code = "study_still_running"
+
+    def __init__(self, job_id: str, study_id: str, number: int) -> None:
+        super().__init__(
+            f"job {job_id} is trial {number} of study {study_id}, which is still running and learns from it: "
+            f"wait for the study to end, or cancel it (POST /v1/studies/{study_id}/cancel), then delete the job"
+        )
+
+
 class NoModelYet(Conflict):
     code = "no_model_yet"
 

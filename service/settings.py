@@ -102,6 +102,19 @@ class Settings(BaseSettings):
         default=None, description="Test only: a JSON object making the trainer process fail on purpose."
     )
     max_sweep_size: int = Field(default=64, ge=1, le=10_000, description="Most grid points one sweep may hold.")
+    gc_keep_best: int = Field(
+        default=3,
+        ge=1,
+        le=100_000,
+        description="Retention (`fmnist gc`, POST /v1/admin/gc): the models each sweep and each ended study keeps, "
+        "best first by validation accuracy (test accuracy without one); at least 1, the search's winner.",
+    )
+    gc_keep_latest: int = Field(
+        default=3,
+        ge=0,
+        le=100_000,
+        description="Retention: the newest models each sweep and each ended study keeps as well (0: the best only).",
+    )
 
     api_keys: SecretStr = Field(
         default=SecretStr(""),

@@ -21,6 +21,7 @@ from service.api.fast_predict import PredictFastPath
 from service.api.metrics import ApiMetrics, PredictLatencyMiddleware
 from service.api.ratelimit import RATE_LIMIT_HEADERS, RateLimits
 from service.api.routes import (
+    admin,
     compare,
     dashboard,
     events,
@@ -169,6 +170,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.include_router(studies.router, dependencies=[Depends(auth.TRAIN)])
     app.include_router(study_plots.router, dependencies=[Depends(auth.TRAIN)])
     app.include_router(models.router, dependencies=[Depends(auth.models_scope)])
+    app.include_router(admin.router, dependencies=[Depends(auth.ADMIN)])
     app.include_router(plots.train_router, dependencies=[Depends(auth.TRAIN)])
     app.include_router(plots.predict_router, dependencies=[Depends(auth.PREDICT)])
     # The dashboard's pages and the docs: open like /docs, since a page holds no data; its JavaScript calls /v1.

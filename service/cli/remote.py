@@ -1450,12 +1450,24 @@ def study_plot(
     return target
 
 
+# -- deleting a job ---------------------------------------------------------------------------------------------
+
+
+@remote_command(lambda job_id: stdout.print(f"deleted job {job_id}", markup=False, highlight=False), json_option=False)
+def delete_job(client: Client, job_id: JobIdArgument) -> str:
+    """Delete an ended job with its metrics and model (exit 2 for a queued or running job: cancel it first; or
+    while an alias serves its model)."""
+    client.delete_job(job_id)
+    return job_id
+
+
 def register(app: typer.Typer) -> None:
     """Adds the HTTP commands to the ``fmnist`` command."""
     for command in (submit, jobs, status, wait, cancel, tag, metrics, predict, models):
         app.command(command.__name__, epilog=EXIT_CODES)(command)
     app.command("eval", epilog=EXIT_CODES)(evaluate)
     app.command("card", epilog=EXIT_CODES)(card)
+    app.command("delete-job", epilog=EXIT_CODES)(delete_job)
     app.add_typer(alias_app, name="alias")
     app.add_typer(sweep_app, name="sweep")
     app.add_typer(study_app, name="study")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from service.cli import gc as cli_gc
 from service.cli import remote as cli_remote
 from service.cli import sample as cli_sample
 from service.settings import Settings, get_settings
@@ -35,6 +36,7 @@ COMMAND_GROUPS: dict[str, dict[str, str]] = {
         "worker": "Run a worker that trains the queued jobs",
         "db": "Upgrade the database schema, or show its revision",
         "keys": "Create, list and revoke API keys",
+        "gc": "Remove what the retention policy does not keep",
     },
     "Train": {
         "submit": "Queue a training job",
@@ -44,6 +46,7 @@ COMMAND_GROUPS: dict[str, dict[str, str]] = {
         "metrics": "Show a job's per-epoch metrics",
         "tag": "Set a job's tags and note",
         "cancel": "Cancel a job",
+        "delete-job": "Delete an ended job and its model",
         "sweep": "Submit, show, list and cancel grid searches",
         "study": "Run adaptive searches (Optuna)",
     },
@@ -109,6 +112,7 @@ keys_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 cli_remote.register(app)  # submit, jobs, wait, predict...: the commands that call a server over HTTP
 cli_sample.register(app)  # sample: test images as PNG files, from the local data set
+cli_gc.register(app)  # gc: the retention policy, on this host's database and files
 
 log = logging.getLogger("service.cli")
 

@@ -310,6 +310,12 @@ class Client:
         """Cancel a queued or running job (a running one stops at its next batch)."""
         return JobPublic.model_validate(self._request("POST", f"/v1/jobs/{_segment(job_id)}/cancel").json())
 
+    def delete_job(self, job_id: str) -> None:
+        """Delete an ended job with its metrics and model. Raises ``Conflict`` (409) for a queued or running job
+        (``job_not_ended``: cancel it first), while an alias serves its model (``job_model_in_use``) and for a
+        trial of a running study (``study_still_running``); ``Forbidden`` (``not_owner``) for another key's job."""
+        self._request("DELETE", f"/v1/jobs/{_segment(job_id)}")
+
     def get_metrics(self, job_id: str) -> JobMetricsPublic:
         """Per-epoch metrics so far."""
         return self._get(f"/v1/jobs/{_segment(job_id)}/metrics", JobMetricsPublic)

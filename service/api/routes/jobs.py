@@ -10,7 +10,7 @@ from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, QueueSignalDep, SettingsDep
 from service.api.idempotency import IdempotencyKey, answer_submission, idempotent_responses, submitter
 from service.api.ownership import ensure_owner
-from service.jobs import listing, queue, tracking
+from service.jobs import listing, queue, retention, tracking
 from service.jobs import queries as jobs
 from service.jobs.specs import validated_spec
 from service.schemas import (
@@ -141,6 +141,30 @@ def cancel_job(job_id: str, db: DatabaseDep, caller: TrainCaller) -> JobPublic:
     key that submitted it, or an admin key, may cancel it (403 `not_owner` otherwise)."""
     ensure_owner(db, caller, "job", job_id, "cancel")
     return JobPublic.from_job(queue.request_cancel(db, job_id))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        **NOT_FOUND,
+        409: {
+            "model": ErrorPublic,
+            "description": "The job has not ended (`job_not_ended`: cancel it first), an alias serves its model "
+            "(`job_model_in_use`), or it is a trial of a study that is still running (`study_still_running`).",
+        },
+    },
+)
+def delete_job(job_id: str, db: DatabaseDep, settings: SettingsDep, caller: TrainCaller) -> Response:
+    """Delete an ended job (succeeded, failed, cancelled or pruned) with its metrics and its model, checkpoint
+    files included. Only the key that submitted it, or an admin key, may delete it (403 `not_owner` otherwise).
+
+    A sweep then lists the jobs it has left; a study that has ended keeps the trial's number and parameters, with
+    no job (it reads as failed, its error saying why). Refused (409, nothing removed) for a queued or running job,
+    while an alias serves its model, and for a trial of a running study."""
+    ensure_owner(db, caller, "job", job_id, "delete")
+    retention.delete_job(db, job_id, settings.checkpoint_dir, settings.resume_dir)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetricsPublic, responses=NOT_FOUND, name="get_job_metrics")
