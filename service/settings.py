@@ -67,6 +67,13 @@ class Settings(BaseSettings):
         "(load shedding: the requests it takes stay fast). 2048 is about 140 ms of work for 2 CPU cores at the "
         "batch forms' measured 15,000 images/s: 8 clients sending 256 images at a time are all served.",
     )
+    predict_loop_max: int = Field(
+        default=32,
+        ge=0,
+        le=65536,
+        description="Most images of a batch processed on the event loop itself while the batching thread is idle "
+        "(no thread hand-off: measured in the README); 0 sends every batch to the thread.",
+    )
     predict_fast_path: bool = Field(
         default=True,
         description="Answer POST /v1/predict on its dedicated ASGI path (service/api/fast_predict.py); false sends "

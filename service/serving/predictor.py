@@ -36,10 +36,6 @@ from service.store.tables import Model
 # Uploads up to this many pixels are decoded in the batching thread (a 28x28 PNG takes about 0.1 ms);
 # larger ones are decoded in the thread pool, in parallel, before they join a batch.
 INLINE_PIXELS = 256 * 256
-# A batch of at most this many images, arriving while the batching thread is idle, is processed on the event
-# loop itself (MicroBatcher's ``loop_max``): no thread hand-off. It holds the loop for at most about 32
-# decodes and one forward pass (about 4 ms for 28x28 PNGs, most of that the decodes).
-LOOP_BATCH_IMAGES = 32
 
 
 @dataclass(frozen=True)
@@ -144,7 +140,7 @@ class Predictor:
             weight=lambda request: request.count,
             max_queue=settings.predict_max_queue,
             readmit=lambda request: request.prepared,  # deferred once, admitted then: it comes back past the bound
-            loop_max=LOOP_BATCH_IMAGES,
+            loop_max=settings.predict_loop_max,  # small batches on the event loop: no thread hand-off
             name="predict-batcher",
         )
         # Model names resolved while the registry's version stood at ``_resolved_version``.

@@ -15,6 +15,7 @@ from torch import nn
 from models.data import images_to_inputs
 from models.network import build_mlp
 from service.errors import PredictQueueFull
+from service.serving import batching
 from service.serving.batching import MicroBatcher
 from tests.support.specs import spec_of
 
@@ -466,3 +467,29 @@ def test_a_batch_that_fails_on_the_event_loop_fails_its_callers_and_the_next_one
         instance.close()
     assert [type(outcome) for outcome in failed] == [ValueError, ValueError]
     assert served == [3, 4] and instance.waiting == 0
+
+
+def test_a_batch_that_holds_the_loop_too_long_sends_the_next_ones_to_the_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batching, "LOOP_BUDGET", 0.01)
+    log: list[tuple[str, list[Any]]] = []
+    record = recording(log)
+
+    def slow_first(items: list[int]) -> list[int]:
+        if not log:
+            time.sleep(0.03)  # a stalled database, say
+        return record(items)
+
+    instance: MicroBatcher[int, int] = MicroBatcher(slow_first, max_batch=8, max_wait=0.0, loop_max=8)
+    loop_thread = threading.current_thread().name
+
+    async def main() -> None:
+        for n in range(3):
+            assert await instance.submit(n) == n + 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        instance.close()
+    assert [thread for thread, _ in log] == [loop_thread, "micro-batcher", "micro-batcher"]
