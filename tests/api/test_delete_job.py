@@ -197,8 +197,8 @@ def test_a_running_studys_trial_is_refused_and_an_ended_studys_trial_loses_its_j
     assert count(db, StudyTrial) == 2
 
 
-def test_a_trial_of_a_study_with_no_row_left_running_is_deleted(db: Database, settings: Settings) -> None:
-    # A cancelled study: its trials' jobs may go, whichever they are.
+def test_a_cancelled_studys_trial_can_be_deleted(db: Database, settings: Settings) -> None:
+    # A cancelled study asks for no more trials: any of its ended trials' jobs may go.
     study = new_study(db, StudyStatus.cancelled)
     job = finished_job(db, settings, study_id=study, status=JobStatus.cancelled)
     study_trial(db, study, 0, job.job_id)

@@ -89,7 +89,7 @@ def searches(db: Database, settings: Settings) -> dict[str, Any]:
     running = new_study(db, StudyStatus.running)
     running_jobs = [finished_job(db, settings, study_id=running, minute=m, val_acc=0.1 * m) for m in range(4)]
     lone = [finished_job(db, settings, minute=m, val_acc=0.1) for m in range(3)]
-    return {"sweep": sweep_jobs, "done": done_jobs, "running": running_jobs, "lone": lone}
+    return {"sweep": sweep_jobs, "done": done_jobs, "running": running_jobs, "lone": lone, "ids": (sweep, done)}
 
 
 def test_each_sweep_and_ended_study_keeps_its_best_and_newest_and_aliased_models(
@@ -118,7 +118,10 @@ def test_each_sweep_and_ended_study_keeps_its_best_and_newest_and_aliased_models
     # The jobs and their metrics stay; the sweep and the study still list them.
     assert count(db, Job) == jobs_before and count(db, EpochMetric) == jobs_before
     by_id = {model.id: model for model in real.models}
-    assert {by_id[str(sweep[1].model_id)].sweep_id, by_id[str(done[0].model_id)].study_id} != {None}
+    sweep_id, study_id = searches["ids"]
+    assert (by_id[str(sweep[1].model_id)].sweep_id, by_id[str(sweep[1].model_id)].study_id) == (sweep_id, None)
+    assert (by_id[str(done[0].model_id)].sweep_id, by_id[str(done[0].model_id)].study_id) == (None, study_id)
+    assert by_id[str(done[0].model_id)].job_id == done[0].job_id
     assert registry.get_model(db, "staging").id == sweep[4].model_id
 
     again = gc(db, settings, keep_best=2, keep_latest=1, dry_run=False)
