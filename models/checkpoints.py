@@ -65,6 +65,11 @@ def save_tensors(
     return SavedCheckpoint(path=path, sha256=sha, size_bytes=size)
 
 
+# A temporary file this much older than now is a write that a killed process never finished (seconds): the
+# workers' sweep at start and retention (fmnist gc) both use it.
+STALE_TEMPORARY_SECONDS = 3600.0
+
+
 def sweep_temporary_files(folder: Path, older_than: float, now: float | None = None) -> list[Path]:
     """Removes what interrupted atomic writes (``save_tensors``, ``models.export``) left in ``folder``: files
     named ``.<name>.<random>.tmp`` last modified more than ``older_than`` seconds before ``now`` (default: the

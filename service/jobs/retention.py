@@ -22,8 +22,8 @@ The policy (``collect_garbage``) removes:
 Rows go in one transaction, files after it commits: a reader never finds a row without its file. A dry run
 removes nothing and reports what a run would remove at that moment.
 
-This module reads the resume folder by the names ``service.worker.resume`` writes (``<job>.safetensors`` and
-``<job>.<token>.safetensors``) without importing it: the API does not load the worker.
+It reads the resume folder by the names the workers write (service/jobs/resume_files.py, shared with
+service/worker/resume.py, so that the API need not load the worker).
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ from typing import Any
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from models.checkpoints import sweep_temporary_files
+from models.checkpoints import STALE_TEMPORARY_SECONDS, sweep_temporary_files
 from service.errors import JobModelInUse, JobNotEnded, JobNotFound, StudyStillRunning
+from service.jobs.resume_files import parse_resume_name, resume_files, resume_path
 from service.jobs.status import JobStatus, StudyStatus
 from service.registry import bump_version
 from service.store.db import Database, valid_key
@@ -51,12 +52,8 @@ log = logging.getLogger(__name__)
 
 # A checkpoint without a row this much older than now is a crash's leftover, not a registration in progress.
 ORPHAN_GRACE_SECONDS = 3600.0
-# As the workers' own sweep (service.worker.worker.STALE_TEMPORARY_SECONDS): an older temporary file is a write
-# that a killed process never finished.
-STALE_TEMPORARY_SECONDS = 3600.0
 
 _HEX_ID = r"[0-9a-f]{32}"
-_RESUME_FILE = re.compile(rf"(?P<job>{_HEX_ID})(\.\d{{12}})?\.safetensors")
 _MODEL_FILE = re.compile(rf"(?P<model>{_HEX_ID})\.(safetensors|onnx)")
 _TERMINAL = [status for status in JobStatus if status.is_terminal]
 _CHUNK = 500  # ids per IN (...) list
@@ -107,13 +104,9 @@ class GarbageReport:
 
 
 def job_resume_files(resume_dir: Path, job_id: str) -> list[Path]:
-    """The job's resume states in ``resume_dir``: every attempt's (``<job>.<token>.safetensors``) and the
-    unfenced ``<job>.safetensors``, as ``service.worker.resume`` names them."""
-    return sorted(
-        path
-        for path in resume_dir.glob(f"{job_id}*.safetensors")
-        if (match := _RESUME_FILE.fullmatch(path.name)) and match.group("job") == job_id
-    )
+    """The job's resume states in ``resume_dir``: every attempt's and the unfenced one
+    (service/jobs/resume_files.py)."""
+    return sorted(path for _, path in resume_files(resume_path(resume_dir, job_id)))
 
 
 # -- deleting one job ------------------------------------------------------------------------------------------
@@ -248,8 +241,8 @@ def _remove_ended_resume_states(db: Database, resume_dir: Path, report: GarbageR
     by_job: dict[str, list[Path]] = defaultdict(list)
     if resume_dir.is_dir():
         for path in resume_dir.glob("*.safetensors"):
-            if match := _RESUME_FILE.fullmatch(path.name):
-                by_job[match.group("job")].append(path)
+            if parsed := parse_resume_name(path.name):
+                by_job[parsed[0]].append(path)
     if not by_job:
         return
     live: set[str] = set()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,35 +22,20 @@ import torch
 
 from models.checkpoints import CheckpointError, load_tensors, save_tensors
 from service.jobs.queue import Claim
+from service.jobs.resume_files import fenced_path, resume_files, resume_path
+
+__all__ = [
+    "discard_resume_state",
+    "fenced_path",
+    "load_resume_state",
+    "resume_files",
+    "resume_path",
+    "save_resume_state",
+]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fmnist-resume/1"
-_TOKEN_DIGITS = 12
-
-
-def resume_path(folder: Path, job_id: str) -> Path:
-    """The job's resume path: where its states live, ``<job>.<token>.safetensors`` beside it (the path itself
-    is where states were written before fencing; it is still read, as token 0)."""
-    return folder / f"{job_id}.safetensors"
-
-
-def fenced_path(path: Path, token: int) -> Path:
-    """The file of the attempt holding fencing token ``token``, for the job whose resume path is ``path``."""
-    return path.with_name(f"{path.stem}.{token:0{_TOKEN_DIGITS}d}.safetensors")
-
-
-def resume_files(path: Path) -> list[tuple[int, Path]]:
-    """The job's resume files as (token, path), highest token first; the unfenced path counts as token 0."""
-    pattern = re.compile(rf"{re.escape(path.stem)}\.(\d{{{_TOKEN_DIGITS}}})\.safetensors")
-    found = [
-        (int(match.group(1)), child)
-        for child in path.parent.glob(f"{path.stem}.*.safetensors")
-        if (match := pattern.fullmatch(child.name))
-    ]
-    if path.is_file():
-        found.append((0, path))
-    return sorted(found, key=lambda entry: entry[0], reverse=True)
 
 
 def _identity(claim: Claim) -> dict[str, str]:

@@ -22,7 +22,7 @@ from types import FrameType
 
 import torch
 
-from models.checkpoints import sweep_temporary_files
+from models.checkpoints import STALE_TEMPORARY_SECONDS, sweep_temporary_files
 from service.jobs import queue, studies
 from service.jobs.queue import Claim, LeaseLost
 from service.jobs.status import JobStatus
@@ -116,10 +116,6 @@ class LeaseKeeper(threading.Thread):
         self._done.set()
         if self.is_alive():
             self.join()
-
-
-# A temporary file this much older than now is a write that a killed process never finished (seconds).
-STALE_TEMPORARY_SECONDS = 3600.0
 
 
 def sweep_stale_temporary_files(settings: Settings) -> int:

@@ -25,7 +25,7 @@ from service.jobs.status import JobStatus, StudyStatus
 from service.settings import Settings, get_settings
 from service.store.db import Database
 from service.store.tables import EpochMetric, Job, Model, Study
-from service.worker import resume, worker
+from service.worker import resume
 from tests.support.jobs import add_job
 from tests.support.retention import Finished, count, finished_job, new_study, new_sweep, write_file
 
@@ -196,7 +196,6 @@ def test_the_resume_file_names_are_the_workers(settings: Settings) -> None:
     write_file(settings.resume_dir / f"{'a' * 31}b.000000000001.safetensors")  # another job's
     assert retention.job_resume_files(settings.resume_dir, job_id) == sorted(p for _, p in resume.resume_files(path))
     assert len(retention.job_resume_files(settings.resume_dir, job_id)) == 3
-    assert retention.STALE_TEMPORARY_SECONDS == worker.STALE_TEMPORARY_SECONDS
 
 
 def test_orphaned_checkpoints_go_once_an_hour_old(db: Database, settings: Settings) -> None:
