@@ -14,7 +14,7 @@ answering within 100 ms.
 Needs wrk (Debian: apt-get install wrk), FMNIST_DATA_DIR, and pip access on the first run (LitServe).
 
     .venv/bin/python -m bench.predict_http [--duration 10] [--rounds 3] [--connections 32] [--max-wait-ms 0,1,2]
-                                           [--workers 1,2] [--overload]
+                                           [--loop-max 0,32] [--workers 1,2] [--overload]
 
 The runs against each server are interleaved round by round, so that a slow spell on a shared machine
 hits every endpoint; the table shows medians and the ratios' ranges. Server CPU is that of the whole
@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import io
+import itertools
 import json
 import math
 import os
@@ -302,6 +303,11 @@ def main() -> None:
     )
     parser.add_argument("--workers", default="1", help="comma-separated `fmnist serve --workers N` values to compare")
     parser.add_argument(
+        "--loop-max",
+        default="",
+        help="comma-separated FMNIST_PREDICT_LOOP_MAX values to compare (default: the service's default)",
+    )
+    parser.add_argument(
         "--overload", action="store_true", help=f"also each service at {OVERLOAD_CONNECTIONS} connections"
     )
     args = parser.parse_args()
@@ -309,6 +315,7 @@ def main() -> None:
         sys.exit("wrk not found: apt-get install wrk")
     litserve_version = ensure_litserve()
     waits = [w.strip() for w in args.max_wait_ms.split(",") if w.strip()] or [None]
+    loop_maxes = [n.strip() for n in args.loop_max.split(",") if n.strip()] or [None]
     worker_counts = [int(n) for n in args.workers.split(",") if n.strip()]
     with tempfile.TemporaryDirectory(prefix="fmnist-predict-") as scratch:
         home = Path(scratch)
@@ -341,11 +348,14 @@ def main() -> None:
                 )
             )
             for workers in worker_counts:
-                for wait in waits:
+                for wait, loop_max in itertools.product(waits, loop_maxes):
                     name = "service /v1/predict"
                     name += f", {workers} worker{'s' if workers > 1 else ''}" if worker_counts != [1] else ""
                     name += f", max wait {wait} ms" if wait is not None else ""
+                    name += f", loop max {loop_max}" if loop_max is not None else ""
                     extra = {"FMNIST_PREDICT_MAX_WAIT_MS": wait} if wait is not None else {}
+                    if loop_max is not None:
+                        extra["FMNIST_PREDICT_LOOP_MAX"] = loop_max
                     command = [*FMNIST, "serve", "--workers", str(workers), *uvicorn_flags]
                     servers.append(start_server(name, command, {**env, **extra}, "/readyz"))
             for server in servers:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from models.classes import CLASS_NAMES
 from models.files import file_sha256
 
 log = logging.getLogger(__name__)
@@ -21,9 +22,6 @@ log = logging.getLogger(__name__)
 # torchvision's FashionMNIST.classes and resource names (a test holds them equal). torchvision itself is
 # imported only to read the files: importing it loads all of torchvision.models, seconds of start-up for
 # every process that only needs these names.
-CLASS_NAMES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
 IDX_FILES: tuple[str, ...] = (
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
 )  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from models.data import CLASS_NAMES
+from models.classes import CLASS_NAMES
 from service.cli.remote import ExitCode, counted, stdout
 from service.settings import get_settings
 
