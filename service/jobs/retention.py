@@ -44,6 +44,7 @@ from models.checkpoints import STALE_TEMPORARY_SECONDS, sweep_temporary_files
 from service.errors import JobModelInUse, JobNotEnded, JobNotFound, StudyStillRunning
 from service.jobs.resume_files import parse_resume_name, resume_files, resume_path
 from service.jobs.status import JobStatus, StudyStatus
+from service.jobs.sweeps import selection_rank
 from service.registry import bump_version
 from service.store.db import Database, valid_key
 from service.store.tables import Alias, EpochMetric, Job, Model, Study, StudyTrial
@@ -217,7 +218,7 @@ def surplus_models(session: Session, policy: RetentionPolicy) -> list[SurplusMod
         groups[(row.sweep_id, None if row.sweep_id else row.study_id)].append(row)
     surplus = []
     for members in groups.values():
-        best = sorted(members, key=lambda row: (_rank(row.val_acc, row.test_acc), row.created_at, row.id))
+        best = sorted(members, key=lambda row: (selection_rank(row.val_acc, row.test_acc), row.created_at, row.id))
         newest = sorted(members, key=lambda row: (row.created_at, row.id), reverse=True)
         kept = {row.id for row in best[: policy.keep_best]} | {row.id for row in newest[: policy.keep_latest]}
         surplus += [
@@ -226,15 +227,6 @@ def surplus_models(session: Session, policy: RetentionPolicy) -> list[SurplusMod
             if row.id not in kept and row.id not in aliased
         ]
     return sorted(surplus, key=lambda model: model.id)
-
-
-def _rank(val_acc: float | None, test_acc: float | None) -> tuple[int, float]:
-    # Validation first, as sweeps and studies rank (model selection never looks at the test set).
-    if val_acc is not None:
-        return (0, -val_acc)
-    if test_acc is not None:
-        return (1, -test_acc)
-    return (2, 0.0)
 
 
 def _remove_ended_resume_states(db: Database, resume_dir: Path, report: GarbageReport, dry_run: bool) -> None:

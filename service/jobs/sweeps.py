@@ -48,8 +48,9 @@ def _params(job: Job, grid: dict[str, list[Any]]) -> dict[str, Any]:
     return {name: job.spec.get(name) for name in grid}
 
 
-def _score(val_acc: float | None, test_acc: float | None) -> tuple[int, float]:
-    # Validation first when the sweep has it (model selection never looks at the test set).
+def selection_rank(val_acc: float | None, test_acc: float | None) -> tuple[int, float]:
+    """A sort key, best first: by validation accuracy where there is one (model selection never looks at the
+    test set), else by test accuracy; runs with neither last. Sweeps rank their jobs by it, retention its models."""
     if val_acc is not None:
         return (0, -val_acc)
     if test_acc is not None:
@@ -76,7 +77,7 @@ def get_sweep(db: Database, sweep_id: str) -> tuple[Sweep, list[dict[str, Any]]]
         val_acc = source.val_acc if source else None
         test_acc = source.test_acc if source else None
         rows.append({"job": job, "params": _params(job, sweep.grid), "val_acc": val_acc, "test_acc": test_acc})
-    rows.sort(key=lambda row: _score(row["val_acc"], row["test_acc"]))
+    rows.sort(key=lambda row: selection_rank(row["val_acc"], row["test_acc"]))
     return sweep, rows
 
 

@@ -14,14 +14,11 @@ from service.api import auth
 from service.api.app import create_app
 from service.settings import Settings
 from service.store.db import Database
+from tests.api.test_auth import bearer
 
 TINY = {"hidden_layers": [8], "epochs": 1, "batch_size": 64}
 ENV_KEY = "bootstrap-admin-key-for-ownership-tests"
 STUDY = {"base": TINY, "space": {"lr": {"choices": [0.1, 0.2]}}, "sampler": "grid", "trials": 2, "seed": 0}
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
