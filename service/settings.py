@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         "(load shedding: the requests it takes stay fast). 2048 is about 140 ms of work for 2 CPU cores at the "
         "batch forms' measured 15,000 images/s: 8 clients sending 256 images at a time are all served.",
     )
+    owner_only_reads: bool = Field(
+        default=False,
+        description="With API keys, each key reads only the jobs, sweeps and studies it created (another's is a 404 "
+        "and listings leave it out); admin keys read everything. Off: every key with the train scope reads all.",
+    )
     predict_loop_max: int = Field(
         default=32,
         ge=0,

@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
 
-from service.api import auth, metrics
+from service.api import auth, metrics, ownership
 from service.api.auth import KeyStore
 from service.api.errors import UnexpectedErrorMiddleware, register_error_handlers
 from service.api.fast_predict import PredictFastPath
@@ -163,15 +163,17 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     # Routes are matched in order, each router costing microseconds: the busiest path goes first.
     app.include_router(predict.router, dependencies=[Depends(auth.PREDICT)])
     app.include_router(metrics.router)  # open like /healthz, for Prometheus; keep it off the public network
-    app.include_router(jobs.router, dependencies=[Depends(auth.TRAIN)])
-    app.include_router(compare.router, dependencies=[Depends(auth.TRAIN)])
-    app.include_router(events.router, dependencies=[Depends(auth.TRAIN)])
-    app.include_router(sweeps.router, dependencies=[Depends(auth.TRAIN)])
-    app.include_router(studies.router, dependencies=[Depends(auth.TRAIN)])
-    app.include_router(study_plots.router, dependencies=[Depends(auth.TRAIN)])
+    # Runs: the train scope, and with FMNIST_OWNER_ONLY_READS only the caller's own (service/api/ownership.py).
+    runs = [Depends(auth.TRAIN), Depends(ownership.readable)]
+    app.include_router(jobs.router, dependencies=runs)
+    app.include_router(compare.router, dependencies=runs)
+    app.include_router(events.router, dependencies=runs)
+    app.include_router(sweeps.router, dependencies=runs)
+    app.include_router(studies.router, dependencies=runs)
+    app.include_router(study_plots.router, dependencies=runs)
     app.include_router(models.router, dependencies=[Depends(auth.models_scope)])
     app.include_router(admin.router, dependencies=[Depends(auth.ADMIN)])
-    app.include_router(plots.train_router, dependencies=[Depends(auth.TRAIN)])
+    app.include_router(plots.train_router, dependencies=runs)
     app.include_router(plots.predict_router, dependencies=[Depends(auth.PREDICT)])
     # The dashboard's pages and the docs: open like /docs, since a page holds no data; its JavaScript calls /v1.
     app.include_router(dashboard.router)

@@ -121,6 +121,7 @@ class JobFilters:
     max_val_acc: float | None = None
     sweep_id: str | None = None
     study_id: str | None = None
+    owner: str | None = None  # the API key whose jobs alone are listed (FMNIST_OWNER_ONLY_READS); None: all
 
     def conditions(self) -> list[ColumnElement[bool]]:
         found: list[ColumnElement[bool]] = []
@@ -140,6 +141,8 @@ class JobFilters:
         for group, key in ((Job.sweep_id, self.sweep_id), (Job.study_id, self.study_id)):
             if key is not None:
                 found.append(group == key if valid_key(key) else false())
+        if self.owner is not None:
+            found.append(Job.owner == self.owner)
         return found
 
     def digest(self) -> str:
@@ -151,6 +154,7 @@ class JobFilters:
             "acc": [self.min_test_acc, self.max_test_acc, self.min_val_acc, self.max_val_acc],
             "sweep": self.sweep_id,
             "study": self.study_id,
+            "owner": self.owner,
         }
         text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -600,8 +600,12 @@ def rebuilt_study(db: Database, study_id: str) -> tuple[StudyView, optuna.Study]
     return view, optuna_study(view.study, view.rows)
 
 
-def list_studies(db: Database, limit: int, offset: int) -> tuple[list[str], int]:
+def list_studies(db: Database, limit: int, offset: int, owner: str | None = None) -> tuple[list[str], int]:
+    """A page of study ids, newest first, and how many there are; only ``owner``'s when given."""
+    mine = [Study.owner == owner] if owner is not None else []
     with db.read() as session:
-        ids = session.scalars(select(Study.id).order_by(Study.created_at.desc()).limit(limit).offset(offset)).all()
-        total = session.scalar(select(func.count()).select_from(Study)) or 0
+        ids = session.scalars(
+            select(Study.id).where(*mine).order_by(Study.created_at.desc()).limit(limit).offset(offset)
+        ).all()
+        total = session.scalar(select(func.count()).select_from(Study).where(*mine)) or 0
     return list(ids), total

@@ -81,10 +81,14 @@ def get_sweep(db: Database, sweep_id: str) -> tuple[Sweep, list[dict[str, Any]]]
     return sweep, rows
 
 
-def list_sweeps(db: Database, limit: int, offset: int) -> tuple[list[Sweep], int]:
+def list_sweeps(db: Database, limit: int, offset: int, owner: str | None = None) -> tuple[list[Sweep], int]:
+    """A page of sweeps, newest first, and how many there are; only ``owner``'s when given."""
+    mine = [Sweep.owner == owner] if owner is not None else []
     with db.read() as session:
-        sweeps = session.scalars(select(Sweep).order_by(Sweep.created_at.desc()).limit(limit).offset(offset)).all()
-        total = session.scalar(select(func.count()).select_from(Sweep)) or 0
+        sweeps = session.scalars(
+            select(Sweep).where(*mine).order_by(Sweep.created_at.desc()).limit(limit).offset(offset)
+        ).all()
+        total = session.scalar(select(func.count()).select_from(Sweep).where(*mine)) or 0
     return list(sweeps), total
 
 

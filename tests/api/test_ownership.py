@@ -122,3 +122,52 @@ def test_a_job_from_the_open_mode_has_no_owner_and_only_admins_change_it(
             "only an admin key may cancel it"
         )
         assert client.post(f"/v1/jobs/{job}/cancel", headers=bearer(admin)).json()["status"] == "cancelled"
+
+
+def test_with_owner_only_reads_a_key_sees_only_its_own_runs(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch, keys: dict[str, Any]
+) -> None:
+    monkeypatch.setattr(auth, "CACHE_SECONDS", 0.0)
+    owner_only = settings.model_copy(update={"api_keys": SecretStr(ENV_KEY), "owner_only_reads": True})
+    with TestClient(create_app(owner_only)) as client:
+        alice, bob, admin = keys["alice"], keys["bob"], keys["admin"]
+        job = created(client, "/v1/jobs", TINY, alice)
+        sweep = created(client, "/v1/sweeps", {"base": TINY, "grid": {"lr": [0.1, 0.2]}}, alice)
+        study = created(client, "/v1/studies", STUDY, alice)
+        bobs = created(client, "/v1/jobs", TINY, bob)
+
+        # Another key's runs do not exist for bob: every route that names one is a 404, writes included.
+        for method, path, code in [
+            ("get", f"/v1/jobs/{job}", "job_not_found"),
+            ("get", f"/v1/jobs/{job}/metrics", "job_not_found"),
+            ("get", f"/v1/jobs/{job}/events", "job_not_found"),
+            ("get", f"/v1/jobs/{job}/curves.svg", "job_not_found"),
+            ("post", f"/v1/jobs/{job}/cancel", "job_not_found"),
+            ("patch", f"/v1/jobs/{job}", "job_not_found"),
+            ("delete", f"/v1/jobs/{job}", "job_not_found"),
+            ("get", f"/v1/sweeps/{sweep}", "sweep_not_found"),
+            ("post", f"/v1/sweeps/{sweep}/cancel", "sweep_not_found"),
+            ("get", f"/v1/studies/{study}", "study_not_found"),
+            ("get", f"/v1/studies/{study}/history.svg", "study_not_found"),
+            ("post", f"/v1/studies/{study}/cancel", "study_not_found"),
+        ]:
+            response = client.request(method, path, json={"note": "x"} if method == "patch" else None, headers=bob)
+            assert (response.status_code, response.json()["code"]) == (404, code), (method, path, response.text)
+        compared = client.get(f"/v1/compare?jobs={bobs},{job}", headers=bob)
+        assert compared.status_code == 404 and compared.json()["detail"] == f"no job with id {job!r}"
+        assert client.get(f"/v1/compare.svg?jobs={bobs},{job}", headers=bob).status_code == 404
+
+        # Listings leave them out, counts included; a cursor of one key's listing is not another's.
+        listed = client.get("/v1/jobs", headers=bob).json()
+        assert [row["id"] for row in listed["data"]] == [bobs] and listed["count"] == 1
+        assert client.get("/v1/sweeps", headers=bob).json() == {"data": [], "count": 0}
+        assert client.get("/v1/studies", headers=bob).json()["count"] == 0
+        alices = {row["id"] for row in client.get("/v1/jobs?limit=100", headers=alice).json()["data"]}
+        assert bobs not in alices and job in alices and len(alices) == 1 + 2 + 2  # her job, sweep's and study's
+
+        # The owner and an admin key read (and change) as before.
+        assert client.get(f"/v1/jobs/{job}", headers=alice).status_code == 200
+        assert client.get(f"/v1/compare?jobs={job}", headers=alice).status_code == 200
+        assert client.get(f"/v1/sweeps/{sweep}", headers=admin).status_code == 200
+        assert client.get("/v1/jobs?limit=100", headers=admin).json()["count"] == 1 + 2 + 2 + 1
+        assert client.post(f"/v1/studies/{study}/cancel", headers=alice).json()["status"] == "cancelled"

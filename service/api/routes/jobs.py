@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, QueueSignalDep, SettingsDep
 from service.api.idempotency import IdempotencyKey, answer_submission, idempotent_responses, submitter
-from service.api.ownership import ensure_owner
+from service.api.ownership import ensure_owner, listing_owner
 from service.jobs import listing, queue, retention, tracking
 from service.jobs import queries as jobs
 from service.jobs.specs import validated_spec
@@ -69,7 +69,9 @@ def submit_job(
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(db: DatabaseDep, query: Annotated[JobListQuery, Query()]) -> JobsPublic:
+def list_jobs(
+    db: DatabaseDep, query: Annotated[JobListQuery, Query()], owner: Annotated[str | None, Depends(listing_owner)]
+) -> JobsPublic:
     """List jobs, newest first, or sorted by accuracy or training time; filtered by status, tags, spec fields,
     accuracy bounds, sweep or study. Every filter given must hold.
 
@@ -88,6 +90,7 @@ def list_jobs(db: DatabaseDep, query: Annotated[JobListQuery, Query()]) -> JobsP
         max_val_acc=query.max_val_acc,
         sweep_id=query.sweep_id,
         study_id=query.study_id,
+        owner=owner,
     )
     page = listing.list_jobs(
         db,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, Offset, QueueSignalDep, SettingsDep
 from service.api.idempotency import IdempotencyKey, answer_submission, idempotent_responses, submitter
-from service.api.ownership import ensure_owner
+from service.api.ownership import ensure_owner, listing_owner
 from service.jobs import queue, studies
 from service.jobs.status import JobStatus
 from service.jobs.studies import StudyView, get_study, list_studies
@@ -139,9 +139,10 @@ def list_all(
     db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Offset = 0,
+    owner: Annotated[str | None, Depends(listing_owner)] = None,
 ) -> StudiesPublic:
     """Studies, newest first."""
-    ids, total = list_studies(db, limit=limit, offset=offset)
+    ids, total = list_studies(db, limit=limit, offset=offset, owner=owner)
     return StudiesPublic(data=[study_public(get_study(db, study_id)) for study_id in ids], count=total)
 
 

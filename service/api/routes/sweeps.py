@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from models.spec import TrainingSpec
 from service.api.auth import TrainCaller
 from service.api.deps import DatabaseDep, Offset, QueueSignalDep, SettingsDep
 from service.api.idempotency import IdempotencyKey, answer_submission, idempotent_responses, submitter
-from service.api.ownership import ensure_owner
+from service.api.ownership import ensure_owner, listing_owner
 from service.jobs import queue
 from service.jobs.sweeps import expand_grid, get_sweep, list_sweeps, status_counts
 from service.schemas import ErrorPublic, JobProgress, SweepCreate, SweepJobPublic, SweepPublic, SweepsPublic
@@ -84,9 +84,10 @@ def list_all(
     db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Offset = 0,
+    owner: Annotated[str | None, Depends(listing_owner)] = None,
 ) -> SweepsPublic:
     """Sweeps, newest first."""
-    sweeps, total = list_sweeps(db, limit=limit, offset=offset)
+    sweeps, total = list_sweeps(db, limit=limit, offset=offset, owner=owner)
     return SweepsPublic(data=[_public(db, sweep.id) for sweep in sweeps], count=total)
 
 
