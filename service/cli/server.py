@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 from service.cli import gc as cli_gc
 from service.cli import remote as cli_remote
 from service.cli import sample as cli_sample
+from service.cli import transfer as cli_transfer
 from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ COMMAND_GROUPS: dict[str, dict[str, str]] = {
         "db": "Upgrade the database schema, or show its revision",
         "keys": "Create, list and revoke API keys",
         "gc": "Remove what the retention policy does not keep",
+        "export": "Write the whole service to a folder (rows, checkpoints, checksums)",
+        "import": "Take in a folder `fmnist export` wrote, into an empty database",
     },
     "Train": {
         "submit": "Queue a training job",
@@ -113,6 +116,7 @@ app.add_typer(keys_app, name="keys")
 cli_remote.register(app)  # submit, jobs, wait, predict...: the commands that call a server over HTTP
 cli_sample.register(app)  # sample: test images as PNG files, from the local data set
 cli_gc.register(app)  # gc: the retention policy, on this host's database and files
+cli_transfer.register(app)  # export, import: the whole service as a folder, and back
 
 log = logging.getLogger("service.cli")
 
@@ -145,7 +149,7 @@ def _log_format(option: LogFormatName | None) -> LogFormat:
     return "json" if (option or get_settings().log_format) == "json" else "text"
 
 
-def _ensure_schema() -> None:
+def ensure_schema() -> None:
     """Creates the schema in an empty database, as `fmnist up` does; exits 2, saying to run `fmnist db upgrade`,
     on a database at an older revision: upgrading one that holds data is the operator's step (once per release,
     from one host, before the new version starts). A database with tables but no revision is someone else's."""
@@ -209,7 +213,7 @@ def serve(
     from service.logs import configure_logging
 
     configure_logging(log_level, _log_format(log_format))
-    _ensure_schema()
+    ensure_schema()
     _refuse_open_network(host, settings)
     if workers > 1:
         _serve_processes(host, port, workers, log_level, _log_format(log_format))
@@ -345,7 +349,7 @@ def worker(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    _ensure_schema()
+    ensure_schema()
     settings = get_settings()
     db = Database(settings.sqlalchemy_url)
     pool = WorkerPool(settings, db, resolved, concurrency=concurrency, burst=burst)
@@ -376,7 +380,7 @@ def _worker_per_gpu(*, burst: bool, concurrency: int, log_level: str, log_format
     if count == 0:
         typer.echo("error: --device all found no CUDA device; use --device cpu", err=True)
         return 2
-    _ensure_schema()
+    ensure_schema()
     command = [
         sys.executable,
         "-m",
@@ -448,7 +452,7 @@ def keys_create(
     from service.api import auth
     from service.store.db import Database
 
-    _ensure_schema()
+    ensure_schema()
     db = Database(get_settings().sqlalchemy_url)
     try:
         row, key = auth.create_key(db, name, scope)
@@ -467,7 +471,7 @@ def keys_list() -> None:
     from service.api import auth
     from service.store.db import Database
 
-    _ensure_schema()
+    ensure_schema()
     db = Database(get_settings().sqlalchemy_url)
     try:
         rows = auth.list_keys(db)
@@ -486,7 +490,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `
     from service.api import auth
     from service.store.db import Database
 
-    _ensure_schema()
+    ensure_schema()
     db = Database(get_settings().sqlalchemy_url)
     try:
         row = auth.revoke_key(db, key_id)
