@@ -7,12 +7,17 @@ SQLite or PostgreSQL alike (a new home's database is created first).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from service.settings import get_settings
+
+if TYPE_CHECKING:
+    from service.store.db import Database
+    from service.transfer import TransferSummary
 
 TargetArgument = Annotated[Path, typer.Argument(help="A new folder to write (it must not exist, or be empty).")]
 SourceArgument = Annotated[Path, typer.Argument(help="A folder `fmnist export` wrote.")]
@@ -21,18 +26,9 @@ SourceArgument = Annotated[Path, typer.Argument(help="A folder `fmnist export` w
 def export_command(target: TargetArgument) -> None:
     """Write every job, epoch metric, sweep, study, model (with its checkpoint), alias and API key (its hash only)
     to a new folder, with a manifest of sha256 checksums. Exits 2 when it cannot (the reason on one line)."""
-    from service.store.db import Database
-    from service.transfer import TransferError, export_service
+    from service.transfer import export_service
 
-    settings = get_settings()
-    db = Database(settings.sqlalchemy_url)
-    try:
-        summary = export_service(db, settings.checkpoint_dir, target)
-    except TransferError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    finally:
-        db.dispose()
+    summary = _on_this_host(export_service, target)
     typer.echo(f"exported {_rows(summary.rows)} and {_counted(summary.checkpoints, 'checkpoint')} to {target}")
 
 
@@ -40,20 +36,27 @@ def import_command(source: SourceArgument) -> None:
     """Take in a folder `fmnist export` wrote, into this host's empty database and checkpoint folder, after checking
     every file against the manifest. Exits 2, changing nothing, when it cannot (the reason on one line)."""
     from service.cli.server import ensure_schema
-    from service.store.db import Database
-    from service.transfer import TransferError, import_service
+    from service.transfer import import_service
 
     ensure_schema()  # a new home's empty database is created, as `fmnist serve` does; an older one is refused
+    summary = _on_this_host(import_service, source)
+    typer.echo(f"imported {_rows(summary.rows)} and {_counted(summary.checkpoints, 'checkpoint')} from {source}")
+
+
+def _on_this_host(operation: Callable[[Database, Path, Path], TransferSummary], folder: Path) -> TransferSummary:
+    """``operation`` on this host's database and checkpoint folder; a ``TransferError`` becomes one line, exit 2."""
+    from service.store.db import Database
+    from service.transfer import TransferError
+
     settings = get_settings()
     db = Database(settings.sqlalchemy_url)
     try:
-        summary = import_service(db, settings.checkpoint_dir, source)
+        return operation(db, settings.checkpoint_dir, folder)
     except TransferError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     finally:
         db.dispose()
-    typer.echo(f"imported {_rows(summary.rows)} and {_counted(summary.checkpoints, 'checkpoint')} from {source}")
 
 
 def _counted(count: int, noun: str) -> str:
