@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from service.api.ratelimit import RateLimits
 
 SCOPES = ("train", "predict", "admin")
+RATE_COUNTED = "fmnist.rate_counted"  # the ASGI scope's key: the scopes this request was counted against
 KEY_PREFIX = "fmk_"
 CACHE_SECONDS = 2.0
 _KEY_FORMAT = re.compile(r"fmk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
@@ -153,8 +154,13 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
         limits: RateLimits = request.app.state.rate_limits
         if store.stale:
             await run_in_threadpool(store.refresh)
+        # A request is counted against a scope's rate limit once, though this check may run twice for it (the
+        # prediction path checks the key before it reads the body, and may then hand the request to the route).
+        counted: set[str] = request.scope.setdefault(RATE_COUNTED, set())
         if not store.enabled:
-            limits.check(scope, None, request)  # no keys: counted by the client's address
+            if scope not in counted:
+                limits.check(scope, None, request)  # no keys: counted by the client's address
+                counted.add(scope)
             return ANONYMOUS
         header = request.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
@@ -167,7 +173,9 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
             raise MissingScope(
                 f"this API key lacks the `{scope}` scope (it has: {', '.join(sorted(principal.scopes))})"
             )
-        limits.check(scope, principal.key_id, request)
+        if scope not in counted:
+            limits.check(scope, principal.key_id, request)
+            counted.add(scope)
         return principal
 
     dependency.__name__ = f"require_{scope}"

@@ -31,7 +31,6 @@ from service.api import auth
 from service.api.errors import domain_error_answer, internal_error, log_unexpected, status_and_code
 from service.api.metrics import PREDICT_ENDPOINTS
 from service.api.routes.predict import MAX_TOP_K, MODEL_MAX_LENGTH, classify_uploads, is_raw_image, render
-from service.errors import PredictQueueFull
 from service.logs import assign_request_id
 
 PATH = "/v1/predict"
@@ -226,10 +225,13 @@ class PredictFastPath:
             return receive  # the body limit's to refuse (413), or the server's
         state = self.app.state
         try:
-            # Before the body is read, and before the key is checked (a fallback would count it twice against
-            # the rate limit): a busy server refuses at once, for anyone.
+            # Before the body is read: a request without a valid key, past its rate limit (counted once, even if
+            # the route takes it after all) or arriving at a full queue is refused at once, in that order.
+            await auth.PREDICT(Request(scope))
             state.predictor.batcher.refuse_if_full()
-        except PredictQueueFull as exc:
+        except Exception as exc:
+            if status_and_code(exc) is None:
+                raise
             await domain_error_answer(exc)(scope, receive, send)
             return True
         messages: list[Message] = []
@@ -262,7 +264,6 @@ class PredictFastPath:
             filenames, contents = [None], [body]
         model, top_k = query
         try:
-            await auth.PREDICT(Request(scope))
             answer = await classify_uploads(state.predictor, state.settings, contents, filenames, model, top_k)
         except Exception as exc:
             if status_and_code(exc) is None:

@@ -101,6 +101,22 @@ def test_an_admin_key_calling_predict_routes_is_held_to_the_predict_limit(settin
         assert client.delete("/v1/aliases/nothing", headers=bearer(ENV_KEY)).status_code == 404
 
 
+def test_a_prediction_the_fast_path_hands_to_the_route_is_counted_once(settings: Settings, db: Database) -> None:
+    # A text part beside the file: the dedicated /v1/predict path checks the key (and counts the request), reads
+    # the body, and leaves it to the route, whose own check must not count it again.
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\nnot a png\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n--b--\r\n'
+    )
+    headers = {**bearer(ENV_KEY), "Content-Type": "multipart/form-data; boundary=b"}
+    with rate_limited(settings, predict="3/minute") as client:
+        statuses = [client.post("/v1/predict", content=body, headers=headers).status_code for _ in range(4)]
+        assert statuses[:3] == [409] * 3  # the route's answer: no model trained yet
+        assert_limited(client.post("/v1/predict", content=body, headers=headers), 3, "FMNIST_RATE_LIMIT_PREDICT")
+        assert statuses[3] == 429
+        assert refused_count(client, "predict") == 2
+
+
 def test_a_request_refused_for_its_key_or_scope_is_not_counted(settings: Settings, db: Database) -> None:
     _, train_only = auth.create_key(db, "notebook", ["train"])
     with rate_limited(settings, predict="1/minute") as client:
