@@ -14,7 +14,6 @@ made again on first request. The registry's version moves, so servers drop what 
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import os
 import shutil
@@ -187,8 +186,7 @@ def _current_revision(db: Database) -> str:
 
 
 def _entry(path: Path, **extra: int) -> dict[str, Any]:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return {"sha256": digest, "size_bytes": path.stat().st_size, **extra}
+    return {"sha256": file_sha256(path), "size_bytes": path.stat().st_size, **extra}
 
 
 def _inside(folder: Path, path: Path) -> bool:

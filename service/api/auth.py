@@ -154,25 +154,11 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
         limits: RateLimits = request.app.state.rate_limits
         if store.stale:
             await run_in_threadpool(store.refresh)
-        # A request is counted against a scope's rate limit once, though this check may run twice for it (the
+        principal = _presented_key(request, store, scope) if store.enabled else ANONYMOUS
+        # Counted against the scope's rate limit once, though this check may run twice for a request (the
         # prediction path checks the key before it reads the body, and may then hand the request to the route).
+        # Without keys the key id is None: each client address is counted.
         counted: set[str] = request.scope.setdefault(RATE_COUNTED, set())
-        if not store.enabled:
-            if scope not in counted:
-                limits.check(scope, None, request)  # no keys: counted by the client's address
-                counted.add(scope)
-            return ANONYMOUS
-        header = request.headers.get("authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise Unauthenticated("this server needs an API key: send the header `Authorization: Bearer <key>`")
-        principal = store.verify(presented.strip())
-        if principal is None:
-            raise Unauthenticated("the API key is not known or has been revoked")
-        if not principal.allows(scope):
-            raise MissingScope(
-                f"this API key lacks the `{scope}` scope (it has: {', '.join(sorted(principal.scopes))})"
-            )
         if scope not in counted:
             limits.check(scope, principal.key_id, request)
             counted.add(scope)
@@ -180,6 +166,21 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
 
     dependency.__name__ = f"require_{scope}"
     return dependency
+
+
+def _presented_key(request: Request, store: KeyStore, scope: str) -> Principal:
+    """The principal of the key the request presents; Unauthenticated (401) without a known one, MissingScope
+    (403) when it lacks ``scope``."""
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Unauthenticated("this server needs an API key: send the header `Authorization: Bearer <key>`")
+    principal = store.verify(presented.strip())
+    if principal is None:
+        raise Unauthenticated("the API key is not known or has been revoked")
+    if not principal.allows(scope):
+        raise MissingScope(f"this API key lacks the `{scope}` scope (it has: {', '.join(sorted(principal.scopes))})")
+    return principal
 
 
 # One callable per scope, so that a route naming one and its router naming it too share one check.

@@ -22,19 +22,24 @@ from typing import Literal
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
-from prometheus_client import Histogram
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import auth
 from service.api.errors import domain_error_answer, internal_error, log_unexpected, status_and_code
-from service.api.metrics import PREDICT_ENDPOINTS
-from service.api.routes.predict import MAX_TOP_K, MODEL_MAX_LENGTH, classify_uploads, is_raw_image, render
+from service.api.metrics import PREDICT_ENDPOINTS, StatusTimer
+from service.api.routes.predict import (
+    DEFAULT_TOP_K,
+    MAX_TOP_K,
+    MODEL_MAX_LENGTH,
+    classify_uploads,
+    is_raw_image,
+    render,
+)
 from service.logs import assign_request_id
 
 PATH = "/v1/predict"
-_DEFAULT_TOP_K = 3
 
 
 def parse_multipart(body: bytes, boundary: bytes) -> list[tuple[str, str | None, bytes]] | None:
@@ -127,7 +132,7 @@ def parse_query(query_string: bytes) -> tuple[str | None, int] | None:
     anything it would refuse or that this path does not read (a repeated parameter, a ``top_k`` that is not
     plain digits in range, a ``model`` over its length)."""
     if not query_string:
-        return None, _DEFAULT_TOP_K
+        return None, DEFAULT_TOP_K
     model: str | None = None
     top_k: int | None = None
     for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
@@ -141,7 +146,7 @@ def parse_query(query_string: bytes) -> tuple[str | None, int] | None:
             top_k = int(value)
             if not 1 <= top_k <= MAX_TOP_K:
                 return None
-    return model, _DEFAULT_TOP_K if top_k is None else top_k
+    return model, DEFAULT_TOP_K if top_k is None else top_k
 
 
 def _route_path(scope: Scope) -> str:
@@ -171,8 +176,7 @@ class PredictFastPath:
 
     def __init__(self, app: FastAPI, fallback: ASGIApp, max_body_size: int) -> None:
         self.app, self.fallback, self.max_body_size = app, fallback, max_body_size
-        self.histogram: Histogram = app.state.metrics.predict_latency
-        self._children: dict[int, Histogram] = {}
+        self.timer = StatusTimer(app.state.metrics.predict_latency)
 
     @staticmethod
     def takes(scope: Scope) -> bool:
@@ -203,10 +207,7 @@ class PredictFastPath:
         if answered is not True:
             await self.fallback(scope, answered, send)  # its own middleware time it, and give it an id
             return
-        child = self._children.get(status)
-        if child is None:
-            child = self._children.setdefault(status, self.histogram.labels(PREDICT_ENDPOINTS[PATH], str(status)))
-        child.observe(time.perf_counter() - started)
+        self.timer.observe(PREDICT_ENDPOINTS[PATH], status, time.perf_counter() - started)
 
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> Literal[True] | Receive:
         """Answers the request and returns True; or returns the ``receive`` that gives the fallback the body
@@ -229,41 +230,11 @@ class PredictFastPath:
             # the route takes it after all) or arriving at a full queue is refused at once, in that order.
             await auth.PREDICT(Request(scope))
             state.predictor.batcher.refuse_if_full()
-        except Exception as exc:
-            if status_and_code(exc) is None:
-                raise
-            await domain_error_answer(exc)(scope, receive, send)
-            return True
-        messages: list[Message] = []
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":  # the client went away: the app's way of handling it
-                return _replay(messages, receive)
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > self.max_body_size:  # chunked past the limit: the body limit's 413
-                return _replay(messages, receive)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        if boundary:
-            parts = parse_multipart(body, boundary)
-            if parts is None or any(filename is None or name not in ("file", "files") for name, filename, _ in parts):
-                return _replay(messages, receive)
-            singles = [part for part in parts if part[0] == "file"]
-            if len(singles) > 1:  # the route keeps the last `file`: rare enough to leave to it
-                return _replay(messages, receive)
-            uploads = singles + [part for part in parts if part[0] == "files"]
-            filenames: list[str | None] = [filename for _, filename, _ in uploads]
-            contents: list[bytes | Exception] = [content for _, _, content in uploads]
-        else:
-            filenames, contents = [None], [body]
-        model, top_k = query
-        try:
+            uploads = await self._uploads(receive, boundary)
+            if not isinstance(uploads, tuple):
+                return uploads
+            filenames, contents = uploads
+            model, top_k = query
             answer = await classify_uploads(state.predictor, state.settings, contents, filenames, model, top_k)
         except Exception as exc:
             if status_and_code(exc) is None:
@@ -280,6 +251,38 @@ class PredictFastPath:
         )
         await send({"type": "http.response.body", "body": payload})
         return True
+
+    async def _uploads(
+        self, receive: Receive, boundary: bytes
+    ) -> tuple[list[str | None], list[bytes | Exception]] | Receive:
+        """The request's uploads as (filenames, contents), from its whole body (multipart when ``boundary``, else
+        one raw image); or, for a body this path leaves to the route, the ``receive`` that replays it."""
+        messages: list[Message] = []
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":  # the client went away: the app's way of handling it
+                return _replay(messages, receive)
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self.max_body_size:  # chunked past the limit: the body limit's 413
+                return _replay(messages, receive)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if not boundary:
+            return [None], [body]
+        parts = parse_multipart(body, boundary)
+        if parts is None or any(filename is None or name not in ("file", "files") for name, filename, _ in parts):
+            return _replay(messages, receive)
+        singles = [part for part in parts if part[0] == "file"]
+        if len(singles) > 1:  # the route keeps the last `file`: rare enough to leave to it
+            return _replay(messages, receive)
+        uploads = singles + [part for part in parts if part[0] == "files"]
+        return [filename for _, filename, _ in uploads], [content for _, _, content in uploads]
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

@@ -65,6 +65,21 @@ RECENT_JOBS = 1000
 FINAL_STATUSES = [status for status in JobStatus if status.is_terminal]
 
 
+class StatusTimer:
+    """Observes request times into a histogram labelled (endpoint, status), each child looked up once:
+    ``labels()`` takes a lock and builds a key on every call."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self._children: dict[tuple[str, int], Histogram] = {}
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        child = self._children.get((endpoint, status))
+        if child is None:
+            child = self._children.setdefault((endpoint, status), self.histogram.labels(endpoint, str(status)))
+        child.observe(seconds)
+
+
 class PredictLatencyMiddleware:
     """Times every request to a predict endpoint, from its first byte in to its last byte out.
 
@@ -72,9 +87,7 @@ class PredictLatencyMiddleware:
     """
 
     def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
-        self.app, self.histogram = app, histogram
-        # Each (endpoint, status) child once: labels() takes a lock and builds a key on every call.
-        self._children: dict[tuple[str, int], Histogram] = {}
+        self.app, self.timer = app, StatusTimer(histogram)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = PREDICT_ENDPOINTS.get(scope["path"]) if scope["type"] == "http" else None
@@ -93,11 +106,7 @@ class PredictLatencyMiddleware:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            elapsed = time.perf_counter() - started
-            child = self._children.get((endpoint, status))
-            if child is None:
-                child = self._children.setdefault((endpoint, status), self.histogram.labels(endpoint, str(status)))
-            child.observe(elapsed)
+            self.timer.observe(endpoint, status, time.perf_counter() - started)
 
 
 class PredictorCollector(Collector):

@@ -176,16 +176,20 @@ class MicroBatcher(Generic[Item, Answer]):
         """Raises ``PredictQueueFull`` (and counts it shed) when a new submission would be refused now: a caller
         checks it before reading a request's body, so a busy server refuses without doing that work."""
         with self._admission:
-            if self.max_queue is not None and self._waiting >= self.max_queue:
-                self.shed += 1
-                raise PredictQueueFull(self.max_queue, self._waiting, self._retry_after(self._waiting))
+            self._refuse_when_full()
 
     def _admit(self, pending: _Pending[Item, Answer]) -> None:
         with self._admission:
-            if self.max_queue is not None and self._waiting >= self.max_queue and not self.readmit(pending.item):
-                self.shed += 1
-                raise PredictQueueFull(self.max_queue, self._waiting, self._retry_after(self._waiting))
+            if not self.readmit(pending.item):
+                self._refuse_when_full()
             self._waiting += pending.weight
+
+    def _refuse_when_full(self) -> None:
+        """Under ``_admission``: counts a refusal and raises ``PredictQueueFull`` when the queue is full."""
+        if self.full:
+            assert self.max_queue is not None  # only a bounded queue is ever full
+            self.shed += 1
+            raise PredictQueueFull(self.max_queue, self._waiting, self._retry_after(self._waiting))
 
     def _taken(self, batch: list[_Pending[Item, Answer]]) -> int:
         weight = sum(pending.weight for pending in batch)

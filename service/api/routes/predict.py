@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["predict"])
 
 MAX_TOP_K = 10
+DEFAULT_TOP_K = 3
 MAX_ARRAYS = 256
 MODEL_MAX_LENGTH = 64
 # A raw-body upload (`Content-Type: image/png`, the TorchServe and KServe habit): the body is the image. Its
@@ -256,7 +257,7 @@ async def predict(
     file: ImageFile = None,
     files: ImageFiles = None,
     model: ModelQuery = None,
-    top_k: TopKQuery = 3,
+    top_k: TopKQuery = DEFAULT_TOP_K,
 ) -> Response:
     """Classify uploaded images of garments, one entry per image in upload order (`file` first).
 
@@ -275,7 +276,6 @@ async def predict(
         filenames: list[str | None] = [None]
     else:
         uploads = ([file] if file is not None else []) + list(files or [])
-        check_image_count(len(uploads), settings)
         contents = []
         for upload in uploads:
             try:
