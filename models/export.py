@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from models.files import write_atomic
+
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 
 
-def export_onnx(model: nn.Module, path: Path) -> Path:
-    """Writes ``model`` as ONNX to ``path`` (atomically): input ``images`` float32 (batch, 28, 28) in [0, 1],
-    light garment on black; output ``logits`` (batch, 10). The batch dimension is dynamic."""
+def onnx_bytes(model: nn.Module) -> bytes:
+    """``model`` as an ONNX model: input ``images`` float32 (batch, 28, 28) in [0, 1], light garment on black;
+    output ``logits`` (batch, 10). The batch dimension is dynamic."""
     model = model.eval()
     program = torch.onnx.export(
         model,
@@ -27,14 +27,10 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
         verbose=False,
     )
     assert program is not None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(program.model_proto.SerializeToString())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    return bytes(program.model_proto.SerializeToString())
+
+
+def export_onnx(model: nn.Module, path: Path) -> Path:
+    """Writes ``onnx_bytes(model)`` to ``path`` atomically (models.files.write_atomic)."""
+    write_atomic(path, onnx_bytes(model), durable=False)
     return path

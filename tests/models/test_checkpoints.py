@@ -13,8 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-import models.checkpoints
-from models.checkpoints import FORMAT, CheckpointError, file_sha256, load_checkpoint, save_checkpoint
+import models.files
+from models.checkpoints import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from models.files import file_sha256
 from models.network import build_mlp
 from models.spec import Activation, TrainingSpec
 
@@ -95,11 +96,10 @@ def test_save_replaces_an_existing_checkpoint(tmp_path: Path) -> None:
 
 
 def test_interrupted_save_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def disk_full(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
-        Path(filename).write_bytes(b"half a checkpo")
+    def disk_full(fd: int) -> None:  # the bytes are in the temporary file; making them durable fails
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(models.checkpoints, "save_file", disk_full)
+    monkeypatch.setattr(models.files.os, "fsync", disk_full)
 
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(tmp_path / "model.safetensors", _model(), SPEC)
@@ -111,10 +111,10 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypa
     path = tmp_path / "model.safetensors"
     previous = save_checkpoint(path, _model(), SPEC)
 
-    def interrupted(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
+    def interrupted(fd: int) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models.checkpoints, "save_file", interrupted)
+    monkeypatch.setattr(models.files.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, _model(seed=9), SPEC)
 

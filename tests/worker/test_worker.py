@@ -16,7 +16,8 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from models.checkpoints import file_sha256, load_checkpoint
+from models.checkpoints import load_checkpoint
+from models.files import file_sha256
 from models.devices import resolve_device
 from service.jobs import queue
 from service.jobs.queries import get_job, get_metrics
