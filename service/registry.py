@@ -9,17 +9,20 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from torch import nn
 
-from models.checkpoints import load_checkpoint
-from models.export import export_onnx
+from models.checkpoints import checkpoint_from_bytes
+from models.export import onnx_bytes
+from models.spec import TrainingSpec
 from service.errors import AliasNotFound, InvalidAliasName, ModelInUse, ModelNotFound, NoModelYet
+from service.store.artifacts import ArtifactCorrupt, ArtifactKind, ArtifactMissing, ArtifactStore
 from service.store.db import Database, valid_key
-from service.store.tables import Alias, Model, RegistryState, utcnow
+from service.store.tables import Alias, Artifact, Model, RegistryState, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +102,8 @@ def _aliases_of(session: Session, model_ids: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def delete_model(db: Database, model_id: str, checkpoint_dir: Path) -> None:
-    """Removes the model and its checkpoint file; refused while an alias points at it."""
+def delete_model(db: Database, model_id: str, artifacts: ArtifactStore) -> None:
+    """Removes the model with its checkpoint and ONNX export; refused while an alias points at it."""
     with db.write() as session:
         bump_version(session)
         model = session.get(Model, model_id) if _MODEL_ID.match(model_id) else None
@@ -109,22 +112,50 @@ def delete_model(db: Database, model_id: str, checkpoint_dir: Path) -> None:
         pointing = session.scalars(select(Alias.name).where(Alias.model_id == model_id)).all()
         if pointing:
             raise ModelInUse(model_id, pointing)
-        filenames = (model.filename, model.onnx_filename)
         session.delete(model)
-    # The row is gone first: a reader never finds a registered model without its file.
-    for filename in filenames:
-        (checkpoint_dir / filename).unlink(missing_ok=True)
+        # In the same transaction: a reader never finds a registered model without its checkpoint (files go
+        # once it commits).
+        for kind in (ArtifactKind.checkpoint, ArtifactKind.onnx):
+            artifacts.forget(session, kind, [model_id])
     log.info("model %s deleted", model_id)
 
 
-def onnx_file(model: Model, checkpoint_dir: Path) -> Path:
-    """The model's ONNX file, exported from its checkpoint on first request and kept beside it."""
-    path = checkpoint_dir / model.onnx_filename
-    if not path.is_file():
-        module, _spec = load_checkpoint(checkpoint_dir / model.filename, expected_sha256=model.sha256)
-        export_onnx(module, path)
-        log.info("model %s exported to ONNX", model.id)
-    return path
+def checkpoint_of(db: Database, model: Model, artifacts: ArtifactStore) -> bytes:
+    """The model's checkpoint (safetensors bytes), checked against the artifact's record and the model's own
+    sha256. ArtifactMissing (a CheckpointError) when it is not there, ArtifactCorrupt when altered."""
+    stored, data = artifacts.read(db, ArtifactKind.checkpoint, model.id)
+    if stored.sha256 != model.sha256:
+        raise ArtifactCorrupt(f"checkpoint {model.id} is not the one its model registered (sha256 differs)")
+    return data
+
+
+def load_model(
+    db: Database, model: Model, artifacts: ArtifactStore, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, TrainingSpec]:
+    """The model's module (in eval mode, on ``device``) and spec, from its checked checkpoint; CheckpointError
+    when the checkpoint is missing, altered or not a valid one."""
+    return checkpoint_from_bytes(checkpoint_of(db, model, artifacts), model.id, device=device)
+
+
+def onnx_of(db: Database, model: Model, artifacts: ArtifactStore) -> bytes:
+    """The model's ONNX export, made from its checkpoint on first request and kept as its ``onnx`` artifact."""
+    try:
+        return artifacts.read(db, ArtifactKind.onnx, model.id)[1]
+    except ArtifactMissing:
+        pass  # not exported yet (or exported before it was recorded): made now
+    module, _spec = load_model(db, model, artifacts)
+    data = onnx_bytes(module)
+    with db.write() as session:
+        # The model's row locked (PostgreSQL; SQLite's writes are one at a time): two first requests publish once.
+        if session.scalar(select(Model.id).where(Model.id == model.id).with_for_update()) is None:
+            raise ModelNotFound(model.id)
+        existing = session.scalar(
+            select(Artifact.name).where(Artifact.kind == ArtifactKind.onnx.value, Artifact.name == model.id)
+        )
+        if existing is None:
+            artifacts.publish(session, ArtifactKind.onnx, model.id, data)
+            log.info("model %s exported to ONNX", model.id)
+    return data if existing is None else artifacts.read(db, ArtifactKind.onnx, model.id)[1]
 
 
 def store_evaluation(db: Database, model_id: str, evaluation: dict[str, Any]) -> None:

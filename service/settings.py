@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite at $FMNIST_HOME/fmnist.db."
     )
+    artifacts: Literal["folder", "database"] = Field(
+        default="folder",
+        description="Where checkpoints, ONNX exports and resume states are kept: files under $FMNIST_HOME "
+        "(folder; several machines then share that folder) or rows of the database (database; a fleet then "
+        "shares only the database URL).",
+    )
     data_dir: Path | None = Field(
         default=None, description="Folder with the four Fashion-MNIST IDX files (raw or .gz, flat or FashionMNIST/raw)."
     )

@@ -1,21 +1,31 @@
 """Export and import: a whole service (jobs and their epoch metrics, sweeps, studies and their trials, models with
 their checkpoints, aliases, API keys as their hashes) as a folder that another database can take in, SQLite to
-PostgreSQL or back.
+PostgreSQL or back, whatever either side's ``FMNIST_ARTIFACTS``.
 
 The folder holds one JSON-lines file per table (``tables/<table>.jsonl``, rows in primary-key order), the
 models' checkpoints (``checkpoints/<model>.safetensors``) and ``manifest.json``: the format, the schema revision
-the rows follow, and every file's row count, size and sha256. An import checks all of it before it writes
-anything: a tampered or truncated file, another schema revision or a target that already holds runs is refused
-with the reason, and the target is left as it was. Checkpoints are copied first (atomically), then every row
-goes in one transaction; a failure removes the checkpoints it copied. ONNX exports are not carried: they are
-made again on first request. The registry's version moves, so servers drop what they had cached.
+the rows follow, and every file's row count, size and sha256. The ``artifacts`` table is not carried as rows: the
+checkpoints are read through the source's artifact store (service/store/artifacts.py), checked against their
+records, whether its bytes are files in its home (``FMNIST_ARTIFACTS=folder``) or rows of its database
+(``database``), and written as files to the export.
+
+An import checks all of it before it writes anything: a tampered or truncated file, another schema revision, a
+model without its checkpoint or a target that already holds runs or artifacts is refused with the reason, and
+the target is left as it was. Then every row goes in one transaction, and each checkpoint, checked again against
+the manifest, is published through the target's artifact store in that same transaction: into the target's
+database (``database``), or as a file in its home written atomically and removed if the transaction rolls back
+(``folder``). The registry's version moves, so servers drop what they had cached.
+
+Not carried: ONNX exports (made again, and recorded, on first request) and jobs' resume states. Jobs are carried
+as they stand: a queued one is trained in the target; one that was running stays ``running`` with its lease and
+its recorded epochs until that lease expires there (no worker of the target holds it), then goes back to the
+queue (or fails, out of attempts) and, with no resume state to go on from, its next attempt starts over.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,18 +35,26 @@ from typing import Any
 
 from sqlalchemy import Table, func, insert, select
 
-from models.files import file_sha256
-from service.registry import bump_version
+from models.checkpoints import CheckpointError
+from models.files import bytes_sha256, file_sha256
+from service.registry import bump_version, checkpoint_of
 from service.store import migrations
+from service.store.artifacts import ArtifactKind, ArtifactStore
 from service.store.db import Database
-from service.store.tables import Base, Model, RegistryState, UTCDateTime
+from service.store.tables import Artifact, Base, Model, RegistryState, UTCDateTime
 
 FORMAT = "fmnist-export/1"
 MANIFEST = "manifest.json"
+CHECKPOINTS = "checkpoints/"
+CHECKPOINT_SUFFIX = ".safetensors"
 # Tables the schema's migrations fill themselves: never carried (the target keeps its own, bumped).
 _OWN_ROWS = {RegistryState.__tablename__}
+# Tables carried as bytes, not rows: the checkpoints, files of their own in the export.
+_AS_FILES = {Artifact.__tablename__}
+# Tables carried as JSON lines, in an order their foreign keys allow.
+_RUN_TABLES = [table for table in Base.metadata.sorted_tables if table.name not in _OWN_ROWS | _AS_FILES]
 # Tables that must be empty in an import's target: what a fresh `fmnist db upgrade` leaves empty.
-_RUN_TABLES = [table for table in Base.metadata.sorted_tables if table.name not in _OWN_ROWS]
+_EMPTY_TABLES = [table for table in Base.metadata.sorted_tables if table.name not in _OWN_ROWS]
 
 
 class TransferError(ValueError):
@@ -52,12 +70,14 @@ class TransferSummary:
     revision: str
 
 
-def export_service(db: Database, checkpoint_dir: Path, target: Path) -> TransferSummary:
-    """Writes the service's rows and checkpoints to the new folder ``target``, with a manifest of checksums.
+def export_service(db: Database, artifacts: ArtifactStore, target: Path) -> TransferSummary:
+    """Writes the service's rows, and its models' checkpoints read through ``artifacts`` (files or database rows,
+    as each was published), to the new folder ``target``, with a manifest of checksums.
 
     Raises ``TransferError`` when ``target`` exists and is not an empty folder, when the database's schema is
-    not current, or when a model's checkpoint is missing or does not match its recorded sha256 (nothing is
-    left behind: the folder is written under a temporary name and renamed at the end)."""
+    not current, or when a model's checkpoint is missing (a file in another home's folder, say) or does not match
+    its recorded sha256 (nothing is left behind: the folder is written under a temporary name and renamed at the
+    end)."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise TransferError(f"{target} already exists and is not an empty folder: export into a new one")
     revision = _current_revision(db)
@@ -78,23 +98,18 @@ def export_service(db: Database, checkpoint_dir: Path, target: Path) -> Transfer
                         count += 1
                 rows[table.name] = count
                 files[f"tables/{table.name}.jsonl"] = _entry(path, rows=count)
-            models = session.execute(select(Model.id, Model.sha256)).all()
-        (scratch / "checkpoints").mkdir()
-        for model_id, sha256 in models:
-            source = checkpoint_dir / f"{model_id}.safetensors"
-            if not source.is_file():
+            models = session.scalars(select(Model).order_by(Model.id)).all()
+        (scratch / CHECKPOINTS).mkdir()
+        for model in models:
+            try:
+                data = checkpoint_of(db, model, artifacts)
+            except CheckpointError as exc:
                 raise TransferError(
-                    f"model {model_id}'s checkpoint {source} is missing: the export would be incomplete"
-                )
-            copy = scratch / "checkpoints" / source.name
-            shutil.copyfile(source, copy)
-            entry = _entry(copy)
-            if entry["sha256"] != sha256:
-                raise TransferError(
-                    f"model {model_id}'s checkpoint does not match its recorded sha256 (damaged or replaced): "
-                    "not exported"
-                )
-            files[f"checkpoints/{source.name}"] = entry
+                    f"model {model.id}'s checkpoint cannot be read ({exc}): the export would be incomplete"
+                ) from exc
+            name = f"{CHECKPOINTS}{model.id}{CHECKPOINT_SUFFIX}"
+            (scratch / name).write_bytes(data)
+            files[name] = {"sha256": bytes_sha256(data), "size_bytes": len(data)}
         manifest = {"format": FORMAT, "revision": revision, "created_at": _now(), "files": files}
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if target.exists():
@@ -106,10 +121,11 @@ def export_service(db: Database, checkpoint_dir: Path, target: Path) -> Transfer
     return TransferSummary(rows=rows, checkpoints=len(models), revision=revision)
 
 
-def import_service(db: Database, checkpoint_dir: Path, source: Path) -> TransferSummary:
+def import_service(db: Database, artifacts: ArtifactStore, source: Path) -> TransferSummary:
     """Takes in the folder an export wrote: verifies the manifest, every file's size and sha256, the format and
-    the schema revision, and that the target holds no runs, models, aliases or keys yet; then copies the
-    checkpoints and inserts every row in one transaction.
+    the schema revision, that every model has its checkpoint and that the target holds no runs, models, aliases,
+    keys or artifacts yet; then inserts every row and publishes every checkpoint through ``artifacts`` (into the
+    database or the home's folder, as its setting says) in one transaction.
 
     Raises ``TransferError`` (the target unchanged) for anything that does not check out."""
     manifest_path = source / MANIFEST
@@ -136,7 +152,7 @@ def import_service(db: Database, checkpoint_dir: Path, source: Path) -> Transfer
         if path.stat().st_size != entry["size_bytes"] or file_sha256(path) != entry["sha256"]:
             raise TransferError(f"{name} does not match the manifest's size and sha256: damaged or changed since")
     with db.read() as session:
-        taken = [table.name for table in _RUN_TABLES if session.scalar(select(func.count()).select_from(table))]
+        taken = [table.name for table in _EMPTY_TABLES if session.scalar(select(func.count()).select_from(table))]
     if taken:
         raise TransferError(
             f"this database already holds {', '.join(taken)}: import into a new, empty database "
@@ -151,29 +167,43 @@ def import_service(db: Database, checkpoint_dir: Path, source: Path) -> Transfer
                 raise TransferError(f"{name}: this schema has no table {table_name!r}")
             lines = (source / name).read_text(encoding="utf-8").splitlines()
             decoded[table_name] = [_decode(tables[table_name], json.loads(line)) for line in lines if line]
-    copied: list[Path] = []
-    try:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        for name in files:
-            if name.startswith("checkpoints/"):
-                destination = checkpoint_dir / Path(name).name
-                fd, scratch = tempfile.mkstemp(dir=checkpoint_dir, prefix=f".{destination.name}.", suffix=".tmp")
-                os.close(fd)
-                shutil.copyfile(source / name, scratch)
-                Path(scratch).replace(destination)
-                copied.append(destination)
-        with db.write() as session:
-            for table in _RUN_TABLES:
-                if decoded.get(table.name):
-                    session.execute(insert(table), decoded[table.name])
-            bump_version(session)
-    except BaseException:
-        for path in copied:
-            path.unlink(missing_ok=True)
-        raise
+    checkpoints = _checkpoints(files, decoded.get(Model.__tablename__, []))
+    with db.write() as session:
+        for table in _RUN_TABLES:
+            if decoded.get(table.name):
+                session.execute(insert(table), decoded[table.name])
+        for model_id, name in checkpoints.items():
+            # The bytes published are the ones checked here: a file changed since the check above is refused
+            # (and the transaction, with the checkpoints it published, rolls back).
+            data = (source / name).read_bytes()
+            if len(data) != files[name]["size_bytes"] or bytes_sha256(data) != files[name]["sha256"]:
+                raise TransferError(f"{name} does not match the manifest's size and sha256: changed during the import")
+            artifacts.publish(session, ArtifactKind.checkpoint, model_id, data)
+        bump_version(session)
     return TransferSummary(
-        rows={name: len(rows) for name, rows in decoded.items()}, checkpoints=len(copied), revision=revision
+        rows={name: len(rows) for name, rows in decoded.items()}, checkpoints=len(checkpoints), revision=revision
     )
+
+
+def _checkpoints(files: dict[str, dict[str, Any]], models: list[dict[str, Any]]) -> dict[str, str]:
+    """Each model's checkpoint in the export (model id -> its name in the manifest), refused unless every model
+    has exactly the checkpoint its row records (sha256) and every checkpoint belongs to a model."""
+    found = {
+        name.removeprefix(CHECKPOINTS).removesuffix(CHECKPOINT_SUFFIX): name
+        for name in files
+        if name.startswith(CHECKPOINTS)
+    }
+    recorded = {model["id"]: model["sha256"] for model in models}
+    for model_id, sha256 in recorded.items():
+        name = found.get(model_id)
+        if name is None:
+            raise TransferError(f"model {model_id}'s checkpoint is not in the export: it is incomplete")
+        if files[name]["sha256"] != sha256:
+            raise TransferError(f"{name} is not the checkpoint model {model_id} registered (its sha256 differs)")
+    strays = sorted(name for model_id, name in found.items() if model_id not in recorded)
+    if strays:
+        raise TransferError(f"{', '.join(strays)}: checkpoints of no model in the export")
+    return {model_id: found[model_id] for model_id in recorded}
 
 
 def _current_revision(db: Database) -> str:

@@ -28,8 +28,9 @@ from models.spec import TrainingSpec
 from service.api.app import create_app
 from service.settings import Settings
 from service.store.db import Database
-from service.worker.worker import Worker
+from tests.support.artifacts import DATABASE_STORE
 from tests.support.idx import synthetic_split
+from tests.support.models import png, train_model
 from tests.support.servers import free_port, wait_ready
 
 pytestmark = pytest.mark.db
@@ -44,18 +45,7 @@ def client(settings: Settings, db: Database) -> Iterator[TestClient]:
 
 
 def train(client: TestClient, settings: Settings, db: Database, **spec: Any) -> str:
-    job = client.post("/v1/jobs", json={**TINY, **spec}).json()
-    assert Worker(settings, db, torch.device("cpu"), burst=True).run_once()
-    model_id: str = client.get(f"/v1/jobs/{job['id']}").json()["model_id"]
-    assert model_id
-    return model_id
-
-
-def png() -> bytes:
-    images, _ = synthetic_split(1, seed=9)
-    buffer = io.BytesIO()
-    Image.fromarray(images[0]).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return train_model(client, settings, db, **{**TINY, **spec})
 
 
 def predict_model(client: TestClient | httpx.Client, **params: str) -> str:
@@ -268,7 +258,9 @@ def test_concurrent_writers_of_one_alias_all_succeed(db: Database) -> None:
         claim = queue.claim_next_job(db, "w", 30, device="cpu")
         assert claim is not None
         model_ids.append(claim.job_id)
-        queue.finish_job(db, claim, model_id=claim.job_id, sha256="0" * 64, size_bytes=1, selected=None)
+        queue.finish_job(
+            db, claim, model_id=claim.job_id, checkpoint=b"checkpoint", artifacts=DATABASE_STORE, selected=None
+        )
     errors: list[BaseException] = []
     start = threading.Barrier(8)
 

@@ -39,6 +39,7 @@ from service.jobs.wakeup import QueueSignal
 from service.logs import REQUEST_ID_HEADER, RequestIdMiddleware
 from service.serving.predictor import Predictor
 from service.settings import Settings, get_settings
+from service.store.artifacts import ArtifactStore
 from service.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     )
     app.state.settings = settings
     app.state.db = Database(settings.sqlalchemy_url)
+    app.state.artifacts = ArtifactStore.for_settings(settings)
     app.state.predictor = Predictor(settings, app.state.db)
     app.state.queue_signal = QueueSignal(settings.queue_signal_path)
     app.state.keys = KeyStore(app.state.db, settings.environment_api_keys)

@@ -1,4 +1,4 @@
-"""Typed dependencies for routes: the app's settings, database and predictor.
+"""Typed dependencies for routes: the app's settings, database, artifact store and predictor.
 
 They are `async` because they only read app state: FastAPI runs a plain `def` dependency in its thread
 pool, which would cost every request a thread hand-off per dependency.
@@ -13,6 +13,7 @@ from fastapi import Depends, Query, Request
 from service.jobs.wakeup import QueueSignal
 from service.serving.predictor import Predictor
 from service.settings import Settings
+from service.store.artifacts import ArtifactStore
 from service.store.db import Database
 
 
@@ -22,6 +23,10 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_db(request: Request) -> Database:
     return request.app.state.db  # type: ignore[no-any-return]
+
+
+async def get_artifacts(request: Request) -> ArtifactStore:
+    return request.app.state.artifacts  # type: ignore[no-any-return]
 
 
 async def get_predictor(request: Request) -> Predictor:
@@ -34,6 +39,7 @@ async def get_queue_signal(request: Request) -> QueueSignal:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
+ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 QueueSignalDep = Annotated[QueueSignal, Depends(get_queue_signal)]
 

@@ -44,12 +44,15 @@ def collect_garbage(
     as_json: JsonOption = False,
 ) -> None:
     """Remove what the retention policy does not keep: in each sweep and ended study, the models outside the best
-    and the newest (never one an alias serves); resume states of ended jobs; checkpoint files no model names (an
-    hour old); temporary files of interrupted writes. Lone jobs keep their models (`fmnist delete-job` removes
-    one). Exits 2 when the database's schema is not current."""
+    and the newest (never one an alias serves), with their checkpoints and ONNX exports; resume states of ended
+    jobs; artifact records whose model or job is gone; checkpoint files no model names (an hour old); temporary
+    files of interrupted writes. Artifacts go whether kept in the database or in FMNIST_HOME (FMNIST_ARTIFACTS).
+    Lone jobs keep their models (`fmnist delete-job` removes one). Exits 2 when the database's schema is not
+    current."""
     from service.api.routes.admin import GarbageReportPublic
     from service.jobs import retention
     from service.store import migrations
+    from service.store.artifacts import ArtifactStore
     from service.store.db import Database
 
     settings = get_settings()
@@ -64,7 +67,7 @@ def collect_garbage(
         except migrations.SchemaOutOfDate as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-        report = retention.collect_garbage(db, settings.checkpoint_dir, settings.resume_dir, policy, dry_run=dry_run)
+        report = retention.collect_garbage(db, ArtifactStore.for_settings(settings), policy, dry_run=dry_run)
     finally:
         db.dispose()
     if as_json:
@@ -77,16 +80,20 @@ def _print_report(report: retention.GarbageReport, policy: retention.RetentionPo
     verb = "would remove" if report.dry_run else "removed"
     typer.echo(
         f"{verb} {_counted(len(report.models), 'model')} (keeping the best {policy.keep_best} and the newest "
-        f"{policy.keep_latest} of each sweep and ended study), {_counted(len(report.resume_files), 'resume state')} "
+        f"{policy.keep_latest} of each sweep and ended study), {_counted(report.resume_states, 'resume state')} "
         f"of ended jobs, {_counted(len(report.orphan_files), 'orphaned checkpoint file')}, "
-        f"{_counted(len(report.temporary_files), 'temporary file')}: {report.bytes:,} bytes"
+        f"{_counted(len(report.temporary_files), 'temporary file')}; "
+        f"{_counted(len(report.artifacts), 'artifact record')}: {report.bytes:,} bytes"
     )
     for model in report.models:
         group = f"sweep {model.sweep_id}" if model.sweep_id else f"study {model.study_id}"
         typer.echo(f"  model {model.id} (job {model.job_id}, {group})")
     for job_id in report.resume_job_ids:
         typer.echo(f"  resume states of job {job_id}")
-    for name in (*report.orphan_files, *report.temporary_files):
+    for artifact in report.artifacts:
+        where = f"file {artifact.file}" if artifact.file else "in the database"
+        typer.echo(f"  {artifact.kind.value} {artifact.name} ({where}, {artifact.size_bytes:,} bytes)")
+    for name in (*report.model_files, *report.resume_files, *report.orphan_files, *report.temporary_files):
         typer.echo(f"  file {name}")
 
 

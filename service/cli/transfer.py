@@ -1,8 +1,10 @@
 """``fmnist export PATH`` and ``fmnist import PATH``: the whole service as a folder, and back (service/transfer.py).
 
-Both work on this host's database (``FMNIST_DATABASE_URL`` or the home's SQLite) and checkpoint folder, like
-``fmnist db upgrade``: no server needed. An import goes into an empty database at the same schema revision,
-SQLite or PostgreSQL alike (a new home's database is created first).
+Both work on this host's database (``FMNIST_DATABASE_URL`` or the home's SQLite) and artifact store, like
+``fmnist db upgrade``: no server needed. An export reads each checkpoint where it was kept (a file in this home, or
+the database); an import keeps them where ``FMNIST_ARTIFACTS`` says (``folder``: this home's ``checkpoints/``;
+``database``: the database). An import goes into an empty database at the same schema revision, SQLite or
+PostgreSQL alike (a new home's database is created first).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import typer
 from service.settings import get_settings
 
 if TYPE_CHECKING:
+    from service.store.artifacts import ArtifactStore
     from service.store.db import Database
     from service.transfer import TransferSummary
 
@@ -33,8 +36,9 @@ def export_command(target: TargetArgument) -> None:
 
 
 def import_command(source: SourceArgument) -> None:
-    """Take in a folder `fmnist export` wrote, into this host's empty database and checkpoint folder, after checking
-    every file against the manifest. Exits 2, changing nothing, when it cannot (the reason on one line)."""
+    """Take in a folder `fmnist export` wrote, into this host's empty database, the checkpoints kept where
+    FMNIST_ARTIFACTS says, after checking every file against the manifest. Exits 2, changing nothing, when it
+    cannot (the reason on one line)."""
     from service.cli.server import ensure_schema
     from service.transfer import import_service
 
@@ -43,15 +47,18 @@ def import_command(source: SourceArgument) -> None:
     typer.echo(f"imported {_rows(summary.rows)} and {_counted(summary.checkpoints, 'checkpoint')} from {source}")
 
 
-def _on_this_host(operation: Callable[[Database, Path, Path], TransferSummary], folder: Path) -> TransferSummary:
-    """``operation`` on this host's database and checkpoint folder; a ``TransferError`` becomes one line, exit 2."""
+def _on_this_host(
+    operation: Callable[[Database, ArtifactStore, Path], TransferSummary], folder: Path
+) -> TransferSummary:
+    """``operation`` on this host's database and artifact store; a ``TransferError`` becomes one line, exit 2."""
+    from service.store.artifacts import ArtifactStore
     from service.store.db import Database
     from service.transfer import TransferError
 
     settings = get_settings()
     db = Database(settings.sqlalchemy_url)
     try:
-        return operation(db, settings.checkpoint_dir, folder)
+        return operation(db, ArtifactStore.for_settings(settings), folder)
     except TransferError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -33,6 +33,7 @@ from service.errors import (
 from service.jobs import studies
 from service.jobs.status import JobStatus, StudyStatus
 from service.registry import register_model
+from service.store.artifacts import ArtifactKind, ArtifactStore
 from service.store.db import Database, db_now, valid_key
 from service.store.tables import EpochMetric, Job, Model, Study, Sweep, utcnow
 
@@ -435,8 +436,17 @@ def renew_leases(db: Database, claims: Sequence[Claim], lease_seconds: float) ->
     return states
 
 
-def record_epoch(db: Database, claim: Claim, metrics: EpochMetrics) -> None:
-    """Stores one epoch's metrics and moves the progress counter, in one transaction."""
+def record_epoch(
+    db: Database,
+    claim: Claim,
+    metrics: EpochMetrics,
+    *,
+    resume_state: bytes | None = None,
+    artifacts: ArtifactStore | None = None,
+) -> None:
+    """Stores one epoch's metrics, moves the progress counter and publishes the run's ``resume_state`` (the
+    job's ``resume`` artifact, under the claim's fencing token, in ``artifacts``), in one transaction: LeaseLost,
+    and nothing written, once the claim no longer holds."""
     with db.write() as session:
         now = db_now(session)
         _guarded_update(
@@ -449,6 +459,9 @@ def record_epoch(db: Database, claim: Claim, metrics: EpochMetrics) -> None:
             train_seconds=func.coalesce(Job.train_seconds, 0.0) + metrics.seconds,
         )
         session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=now, **metrics.as_dict()))
+        if resume_state is not None:
+            assert artifacts is not None, "a resume state is published to an artifact store"
+            artifacts.publish(session, ArtifactKind.resume, claim.job_id, resume_state, token=claim.token)
 
 
 def begin_attempt(db: Database, claim: Claim, history: list[EpochMetrics], provenance: dict[str, Any]) -> None:
@@ -505,14 +518,16 @@ def finish_job(
     claim: Claim,
     *,
     model_id: str,
-    sha256: str,
-    size_bytes: int,
+    checkpoint: bytes,
+    artifacts: ArtifactStore,
     selected: EpochMetrics | None,
     evaluation: dict[str, Any] | None = None,
 ) -> JobStatus:
-    """Registers the checkpoint (with its ``evaluation``, models.evaluation, when given) and marks the job
-    succeeded, together; the job's listed accuracies become the kept epoch's. A job whose cancel was asked for
-    ends ``cancelled`` instead and registers nothing (the caller removes the checkpoint file); returns which."""
+    """Publishes the ``checkpoint`` (safetensors bytes) as model ``model_id``'s artifact, registers the model
+    (with its ``evaluation``, models.evaluation, when given), marks the job succeeded and drops its resume
+    state, together; the job's listed accuracies become the kept epoch's. A job whose cancel was asked for ends
+    ``cancelled`` instead and publishes and registers nothing; returns which. LeaseLost, and nothing written,
+    once the claim no longer holds."""
     with db.write() as session:
         now = db_now(session)
         status = _end_attempt(
@@ -526,16 +541,18 @@ def finish_job(
             error=None,
             **({"test_acc": selected.test_acc, "val_acc": selected.val_acc} if selected else {}),
         )
+        artifacts.forget(session, ArtifactKind.resume, [claim.job_id])
         if status is not JobStatus.succeeded:
             return status
+        stored = artifacts.publish(session, ArtifactKind.checkpoint, model_id, checkpoint)
         register_model(
             session,
             Model(
                 id=model_id,
                 job_id=claim.job_id,
                 spec=claim.spec.model_dump(mode="json"),
-                sha256=sha256,
-                size_bytes=size_bytes,
+                sha256=stored.sha256,
+                size_bytes=stored.size_bytes,
                 test_acc=selected.test_acc if selected else None,
                 val_acc=selected.val_acc if selected else None,
                 epoch=selected.epoch if selected else None,

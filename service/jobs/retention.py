@@ -1,29 +1,41 @@
 """Retention: deleting an ended job, and the policy that ``fmnist gc`` and ``POST /v1/admin/gc`` apply.
 
-Deleting a job (``delete_job``, ``DELETE /v1/jobs/{id}``) removes its row, its epoch metrics and its model in
-one transaction, then its files (checkpoint, ONNX export, resume states). Only an ended job can go, never one
-whose model an alias serves, and never a trial of a study that is still running (its sampler learns from every
-trial). A sweep lists the jobs it has left. A study that has ended keeps the deleted trial's number and
-parameters, with no job: it reads as failed, its error saying the job was deleted.
+Both remove artifacts (checkpoints, ONNX exports, resume states) through the artifact store
+(service/store/artifacts.py), whatever ``FMNIST_ARTIFACTS`` says: an artifact's record is dropped in the
+transaction that removes its model or job, and with it its bytes when they are kept in the database; a file in
+the folder is removed once that transaction commits. A reader never finds a model row without its checkpoint.
+
+Deleting a job (``delete_job``, ``DELETE /v1/jobs/{id}``) removes, in one transaction, its row, its epoch
+metrics, its model and their artifacts (the model's checkpoint and ONNX export, the job's resume state), then
+their files, with any resume file of the job that no record names. Only an ended job
+can go, never one whose model an alias serves, and never a trial of a study that is still running (its sampler
+learns from every trial). A sweep lists the jobs it has left. A study that has ended keeps the deleted trial's
+number and parameters, with no job: it reads as failed, its error saying the job was deleted.
 
 The policy (``collect_garbage``) removes:
 
 - in each sweep, and each study that has ended, every model of its jobs except the best ``keep_best`` (by
-  validation accuracy, else test accuracy) and the newest ``keep_latest``, and except any model an alias serves.
-  A running study keeps all of its models: its sampler reads their accuracies. A lone job's model stays (delete
-  the job to remove it). The jobs and their metrics stay; their listings show the last epoch's accuracies;
+  validation accuracy, else test accuracy) and the newest ``keep_latest``, and except any model an alias serves,
+  with its checkpoint and ONNX export. A running study keeps all of its models: its sampler reads their
+  accuracies. A lone job's model stays (delete the job to remove it). The jobs and their metrics stay; their
+  listings show the last epoch's accuracies;
 - the resume states of ended jobs (and of jobs no longer in the database), which a worker that died after the
-  job's end was recorded left behind;
+  job's end was recorded left behind: their records, and the resume files that no record names (one a crash
+  left between writing it and committing its record, or an earlier release's ``<job>.safetensors`` and
+  ``<job>.<token>.safetensors``);
+- the records of checkpoints and ONNX exports whose model is gone, with their files;
 - checkpoint and ONNX files that no model row names (a crash between writing the file and registering it),
   once they are ``ORPHAN_GRACE_SECONDS`` old: a worker registers its checkpoint right after writing it;
 - temporary files of interrupted writes in both folders, once ``STALE_TEMPORARY_SECONDS`` old, as the workers'
   own sweep does.
 
-Rows go in one transaction, files after it commits: a reader never finds a row without its file. A dry run
-removes nothing and reports what a run would remove at that moment.
+The folders are swept whatever the setting: a home that keeps its artifacts in the database may still hold
+files from when it kept them in the folder, and no record names those. A file of a job that is still queued or
+running is never touched (a resume state may be being published).
 
-It reads the resume folder by the names the workers write (service/jobs/resume_files.py, shared with
-service/worker/resume.py, so that the API need not load the worker).
+Rows go in one transaction, files after it commits. The report counts exactly what goes: every record dropped
+(``artifacts``), every file removed, and the bytes freed (the records' bytes kept in the database, the files'
+sizes). A dry run removes nothing and reports what a run would remove at that moment.
 """
 
 from __future__ import annotations
@@ -42,20 +54,21 @@ from sqlalchemy.orm import Session
 
 from models.checkpoints import STALE_TEMPORARY_SECONDS, sweep_temporary_files
 from service.errors import JobModelInUse, JobNotEnded, JobNotFound, StudyStillRunning
-from service.jobs.resume_files import parse_resume_name, resume_files, resume_path
 from service.jobs.status import JobStatus, StudyStatus
 from service.jobs.sweeps import selection_rank
 from service.registry import bump_version
+from service.store.artifacts import RESUME_FILE, ArtifactKind, ArtifactStore, StoredArtifact
 from service.store.db import Database, valid_key
-from service.store.tables import Alias, EpochMetric, Job, Model, Study, StudyTrial
+from service.store.tables import Alias, Artifact, EpochMetric, Job, Model, Study, StudyTrial
 
 log = logging.getLogger(__name__)
 
 # A checkpoint without a row this much older than now is a crash's leftover, not a registration in progress.
 ORPHAN_GRACE_SECONDS = 3600.0
 
-_HEX_ID = r"[0-9a-f]{32}"
+_HEX_ID = r"[0-9a-f]{32}"  # model and job ids: service.jobs.queue.new_id
 _MODEL_FILE = re.compile(rf"(?P<model>{_HEX_ID})\.(safetensors|onnx)")
+_MODEL_KINDS = (ArtifactKind.checkpoint, ArtifactKind.onnx)
 _TERMINAL = [status for status in JobStatus if status.is_terminal]
 _CHUNK = 500  # ids per IN (...) list
 
@@ -73,11 +86,30 @@ class RetentionPolicy:
 
 
 @dataclass(frozen=True)
+class RemovedArtifact:
+    """An artifact whose record went: ``name`` is its model's or job's id, ``size_bytes`` its recorded size,
+    ``token`` a resume state's fencing token, ``file`` the name of its file in the folder (None when its bytes
+    were in the database, and went with the record)."""
+
+    kind: ArtifactKind
+    name: str
+    token: int | None
+    size_bytes: int
+    file: str | None
+
+    @property
+    def in_database(self) -> bool:
+        return self.file is None
+
+
+@dataclass(frozen=True)
 class DeletedJob:
-    """What ``delete_job`` removed: the job, its model (if it had one) and the files' names."""
+    """What ``delete_job`` removed: the job, its model (if it had one), the artifacts' records, by kind and name,
+    and the names of the files removed from the folder (none when the artifacts were kept in the database)."""
 
     job_id: str
     model_id: str | None
+    artifacts: list[RemovedArtifact]
     files: list[str]
 
 
@@ -93,28 +125,34 @@ class SurplusModel:
 
 @dataclass
 class GarbageReport:
-    """What a run of the policy removed (or, in a dry run, would remove): ids and file names, and the bytes."""
+    """What a run of the policy removed (or, in a dry run, would remove).
+
+    ``artifacts``: every artifact record dropped (the removed models' checkpoints and ONNX exports, resume states
+    of ended jobs, records whose model or job is gone). Files, by name: ``model_files`` the removed models'
+    checkpoints and ONNX exports; ``resume_files`` the resume states' (of the records dropped, and those no record
+    named); ``orphan_files`` checkpoints and ONNX exports that no model row names; ``temporary_files`` those of
+    interrupted writes. ``resume_job_ids``: the jobs whose resume states went; ``resume_states``: how many went
+    (records, and files no record named). ``bytes``: the records' bytes kept in the database and the files' sizes.
+    """
 
     dry_run: bool
     models: list[SurplusModel] = field(default_factory=list)
+    artifacts: list[RemovedArtifact] = field(default_factory=list)
+    model_files: list[str] = field(default_factory=list)
     resume_job_ids: list[str] = field(default_factory=list)
+    resume_states: int = 0
     resume_files: list[str] = field(default_factory=list)
     orphan_files: list[str] = field(default_factory=list)
     temporary_files: list[str] = field(default_factory=list)
     bytes: int = 0
 
 
-def job_resume_files(resume_dir: Path, job_id: str) -> list[Path]:
-    """The job's resume states in ``resume_dir``: every attempt's and the unfenced one
-    (service/jobs/resume_files.py)."""
-    return sorted(path for _, path in resume_files(resume_path(resume_dir, job_id)))
-
-
 # -- deleting one job ------------------------------------------------------------------------------------------
 
 
-def delete_job(db: Database, job_id: str, checkpoint_dir: Path, resume_dir: Path) -> DeletedJob:
-    """Removes an ended job with its epoch metrics and its model (rows in one transaction), then their files.
+def delete_job(db: Database, job_id: str, artifacts: ArtifactStore) -> DeletedJob:
+    """Removes an ended job with its epoch metrics, its model and their artifacts (rows in one transaction), then
+    their files.
 
     Raises JobNotFound for an unknown id; JobNotEnded (409) for a queued or running job; JobModelInUse (409),
     naming the aliases, when an alias serves its model; StudyStillRunning (409) for a trial of a running study.
@@ -127,20 +165,29 @@ def delete_job(db: Database, job_id: str, checkpoint_dir: Path, resume_dir: Path
         if not job.status.is_terminal:
             raise JobNotEnded(job_id, job.status.value)
         model = session.scalars(select(Model).where(Model.job_id == job_id)).one_or_none()
-        if model is not None:
+        model_id = model.id if model is not None else None
+        if model_id is not None:
             bump_version(session)  # first: it serialises alias changes, so the check below still holds at commit
-            aliases = session.scalars(select(Alias.name).where(Alias.model_id == model.id).order_by(Alias.name)).all()
+            aliases = session.scalars(select(Alias.name).where(Alias.model_id == model_id).order_by(Alias.name)).all()
             if aliases:
-                raise JobModelInUse(job_id, model.id, aliases)
+                raise JobModelInUse(job_id, model_id, aliases)
         _detach_trial(session, job_id)
         session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id))
-        if model is not None:
-            session.execute(delete(Model).where(Model.id == model.id))
+        if model_id is not None:
+            session.execute(delete(Model).where(Model.id == model_id))
         session.execute(delete(Job).where(Job.id == job_id))
-        model_files = [checkpoint_dir / model.filename, checkpoint_dir / model.onnx_filename] if model else []
-    removed = _unlink([*model_files, *job_resume_files(resume_dir, job_id)])
-    log.info("job %s deleted (model %s, %d files)", job_id, model.id if model else "none", len(removed))
-    return DeletedJob(job_id, model.id if model else None, [path.name for path in removed])
+        removed: list[RemovedArtifact] = []
+        files: list[Path] = []
+        owned = {kind: [model_id] if model_id else [] for kind in _MODEL_KINDS} | {ArtifactKind.resume: [job_id]}
+        for kind, names in owned.items():
+            dropped, dropped_files = _drop(session, artifacts, kind, names, dry_run=False)
+            removed += dropped
+            files += dropped_files
+        strays = [path for path in _resume_files(artifacts.resume_dir, job_id).get(job_id, []) if path not in files]
+    _unlink(strays)  # forget removes the others once the transaction commits
+    names = sorted(path.name for path in (*files, *strays))
+    log.info("job %s deleted (model %s, %d artifacts, %d files)", job_id, model_id or "none", len(removed), len(names))
+    return DeletedJob(job_id, model_id, removed, names)
 
 
 def _detach_trial(session: Session, job_id: str) -> None:
@@ -162,45 +209,64 @@ def _detach_trial(session: Session, job_id: str) -> None:
 
 
 def collect_garbage(
-    db: Database, checkpoint_dir: Path, resume_dir: Path, policy: RetentionPolicy, *, dry_run: bool = False
+    db: Database, artifacts: ArtifactStore, policy: RetentionPolicy, *, dry_run: bool = False
 ) -> GarbageReport:
     """Applies the retention policy (this module's docstring); with ``dry_run``, removes nothing and reports
-    what it would remove. Model rows go in one transaction, then their files; then the resume states of ended
-    jobs, orphaned checkpoint files and stale temporary files."""
+    what it would remove. Every row goes in one transaction (surplus models, artifact records); files once it
+    commits: the records' files, then resume files no record names, orphaned checkpoint files and stale
+    temporary files."""
     report = GarbageReport(dry_run=dry_run)
-    report.models = _remove_surplus_models(db, checkpoint_dir, policy, report, dry_run)
-    _remove_ended_resume_states(db, resume_dir, report, dry_run)
-    _remove_orphan_model_files(db, checkpoint_dir, report, dry_run)
-    _remove_temporary_files((checkpoint_dir, resume_dir), report, dry_run)
+    with db.read() if dry_run else db.write() as session:
+        if not dry_run:
+            bump_version(session)  # first: no alias moves onto a model between the choice and the delete
+        report.models = surplus_models(session, policy)
+        surplus = [model.id for model in report.models]
+        if not dry_run:
+            for chunk in _chunks(surplus):
+                session.execute(delete(Model).where(Model.id.in_(chunk)))
+        model_files: list[Path] = []
+        orphan_files: list[Path] = []
+        for kind in _MODEL_KINDS:
+            dropped, files = _drop(session, artifacts, kind, surplus, dry_run=dry_run)
+            report.artifacts += dropped
+            model_files += files
+        # Records whose model is gone (the surplus models' are dropped above, in a real run already).
+        unowned = {kind: _unowned_records(session, kind, exclude=set(surplus)) for kind in _MODEL_KINDS}
+        for kind, names in unowned.items():
+            dropped, files = _drop(session, artifacts, kind, names, dry_run=dry_run)
+            report.artifacts += dropped
+            orphan_files += files
+        dropped, resume_files = _drop(
+            session, artifacts, ArtifactKind.resume, _ended_resume_records(session), dry_run=dry_run
+        )
+        report.artifacts += dropped
+        strays = _stray_resume_files(session, artifacts.resume_dir, exclude=set(resume_files))
+        handled = set(surplus).union(*unowned.values())
+        unregistered = _unregistered_model_files(session, artifacts.checkpoint_dir, exclude=handled)
+        sizes = {path: _size(path) for path in (*model_files, *orphan_files, *resume_files, *strays, *unregistered)}
+    if not dry_run:
+        _unlink([*strays, *unregistered])  # forget removes the records' files once the transaction has committed
+    report.model_files = sorted(path.name for path in model_files)
+    report.resume_files = sorted(path.name for path in (*resume_files, *strays))
+    report.resume_job_ids = sorted(
+        {a.name for a in report.artifacts if a.kind is ArtifactKind.resume} | {_job_of(path) for path in strays}
+    )
+    report.resume_states = sum(a.kind is ArtifactKind.resume for a in report.artifacts) + len(strays)
+    report.orphan_files = sorted(path.name for path in (*orphan_files, *unregistered))
+    report.bytes = sum(a.size_bytes for a in report.artifacts if a.in_database) + sum(sizes.values())
+    _remove_temporary_files((artifacts.checkpoint_dir, artifacts.resume_dir), report, dry_run)
     log.info(
-        "retention%s: %d models, %d resume states, %d orphaned files, %d temporary files, %d bytes",
+        "retention%s: %d models, %d artifact records, %d resume states, %d orphaned files, %d temporary files, "
+        "%d bytes",
         " (dry run)" if dry_run else "",
         len(report.models),
-        len(report.resume_files),
+        len(report.artifacts),
+        report.resume_states,
         len(report.orphan_files),
         len(report.temporary_files),
         report.bytes,
     )
     return report
-
-
-def _remove_surplus_models(
-    db: Database, checkpoint_dir: Path, policy: RetentionPolicy, report: GarbageReport, dry_run: bool
-) -> list[SurplusModel]:
-    if dry_run:
-        with db.read() as session:
-            surplus = surplus_models(session, policy)
-    else:
-        with db.write() as session:
-            bump_version(session)  # first: no alias moves onto a model between the choice and the delete
-            surplus = surplus_models(session, policy)
-            for chunk in _chunks([model.id for model in surplus]):
-                session.execute(delete(Model).where(Model.id.in_(chunk)))
-    files = [checkpoint_dir / name for model in surplus for name in (f"{model.id}.safetensors", f"{model.id}.onnx")]
-    report.bytes += _sizes(files)
-    if not dry_run:
-        _unlink(files)
-    return surplus
 
 
 def surplus_models(session: Session, policy: RetentionPolicy) -> list[SurplusModel]:
@@ -229,45 +295,49 @@ def surplus_models(session: Session, policy: RetentionPolicy) -> list[SurplusMod
     return sorted(surplus, key=lambda model: model.id)
 
 
-def _remove_ended_resume_states(db: Database, resume_dir: Path, report: GarbageReport, dry_run: bool) -> None:
-    by_job: dict[str, list[Path]] = defaultdict(list)
-    if resume_dir.is_dir():
-        for path in resume_dir.glob("*.safetensors"):
-            if parsed := parse_resume_name(path.name):
-                by_job[parsed[0]].append(path)
-    if not by_job:
-        return
+def _unowned_records(session: Session, kind: ArtifactKind, exclude: set[str]) -> list[str]:
+    """The names of the ``kind`` (checkpoint, onnx) records whose model has no row, but those in ``exclude``."""
+    names = session.scalars(
+        select(Artifact.name).where(
+            Artifact.kind == kind.value, ~select(Model.id).where(Model.id == Artifact.name).exists()
+        )
+    )
+    return sorted(name for name in names if name not in exclude)
+
+
+def _ended_resume_records(session: Session) -> list[str]:
+    """The jobs with a resume record that have ended, or have no row any more."""
+    live = select(Job.id).where(Job.id == Artifact.name, Job.status.not_in(_TERMINAL))
+    return sorted(
+        session.scalars(select(Artifact.name).where(Artifact.kind == ArtifactKind.resume.value, ~live.exists()))
+    )
+
+
+def _stray_resume_files(session: Session, resume_dir: Path, exclude: set[Path]) -> list[Path]:
+    """The resume files of ended (or deleted) jobs, but those in ``exclude`` (the records' files)."""
+    by_job = _resume_files(resume_dir)
     live: set[str] = set()
-    with db.read() as session:
-        for chunk in _chunks(sorted(by_job)):
-            live.update(session.scalars(select(Job.id).where(Job.id.in_(chunk), Job.status.not_in(_TERMINAL))))
-    ended = sorted(job_id for job_id in by_job if job_id not in live)
-    files = sorted(path for job_id in ended for path in by_job[job_id])
-    report.resume_job_ids = ended
-    report.resume_files = [path.name for path in files]
-    report.bytes += _sizes(files)
-    if not dry_run:
-        _unlink(files)
+    for chunk in _chunks(sorted(by_job)):
+        live.update(session.scalars(select(Job.id).where(Job.id.in_(chunk), Job.status.not_in(_TERMINAL))))
+    return sorted(
+        path for job_id, paths in by_job.items() if job_id not in live for path in paths if path not in exclude
+    )
 
 
-def _remove_orphan_model_files(db: Database, checkpoint_dir: Path, report: GarbageReport, dry_run: bool) -> None:
+def _unregistered_model_files(session: Session, checkpoint_dir: Path, exclude: set[str]) -> list[Path]:
+    """Checkpoint and ONNX files ``ORPHAN_GRACE_SECONDS`` old whose model has no row (but for models in
+    ``exclude``, whose files go with their records)."""
     cutoff = time.time() - ORPHAN_GRACE_SECONDS
     candidates: dict[str, list[Path]] = defaultdict(list)
     if checkpoint_dir.is_dir():
         for path in checkpoint_dir.iterdir():
-            if (match := _MODEL_FILE.fullmatch(path.name)) and _modified_before(path, cutoff):
+            match = _MODEL_FILE.fullmatch(path.name)
+            if match and match.group("model") not in exclude and _modified_before(path, cutoff):
                 candidates[match.group("model")].append(path)
-    if not candidates:
-        return
     registered: set[str] = set()
-    with db.read() as session:
-        for chunk in _chunks(sorted(candidates)):
-            registered.update(session.scalars(select(Model.id).where(Model.id.in_(chunk))))
-    files = sorted(path for model_id, paths in candidates.items() if model_id not in registered for path in paths)
-    report.orphan_files = [path.name for path in files]
-    report.bytes += _sizes(files)
-    if not dry_run:
-        _unlink(files)
+    for chunk in _chunks(sorted(candidates)):
+        registered.update(session.scalars(select(Model.id).where(Model.id.in_(chunk))))
+    return sorted(path for model_id, paths in candidates.items() if model_id not in registered for path in paths)
 
 
 def _remove_temporary_files(folders: Iterable[Path], report: GarbageReport, dry_run: bool) -> None:
@@ -275,16 +345,59 @@ def _remove_temporary_files(folders: Iterable[Path], report: GarbageReport, dry_
     for folder in folders:
         if dry_run:
             cutoff = now - STALE_TEMPORARY_SECONDS
-            found = sorted(path for path in folder.glob(".*.tmp") if path.is_file() and _modified_before(path, cutoff))
-            report.bytes += _sizes(found)
+            found = sorted(path for path in folder.glob(".*.tmp") if _modified_before(path, cutoff))
+            report.bytes += sum(_size(path) for path in found)
         else:
-            sizes = {path: _sizes([path]) for path in folder.glob(".*.tmp")} if folder.is_dir() else {}
+            sizes = {path: _size(path) for path in folder.glob(".*.tmp")} if folder.is_dir() else {}
             found = sorted(sweep_temporary_files(folder, STALE_TEMPORARY_SECONDS, now=now))
             report.bytes += sum(sizes.get(path, 0) for path in found)
         report.temporary_files += [path.name for path in found]
 
 
-# -- files -----------------------------------------------------------------------------------------------------
+# -- records and files -----------------------------------------------------------------------------------------
+
+
+def _drop(
+    session: Session, store: ArtifactStore, kind: ArtifactKind, names: Sequence[str], *, dry_run: bool
+) -> tuple[list[RemovedArtifact], list[Path]]:
+    """Forgets the records of the ``kind`` artifacts named ``names`` in ``session``'s transaction (in a dry run,
+    only reads them). Returns the records and the files that go once it commits (those there now): the records'
+    files, and a checkpoint's or ONNX export's file that was never recorded (ArtifactStore.forget)."""
+    records: list[StoredArtifact] = []
+    for chunk in _chunks(sorted(set(names))):
+        records += _records(session, kind, chunk) if dry_run else store.forget(session, kind, chunk)
+    removed = [
+        RemovedArtifact(kind, r.name, r.token, r.size_bytes, None if r.in_database else store.file_of(r).name)
+        for r in sorted(records, key=lambda record: record.name)
+    ]
+    paths = {store.file_of(r) for r in records if not r.in_database}
+    if kind is not ArtifactKind.resume:
+        paths.update(store.path(kind, name) for name in names)
+    return removed, sorted(path for path in paths if path.is_file())
+
+
+def _records(session: Session, kind: ArtifactKind, names: Sequence[str]) -> list[StoredArtifact]:
+    """The records ``ArtifactStore.forget`` would drop, read in ``session``."""
+    rows = session.execute(
+        select(Artifact.name, Artifact.sha256, Artifact.size_bytes, Artifact.token, Artifact.data.is_not(None)).where(
+            Artifact.kind == kind.value, Artifact.name.in_(names)
+        )
+    ).all()
+    return [StoredArtifact(kind, row[0], row[1], row[2], row[3], bool(row[4])) for row in rows]
+
+
+def _resume_files(resume_dir: Path, job_id: str = "") -> dict[str, list[Path]]:
+    """The resume files in ``resume_dir`` (only the job's, given ``job_id``), by job id."""
+    by_job: dict[str, list[Path]] = defaultdict(list)
+    if resume_dir.is_dir():
+        for path in resume_dir.glob(f"{job_id}*.safetensors"):
+            if RESUME_FILE.fullmatch(path.name) and path.is_file():
+                by_job[_job_of(path)].append(path)
+    return by_job
+
+
+def _job_of(path: Path) -> str:
+    return path.name[:32]
 
 
 def _modified_before(path: Path, cutoff: float) -> bool:
@@ -294,14 +407,11 @@ def _modified_before(path: Path, cutoff: float) -> bool:
         return False
 
 
-def _sizes(paths: Iterable[Path]) -> int:
-    total = 0
-    for path in paths:
-        try:
-            total += path.stat().st_size
-        except FileNotFoundError:
-            continue
-    return total
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _unlink(paths: Iterable[Path]) -> list[Path]:

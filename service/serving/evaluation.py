@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from models.checkpoints import load_checkpoint
 from models.data import DatasetUnavailable, FashionMNISTArrays, images_to_inputs, load_fashion_mnist, locate_idx_files
 from models.devices import resolve_device
 from models.evaluation import EvaluationSet, evaluate_model
@@ -28,6 +27,7 @@ from service import registry
 from service.errors import ServiceUnavailable
 from service.jobs.queries import get_job
 from service.settings import Settings
+from service.store.artifacts import ArtifactStore
 from service.store.db import Database
 from service.store.tables import Model
 
@@ -112,9 +112,7 @@ def _evaluate(db: Database, settings: Settings, model: Model) -> dict[str, Any]:
     folder, arrays = _load(settings)
     _test_splits.setdefault(folder, TestSplit(arrays.test_images, arrays.test_labels, _test_digest(arrays)))
     device = resolve_device(settings.predict_device)
-    module, spec = load_checkpoint(
-        settings.checkpoint_dir / model.filename, expected_sha256=model.sha256, device=device
-    )
+    module, spec = registry.load_model(db, model, ArtifactStore.for_settings(settings), device)
     test = EvaluationSet("test", images_to_inputs(arrays.test_images.to(device)), arrays.test_labels.to(device))
     validation = None
     if spec.val_fraction > 0:

@@ -22,14 +22,14 @@ import torch
 from starlette.concurrency import run_in_threadpool
 from torch import nn
 
-from models.checkpoints import load_checkpoint
 from models.data import CLASS_NAMES, images_to_inputs
 from models.devices import resolve_device
 from models.preprocessing import SIZE, load_image, open_upload, preprocess_image
 from models.spec import INPUT_FEATURES
-from service.registry import current_version, get_model
+from service.registry import current_version, get_model, load_model
 from service.serving.batching import MicroBatcher
 from service.settings import Settings
+from service.store.artifacts import ArtifactStore
 from service.store.db import Database
 from service.store.tables import Model
 
@@ -131,6 +131,7 @@ class ModelCache:
 class Predictor:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings, self.db = settings, db
+        self.artifacts = ArtifactStore.for_settings(settings)
         self.device = resolve_device(settings.predict_device)
         self.cache = ModelCache(settings.model_cache_size)
         self.batcher: MicroBatcher[PredictRequest, BatchOutcome] = MicroBatcher(
@@ -240,9 +241,7 @@ class Predictor:
 
     def _load(self, record: Model) -> nn.Module:
         """Loads ``record``'s checkpoint into the cache, warmed by one forward pass."""
-        module, _spec = load_checkpoint(
-            self.settings.checkpoint_dir / record.filename, expected_sha256=record.sha256, device=self.device
-        )
+        module, _spec = load_model(self.db, record, self.artifacts, self.device)
         with torch.inference_mode():  # warm: the first request should not pay for lazy set-up
             module(torch.zeros(1, INPUT_FEATURES, device=self.device))
         self.cache.put(record.id, module)

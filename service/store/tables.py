@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -209,6 +210,24 @@ class Model(Base):
     def onnx_filename(self) -> str:
         """Its ONNX export, made on first request and kept beside the checkpoint."""
         return f"{self.id}.onnx"
+
+
+class Artifact(Base):
+    """The record of one artifact (service/store/artifacts.py): a model's checkpoint or ONNX export (``name``:
+    the model's id) or a job's resume state (``name``: the job's id; ``token``: the fencing token of the claim
+    that wrote it). Its sha256 and size are what every read is checked against. ``data`` holds the bytes when
+    they are kept in the database (FMNIST_ARTIFACTS=database); NULL means they are a file in the home folder
+    of the process that wrote them (FMNIST_ARTIFACTS=folder)."""
+
+    __tablename__ = "artifacts"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
 class Alias(Base):

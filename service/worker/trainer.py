@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import torch
 
-from models.checkpoints import save_checkpoint
+from models.checkpoints import checkpoint_bytes
 from models.data import DeviceDataset, load_fashion_mnist, to_device
 from models.devices import device_label
 from models.evaluation import evaluate_model, evaluation_sets
@@ -56,7 +56,7 @@ from service.jobs.queue import Claim
 from service.logs import configure_logging, job_context, logging_configuration
 from service.settings import FaultInjection, Settings
 from service.worker.provenance import provenance
-from service.worker.resume import load_resume_state, save_resume_state
+from service.worker.resume import parse_resume_state, resume_state_bytes
 from service.worker.retry import TransientJobError, describe
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,12 @@ def logging_flush() -> None:
 # -- messages ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainingJob:
-    """What the child needs to run one attempt of a claimed job; it writes only these two files."""
+    """What the child needs to run one attempt of a claimed job: the claim, and the resume state (safetensors
+    bytes, service/worker/resume.py) an earlier attempt published, if any. The child writes nothing: what it
+    makes (resume states, the checkpoint) goes back to the worker in its messages, and the worker publishes it."""
 
     claim: Claim
-    resume_file: Path
-    checkpoint_file: Path
+    resume_state: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -141,19 +142,21 @@ class AttemptBegun:
 
 @dataclass(frozen=True)
 class EpochFinished:
-    """One epoch done; its resume state is on disk already."""
+    """One epoch done; ``resume_state``: the run's state after it (service/worker/resume.py), for the worker to
+    publish with the epoch's metrics."""
 
     metrics: EpochMetrics
+    resume_state: bytes
 
 
 @dataclass(frozen=True)
 class Trained:
-    """The run ended and its checkpoint is at the job's ``checkpoint_file``; ``evaluation``: the kept weights'
-    evaluation (models/evaluation.py) on the test split and the validation rows, None if it could not be made."""
+    """The run ended; ``checkpoint``: the kept weights as a checkpoint (models.checkpoints.checkpoint_bytes);
+    ``evaluation``: their evaluation (models/evaluation.py) on the test split and the validation rows, None if it
+    could not be made."""
 
     selected: EpochMetrics | None
-    sha256: str
-    size_bytes: int
+    checkpoint: bytes
     evaluation: dict[str, Any] | None = None
 
 
@@ -427,7 +430,7 @@ class _Slot:
         claim, config = job.claim, self.config
         dataset = self.datasets.get()
         trainer = Trainer(claim.spec, dataset, seed=claim.seed, cuda_graphs=config.cuda_graphs)
-        saved = load_resume_state(job.resume_file, claim)
+        saved = parse_resume_state(job.resume_state, claim) if job.resume_state is not None else None
         if saved is not None:
             trainer.restore(*saved)
             log.info("job %s: resuming after epoch %d", claim.job_id, trainer.epoch)
@@ -440,8 +443,7 @@ class _Slot:
         fault = config.fault_injection
 
         def epoch_done(metrics: EpochMetrics) -> None:
-            save_resume_state(job.resume_file, claim, *trainer.state())
-            self._send(0, EpochFinished(metrics))
+            self._send(0, EpochFinished(metrics, resume_state_bytes(claim, *trainer.state())))
             if fault is not None and _fault_applies(fault, claim, metrics.epoch):
                 fire(fault, self.device)
 
@@ -468,8 +470,7 @@ class _Slot:
         fault = self.config.fault_injection
 
         def epoch_done(member: int, metrics: EpochMetrics) -> None:
-            save_resume_state(jobs[member].resume_file, claims[member], *pack.member_state(member))
-            self._send(member, EpochFinished(metrics))
+            self._send(member, EpochFinished(metrics, resume_state_bytes(claims[member], *pack.member_state(member))))
             if fault is not None and _fault_applies(fault, claims[member], metrics.epoch):
                 fire(fault, self.device)
 
@@ -514,14 +515,10 @@ def _trained(
     dataset: DeviceDataset,
     val_index: torch.Tensor | None,
 ) -> Trained:
-    """Saves the kept weights and evaluates them on the data set already on the device."""
+    """The kept weights as a checkpoint, and their evaluation on the data set already on the device."""
     claim = job.claim
-    checkpoint = save_checkpoint(
-        job.checkpoint_file, model, claim.spec, extra={"job_id": claim.job_id, "seed": str(claim.seed)}
-    )
-    return Trained(
-        selected, checkpoint.sha256, checkpoint.size_bytes, _evaluation(claim.job_id, model, dataset, val_index)
-    )
+    checkpoint = checkpoint_bytes(model, claim.spec, extra={"job_id": claim.job_id, "seed": str(claim.seed)})
+    return Trained(selected, checkpoint, _evaluation(claim.job_id, model, dataset, val_index))
 
 
 def _evaluation(

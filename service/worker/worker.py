@@ -2,10 +2,12 @@
 
 Split in three: ``claim`` (queue.claim_next_job), ``run`` (the job goes to the trainer process,
 ``service/worker/trainer.py``, while a lease keeper heartbeats beside it and the worker records each epoch
-it reports) and ``persist`` (queue.finish_job registers the checkpoint the trainer wrote). The worker holds
-the lease and is the only one to write to the database; the trainer process holds the device and the data
-set, loaded once. A trainer that crashes or loses its device costs only the job it was running: the worker
-records the failure (or a retry, as its retry policy decides) and starts a new trainer for the next job.
+it reports, publishing its resume state) and ``persist`` (queue.finish_job publishes the checkpoint the
+trainer made and registers its model). The worker holds the lease and is the only one to write to the
+database and the artifact store (service/store/artifacts.py); the trainer process holds the device and the
+data set, loaded once, and writes nothing. A trainer that crashes or loses its device costs only the job it
+was running: the worker records the failure (or a retry, as its retry policy decides) and starts a new
+trainer for the next job.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
 import torch
@@ -29,8 +30,8 @@ from service.jobs.status import JobStatus
 from service.jobs.wakeup import QueueSignal
 from service.logs import job_context
 from service.settings import Settings
+from service.store.artifacts import ArtifactKind, ArtifactStore
 from service.store.db import Database
-from service.worker.resume import discard_resume_state, resume_path
 from service.worker.retry import RetryPolicy
 from service.worker.trainer import (
     AttemptBegun,
@@ -148,6 +149,7 @@ class Worker:
         slot: int = 0,
     ) -> None:
         self.settings, self.db, self.device, self.burst = settings, db, device, burst
+        self.artifacts = ArtifactStore.for_settings(settings)
         self.retry_policy = retry_policy or RetryPolicy()
         self.owns_trainer = trainer is None
         self.trainer = trainer or TrainerProcess(TrainerConfig.for_worker(settings, device, slots=1))
@@ -230,14 +232,7 @@ class Worker:
         check_seconds = min(0.5, self.settings.lease_seconds / 4)
         keeper = LeaseKeeper(self.db, claims, self.settings.lease_seconds, check_seconds)
         keeper.start()
-        jobs = [
-            TrainingJob(
-                claim,
-                resume_path(self.settings.resume_dir, claim.job_id),
-                self.settings.checkpoint_dir / f"{queue.new_id()}.safetensors",
-            )
-            for claim in claims
-        ]
+        jobs = [TrainingJob(claim, self._resume_state(claim)) for claim in claims]
         # Per job, the first database error while recording its progress (a lost lease, or another): it stops.
         broken: list[Exception | None] = [None] * len(claims)
         # Per study trial, the epoch after which its study's pruner stopped it.
@@ -250,7 +245,13 @@ class Worker:
                 if isinstance(message, AttemptBegun):
                     queue.begin_attempt(self.db, claims[member], message.history, message.provenance)
                 elif isinstance(message, EpochFinished):
-                    queue.record_epoch(self.db, claims[member], message.metrics)
+                    queue.record_epoch(
+                        self.db,
+                        claims[member],
+                        message.metrics,
+                        resume_state=message.resume_state,
+                        artifacts=self.artifacts,
+                    )
             except Exception as error:
                 broken[member] = error
                 return
@@ -278,7 +279,7 @@ class Worker:
             keeper.release(member)
             try:
                 with job_context(claim.job_id, claim.attempt):
-                    self._conclude(claim, jobs[member], outcome, keeper.flags[member], broken[member], pruned[member])
+                    self._conclude(claim, outcome, keeper.flags[member], broken[member], pruned[member])
             except Exception as error:
                 errors.append(error)
             if claim.study_id is not None:
@@ -297,6 +298,26 @@ class Worker:
         if errors:
             raise errors[0]
 
+    def _resume_state(self, claim: Claim) -> bytes | None:
+        """The state an earlier claim of the job published (a job with recorded epochs has one), else None.
+        Never fatal: a state that cannot be read (the database, a missing or altered artifact) is logged and
+        the attempt starts over."""
+        if claim.epochs_done == 0:
+            return None
+        try:
+            return self.artifacts.resume_state(self.db, claim.job_id, claim.token)
+        except Exception:
+            log.exception("job %s: the resume state could not be read; starting over", claim.job_id)
+            return None
+
+    def _discard_resume_state(self, claim: Claim) -> None:
+        """Drops the ended job's resume state; one left by a failure here is retention's (fmnist gc)."""
+        try:
+            with self.db.write() as session:
+                self.artifacts.forget(session, ArtifactKind.resume, [claim.job_id])
+        except Exception:
+            log.exception("job %s: its resume state could not be dropped; fmnist gc will", claim.job_id)
+
     def _pruned_after(self, claim: Claim, epoch: int) -> int | None:
         """``epoch`` when the claim is a study's trial that its pruner stops after this epoch, else None (also
         after the last epoch: a trial that has run to its end is complete, not pruned)."""
@@ -311,59 +332,53 @@ class Worker:
     def _conclude(
         self,
         claim: Claim,
-        job: TrainingJob,
         outcome: Outcome,
         lease: LeaseFlags,
         broken: Exception | None,
         pruned_at: int | None = None,
     ) -> None:
-        if not isinstance(outcome, Trained):
-            job.checkpoint_file.unlink(missing_ok=True)  # never written, unless the run ended just as it was stopped
         if isinstance(broken, LeaseLost) or lease.lost.is_set():
-            job.checkpoint_file.unlink(missing_ok=True)
             log.error("job %s: lease lost mid-run; abandoning it", claim.job_id)
         elif broken is not None:
-            job.checkpoint_file.unlink(missing_ok=True)
-            self._failed(claim, broken, job.resume_file)
+            self._failed(claim, broken)
         elif pruned_at is not None and isinstance(outcome, (Trained, Stopped)):
             # Pruned, whether the trainer saw the flag or had already run to its end (it runs ahead of the
             # decision, which follows each epoch's record): the trial ends where its pruner stopped it.
-            job.checkpoint_file.unlink(missing_ok=True)
-            self._pruned(claim, pruned_at, job.resume_file)
+            self._pruned(claim, pruned_at)
         elif isinstance(outcome, Trained):
-            self._persist(claim, job, outcome)
+            self._persist(claim, outcome)
         elif isinstance(outcome, Stopped):
-            self._stopped(claim, lease, outcome, job.resume_file)
+            self._stopped(claim, lease, outcome)
         elif isinstance(outcome, Failed):
-            self._failed(claim, outcome.error, job.resume_file)
+            self._failed(claim, outcome.error)
         else:
             assert isinstance(outcome, Died)
-            self._failed(claim, TrainerCrashed(outcome.description), job.resume_file)
+            self._failed(claim, TrainerCrashed(outcome.description))
 
-    def _stopped(self, claim: Claim, lease: LeaseFlags, stopped: Stopped, state_file: Path) -> None:
+    def _stopped(self, claim: Claim, lease: LeaseFlags, stopped: Stopped) -> None:
         try:
             if lease.cancel_requested.is_set():
                 queue.cancel_claimed_job(self.db, claim)
-                discard_resume_state(state_file)
+                self._discard_resume_state(claim)
                 log.info("job %s: cancelled after %d epoch(s)", claim.job_id, stopped.completed_epochs)
             elif queue.release_job(self.db, claim) is JobStatus.cancelled:
-                discard_resume_state(state_file)
+                self._discard_resume_state(claim)
                 log.info("job %s: cancelled after %d epoch(s)", claim.job_id, stopped.completed_epochs)
             else:
                 log.info("job %s: released to the queue after %d epoch(s)", claim.job_id, stopped.completed_epochs)
         except LeaseLost:
             log.error("job %s: lease lost before it could be stopped cleanly", claim.job_id)
 
-    def _pruned(self, claim: Claim, epoch: int, state_file: Path) -> None:
+    def _pruned(self, claim: Claim, epoch: int) -> None:
         try:
             status = queue.prune_claimed_job(self.db, claim, epoch)
         except LeaseLost:
             log.error("job %s: lease lost before its pruning could be recorded", claim.job_id)
             return
-        discard_resume_state(state_file)
+        self._discard_resume_state(claim)
         log.info("job %s: %s after epoch %d", claim.job_id, status.value, epoch)
 
-    def _failed(self, claim: Claim, error: BaseException, state_file: Path) -> None:
+    def _failed(self, claim: Claim, error: BaseException) -> None:
         decision = self.retry_policy.decide(error, claim.attempt, claim.max_attempts)
         log.error("job %s: %s", claim.job_id, decision.reason)
         try:
@@ -375,29 +390,26 @@ class Worker:
             log.error("job %s: lease lost before its failure could be recorded", claim.job_id)
             return
         if status is not JobStatus.queued:
-            discard_resume_state(state_file)
+            self._discard_resume_state(claim)
         if status is JobStatus.cancelled:
             log.info("job %s: cancelled (its cancel had been asked for)", claim.job_id)
 
-    def _persist(self, claim: Claim, job: TrainingJob, trained: Trained) -> None:
-        model_id = job.checkpoint_file.name.removesuffix(".safetensors")
+    def _persist(self, claim: Claim, trained: Trained) -> None:
+        model_id = queue.new_id()
         try:
             status = queue.finish_job(
                 self.db,
                 claim,
                 model_id=model_id,
-                sha256=trained.sha256,
-                size_bytes=trained.size_bytes,
+                checkpoint=trained.checkpoint,
+                artifacts=self.artifacts,
                 selected=trained.selected,
                 evaluation=trained.evaluation,
             )
         except LeaseLost:
-            job.checkpoint_file.unlink(missing_ok=True)
-            log.error("job %s: lease lost before the model could be registered; checkpoint removed", claim.job_id)
+            log.error("job %s: lease lost before the model could be registered; nothing published", claim.job_id)
             return
-        discard_resume_state(job.resume_file)
         if status is JobStatus.cancelled:
-            job.checkpoint_file.unlink(missing_ok=True)
             log.info("job %s: cancelled as it finished; no model registered", claim.job_id)
             return
         log.info("job %s: succeeded, model %s (%s)", claim.job_id, model_id, trained.selected)

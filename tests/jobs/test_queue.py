@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 from datetime import timedelta
 
@@ -16,8 +17,10 @@ from service.jobs.queue import LeaseLost
 from service.jobs.status import JobStatus
 from service.registry import get_model
 from service.settings import Settings
+from service.store.artifacts import ArtifactKind
 from service.store.db import Database
 from service.store.tables import utcnow
+from tests.support.artifacts import DATABASE_STORE
 
 pytestmark = pytest.mark.db
 
@@ -138,7 +141,9 @@ def test_a_stale_claim_can_write_nothing(db: Database) -> None:
         lambda: queue.release_job(db, stale),
         lambda: queue.cancel_claimed_job(db, stale),
         lambda: queue.begin_attempt(db, stale, [], {}),
-        lambda: queue.finish_job(db, stale, model_id="m" * 32, sha256="0" * 64, size_bytes=1, selected=metrics(1)),
+        lambda: queue.finish_job(
+            db, stale, model_id="m" * 32, checkpoint=b"checkpoint", artifacts=DATABASE_STORE, selected=metrics(1)
+        ),
     ):
         with pytest.raises(LeaseLost):
             write()
@@ -190,12 +195,16 @@ def test_finish_registers_the_model_and_succeeds(db: Database) -> None:
     claim = queue.claim_next_job(db, "w1", 30, device="cpu")
     assert claim is not None
     selected = EpochMetrics(epoch=3, train_loss=0.3, train_acc=0.9, test_acc=0.88, val_acc=0.89, seconds=1.0)
-    queue.finish_job(db, claim, model_id="a" * 32, sha256="b" * 64, size_bytes=10, selected=selected)
+    queue.finish_job(
+        db, claim, model_id="a" * 32, checkpoint=b"checkpoint", artifacts=DATABASE_STORE, selected=selected
+    )
     stored = get_job(db, job.id)
     assert stored.status is JobStatus.succeeded and stored.model_id == "a" * 32
     assert stored.finished_at is not None and stored.lease_expires_at is None
     model = get_model(db, "a" * 32)
     assert (model.test_acc, model.val_acc, model.epoch, model.job_id) == (0.88, 0.89, 3, job.id)
+    assert (model.sha256, model.size_bytes) == (hashlib.sha256(b"checkpoint").hexdigest(), len(b"checkpoint"))
+    assert DATABASE_STORE.read(db, ArtifactKind.checkpoint, model.id)[1] == b"checkpoint", "published with it"
 
 
 def test_cancel_queued_is_immediate(db: Database) -> None:
@@ -218,7 +227,7 @@ def test_cancel_running_flags_it_and_the_worker_ends_it(db: Database) -> None:
 # Every way a worker ends an attempt, as the worker calls it.
 ENDINGS = {
     "finish": lambda db, claim: queue.finish_job(
-        db, claim, model_id="e" * 32, sha256="f" * 64, size_bytes=1, selected=metrics(1)
+        db, claim, model_id="e" * 32, checkpoint=b"checkpoint", artifacts=DATABASE_STORE, selected=metrics(1)
     ),
     "fail": lambda db, claim: queue.fail_job(db, claim, "boom"),
     "retry": lambda db, claim: queue.retry_job(db, claim, "disk hiccup"),
@@ -281,7 +290,9 @@ def test_cancel_of_an_ended_job_is_refused(db: Database, end: str) -> None:
         if end == "failed":
             queue.fail_job(db, claim, "boom")
         else:
-            queue.finish_job(db, claim, model_id="c" * 32, sha256="d" * 64, size_bytes=1, selected=None)
+            queue.finish_job(
+                db, claim, model_id="c" * 32, checkpoint=b"checkpoint", artifacts=DATABASE_STORE, selected=None
+            )
     with pytest.raises(queue.JobNotCancellable, match=end):
         queue.request_cancel(db, job.id)
 

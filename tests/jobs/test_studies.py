@@ -19,6 +19,7 @@ from service.settings import Settings
 from service.store.db import Database
 from service.store.tables import Job, Study, StudyTrial
 from service.worker.worker import Worker
+from tests.support.artifacts import DATABASE_STORE
 from tests.support.studies import claim_all, epoch_metrics, run_curve
 
 pytestmark = pytest.mark.db
@@ -252,7 +253,12 @@ def test_successive_halving_prunes_at_its_rungs_and_keeps_its_bookkeeping(client
             if epoch < 3:
                 assert not studies.should_prune(db, claim.job_id, epoch)  # as the worker asks: records the rungs
         queue.finish_job(
-            db, claim, model_id=queue.new_id(), sha256="0" * 64, size_bytes=1, selected=epoch_metrics(3, curve[-1])
+            db,
+            claim,
+            model_id=queue.new_id(),
+            checkpoint=b"checkpoint",
+            artifacts=DATABASE_STORE,
+            selected=epoch_metrics(3, curve[-1]),
         )
     run_curve(db, claims[2], [0.3], finish=False)
     assert studies.should_prune(db, claims[2].job_id, 1)
@@ -467,7 +473,14 @@ def test_hyperband_prunes_only_trials_behind_in_their_bracket(db: Database) -> N
                 break
         else:
             selected = epoch_metrics(3, curve[-1])
-            queue.finish_job(db, claim, model_id=queue.new_id(), sha256="0" * 64, size_bytes=1, selected=selected)
+            queue.finish_job(
+                db,
+                claim,
+                model_id=queue.new_id(),
+                checkpoint=b"checkpoint",
+                artifacts=DATABASE_STORE,
+                selected=selected,
+            )
     assert all(number >= 10 for number in pruned_at), pruned_at  # no good trial is pruned
     assert len(pruned_at) >= 3, pruned_at  # the bad ones in a bracket with a rung before the end are
     view = studies.get_study(db, study.id)

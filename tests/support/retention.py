@@ -1,5 +1,6 @@
-"""Ended jobs with registered models, written straight into the database with their files on disk (retention
-tests: what is removed is rows and files, not training)."""
+"""Ended jobs with registered models, written straight into the database with their artifacts published through
+the artifact store, in the folder or in the database as the settings say (retention tests: what is removed is
+rows, records and files, not training)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ from service.jobs import queue
 from service.jobs.status import JobStatus, StudyStatus
 from service.registry import register_model
 from service.settings import Settings
+from service.store.artifacts import ArtifactKind, ArtifactStore
 from service.store.db import Database
-from service.store.tables import EpochMetric, Job, Model, Study, StudyTrial, Sweep, utcnow
+from service.store.tables import Artifact, EpochMetric, Job, Model, Study, StudyTrial, Sweep, utcnow
 from tests.support.jobs import SMALL, add_job
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
+MODES = ("folder", "database")  # FMNIST_ARTIFACTS
+CHECKPOINT_BYTES, ONNX_BYTES = 100, 50
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Finished:
     model_id: str | None
 
     def model_files(self, settings: Settings) -> list[Path]:
+        """Its model's checkpoint and ONNX files, in the folder."""
         assert self.model_id is not None
         return [
             settings.checkpoint_dir / f"{self.model_id}.safetensors",
@@ -58,10 +63,12 @@ def finished_job(
     **columns: Any,
 ) -> Finished:
     """An ended job (``columns``: sweep_id, study_id, owner...) with one epoch's metrics and, when succeeded and
-    ``with_model``, a registered model created ``minute`` minutes after T0, its checkpoint and ONNX files written."""
+    ``with_model``, a registered model created ``minute`` minutes after T0 with its checkpoint (100 bytes) and ONNX
+    export (50 bytes) published through the settings' artifact store, in the transaction that registers it."""
     created = T0 + timedelta(minutes=minute)
     job_id = add_job(db, status=status, finished_at=created, **columns)
     model_id = queue.new_id() if with_model and status is JobStatus.succeeded else None
+    store = ArtifactStore.for_settings(settings)
     with db.write() as session:
         session.add(
             EpochMetric(
@@ -76,14 +83,16 @@ def finished_job(
             )
         )
         if model_id is not None:
+            stored = store.publish(session, ArtifactKind.checkpoint, model_id, b"c" * CHECKPOINT_BYTES)
+            store.publish(session, ArtifactKind.onnx, model_id, b"o" * ONNX_BYTES)
             register_model(
                 session,
                 Model(
                     id=model_id,
                     job_id=job_id,
                     spec=SMALL.model_dump(mode="json"),
-                    sha256="0" * 64,
-                    size_bytes=100,
+                    sha256=stored.sha256,
+                    size_bytes=stored.size_bytes,
                     test_acc=test_acc,
                     val_acc=val_acc,
                     epoch=1,
@@ -91,12 +100,34 @@ def finished_job(
                 ),
             )
             session.execute(update(Job).where(Job.id == job_id).values(model_id=model_id))
-    finished = Finished(job_id, model_id)
-    if model_id is not None:
-        checkpoint, onnx = finished.model_files(settings)
-        write_file(checkpoint, 100)
-        write_file(onnx, 50)
-    return finished
+    return Finished(job_id, model_id)
+
+
+def publish_resume(db: Database, settings: Settings, job_id: str, token: int, size: int = 10) -> str:
+    """A resume state of ``size`` bytes for the job, as the claim holding fencing token ``token`` publishes it; the
+    name of its file when kept in the folder."""
+    store = ArtifactStore.for_settings(settings)
+    with db.write() as session:
+        stored = store.publish(session, ArtifactKind.resume, job_id, b"r" * size, token=token)
+    return store.file_of(stored).name
+
+
+def artifact_rows(db: Database, kind: ArtifactKind | None = None) -> set[tuple[str, str]]:
+    """The artifacts recorded, as (kind, name)."""
+    query = select(Artifact.kind, Artifact.name)
+    if kind is not None:
+        query = query.where(Artifact.kind == kind.value)
+    with db.read() as session:
+        return {(row[0], row[1]) for row in session.execute(query)}
+
+
+def home_files(settings: Settings) -> set[str]:
+    """The files in the home's artifact folders, as ``checkpoints/<name>`` and ``resume/<name>``."""
+    found: set[str] = set()
+    for folder in (settings.checkpoint_dir, settings.resume_dir):
+        if folder.is_dir():
+            found.update(f"{folder.name}/{path.name}" for path in folder.iterdir())
+    return found
 
 
 def new_sweep(db: Database) -> str:

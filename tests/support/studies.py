@@ -6,6 +6,7 @@ from models.training import EpochMetrics
 from service.jobs import queue
 from service.jobs.queue import Claim
 from service.store.db import Database
+from tests.support.artifacts import DATABASE_STORE
 
 
 def claim_all(db: Database) -> list[Claim]:
@@ -29,4 +30,6 @@ def run_curve(db: Database, claim: Claim, curve: list[float], finish: bool = Tru
         queue.record_epoch(db, claim, epoch_metrics(epoch, val_acc))
     if finish:
         selected = epoch_metrics(len(curve), curve[-1])
-        queue.finish_job(db, claim, model_id=queue.new_id(), sha256="0" * 64, size_bytes=1, selected=selected)
+        queue.finish_job(
+            db, claim, model_id=queue.new_id(), checkpoint=b"checkpoint", artifacts=DATABASE_STORE, selected=selected
+        )

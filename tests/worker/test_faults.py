@@ -31,7 +31,7 @@ from service.jobs.status import JobStatus
 from service.jobs.wakeup import QueueSignal
 from service.store.db import Database
 from service.store.tables import Job, Model
-from service.worker.resume import resume_files, resume_path
+from tests.support.artifacts import MODES, artifact_files, in_mode, resume_record
 from tests.support.fleet import Fleet, wait_for
 from tests.support.servers import free_port, wait_ready
 
@@ -67,6 +67,20 @@ def epoch_seconds(db: Database, job_id: str) -> float:
 def models_of(db: Database, job_id: str) -> int:
     with db.read() as session:
         return session.scalar(select(func.count()).select_from(Model).where(Model.job_id == job_id)) or 0
+
+
+def keep_artifacts(fleet: Fleet, mode: str) -> None:
+    """Runs the fleet with FMNIST_ARTIFACTS=``mode``."""
+    fleet.env["FMNIST_ARTIFACTS"] = mode
+    fleet.settings = in_mode(fleet.settings, mode)
+
+
+def expected_files(fleet: Fleet, *model_ids: str | None) -> list[Path]:
+    """The files the home should hold once these models' jobs ended: their checkpoints in the folder, nothing
+    (no resume state, no temporary file) otherwise; nothing at all when the bytes are in the database."""
+    if fleet.settings.artifacts == "database":
+        return []
+    return sorted(fleet.settings.checkpoint_dir / f"{model_id}.safetensors" for model_id in model_ids if model_id)
 
 
 def job_row_writable(db: Database, job_id: str) -> bool:
@@ -116,7 +130,9 @@ LONG_JOB = SLOW_EPOCHS.model_copy(update={"epochs": 24, "seed": 7})
 STANDBYS = 2
 
 
-def test_a_job_killed_mid_epoch_ten_times_resumes_each_time_and_succeeds(fleet: Fleet, db: Database) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_a_job_killed_mid_epoch_ten_times_resumes_each_time_and_succeeds(fleet: Fleet, db: Database, mode: str) -> None:
+    keep_artifacts(fleet, mode)
     fleet.env["FMNIST_LEASE_SECONDS"] = "2"
     job_id = queue.enqueue_job(db, LONG_JOB, max_attempts=KILLS + 5).id
     # One worker trains; the standbys wait to reap its lease when it dies. Each kill starts a replacement.
@@ -156,7 +172,8 @@ def test_a_job_killed_mid_epoch_ten_times_resumes_each_time_and_succeeds(fleet: 
     assert job.provenance is not None and job.provenance["resumed_from_epoch"] >= killed_at[-1] > 0
     assert epochs_recorded(db, job_id) == list(range(1, LONG_JOB.epochs + 1)), "each epoch recorded once"
     assert models_of(db, job_id) == 1
-    assert not resume_files(resume_path(fleet.settings.resume_dir, job_id))
+    assert resume_record(fleet.settings, db, job_id) is None
+    assert artifact_files(fleet.settings.home) == expected_files(fleet, job.model_id)
 
 
 # -- the trainer process --------------------------------------------------------------------------------
@@ -196,7 +213,9 @@ TINY_JOB = TrainingSpec(hidden_layers=[8], batch_size=200, epochs=1, seed=1)
 RACERS, JOBS = 4, 50
 
 
-def test_four_workers_racing_over_fifty_jobs_claim_each_attempt_once(fleet: Fleet, db: Database) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_four_workers_racing_over_fifty_jobs_claim_each_attempt_once(fleet: Fleet, db: Database, mode: str) -> None:
+    keep_artifacts(fleet, mode)
     # Idle workers look at the queue only when the signal file says so: all four wake on the same write.
     fleet.env["FMNIST_POLL_SECONDS"] = "60"
     names = [fleet.start_worker() for _ in range(RACERS)]
@@ -229,6 +248,7 @@ def test_four_workers_racing_over_fifty_jobs_claim_each_attempt_once(fleet: Flee
         assert fleet.worker_named(job.worker_id) == claimer[job.id]
         assert models_of(db, job.id) == 1
     assert len(set(claimer.values())) >= 2, f"no race: {Counter(claimer.values())}"
+    assert artifact_files(fleet.settings.home) == expected_files(fleet, *(job.model_id for job in jobs))
 
 
 # -- kill -9 the API ------------------------------------------------------------------------------------
@@ -301,7 +321,9 @@ def test_every_job_acknowledged_before_the_api_is_killed_is_stored(fleet: Fleet,
 STALLED_JOB = SLOW_EPOCHS.model_copy(update={"epochs": 10, "seed": 11})
 
 
-def test_a_worker_frozen_past_its_lease_has_its_late_writes_refused(fleet: Fleet, db: Database) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_a_worker_frozen_past_its_lease_has_its_late_writes_refused(fleet: Fleet, db: Database, mode: str) -> None:
+    keep_artifacts(fleet, mode)
     fleet.env["FMNIST_LEASE_SECONDS"] = "2"
     job_id = queue.enqueue_job(db, STALLED_JOB, max_attempts=3).id
     first = fleet.start_worker()
@@ -334,7 +356,7 @@ def test_a_worker_frozen_past_its_lease_has_its_late_writes_refused(fleet: Fleet
     assert fleet.worker_named(job.worker_id) == second
     assert epochs_recorded(db, job_id) == list(range(1, STALLED_JOB.epochs + 1)), "each epoch recorded once"
     assert models_of(db, job_id) == 1
-    assert [path.stem for path in fleet.settings.checkpoint_dir.iterdir()] == [job.model_id]
+    assert artifact_files(fleet.settings.home) == expected_files(fleet, job.model_id)
     assert fleet.processes[first].poll() is None, "the thawed worker should go back to the queue, not die"
     assert fleet.stop(first, second) == [0, 0], fleet.logs()
     thawed = fleet.log(first)[seen:]

@@ -1,106 +1,166 @@
-"""Resume states fenced by the claim's token (service/worker/resume.py), and the sweep of temporary files that
-killed writes leave behind (models.checkpoints.sweep_temporary_files)."""
+"""Resume states published with their epoch under the claim's fencing token (queue.record_epoch, the artifact
+store), read back by the next claim only, checked against their record; and the sweep of temporary files that
+killed writes leave behind (models.checkpoints.sweep_temporary_files). Each store test runs with the bytes in
+the home folder and in the database."""
 
 from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import torch
+from sqlalchemy import update
 
-from models.checkpoints import save_tensors, sweep_temporary_files
-from service.jobs.queue import Claim
-from service.worker.resume import (
-    discard_resume_state,
-    fenced_path,
-    load_resume_state,
-    resume_files,
-    resume_path,
-    save_resume_state,
-)
+from models.checkpoints import sweep_temporary_files
+from models.training import EpochMetrics
+from service.jobs import queue
+from service.jobs.queue import Claim, LeaseLost
+from service.settings import Settings
+from service.store.artifacts import ArtifactKind, ArtifactStore
+from service.store.db import Database
+from service.store.tables import Artifact, Job, utcnow
+from service.worker.resume import parse_resume_state, resume_state_bytes
+from tests.support.jobs import add_job
 from tests.support.specs import spec_of
 
-SPEC = spec_of(hidden_layers=[8])
+SPEC = spec_of(hidden_layers=[8], epochs=9)
 
 
-def claim(token: int, job_id: str = "job1") -> Claim:
-    return Claim(job_id, SPEC, seed=7, attempt=token, max_attempts=5, token=token, epochs_done=0)
+@pytest.fixture(params=["folder", "database"])
+def store(request: pytest.FixtureRequest, settings: Settings) -> ArtifactStore:
+    return ArtifactStore.for_settings(settings.model_copy(update={"artifacts": request.param}))
 
 
-def state(epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    return {"w": torch.full((2,), float(epoch))}, {"epoch": epoch}
+def state(claim: Claim, epoch: int) -> bytes:
+    return resume_state_bytes(claim, {"w": torch.full((2,), float(epoch))}, {"epoch": epoch})
 
 
-def loaded_epoch(path: Path, token: int) -> int | None:
-    found = load_resume_state(path, claim(token))
+def metrics(epoch: int) -> EpochMetrics:
+    return EpochMetrics(epoch=epoch, train_loss=1.0, train_acc=0.5, test_acc=0.5, seconds=0.1)
+
+
+def claim_again(db: Database, job_id: str) -> Claim:
+    """Expires the job's lease, requeues it and claims it again: a new attempt with a higher token."""
+    with db.write() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    queue.requeue_expired_leases(db)
+    [claim] = queue.claim_jobs(db, "w2", 30, device="cpu", limit=1)
+    return claim
+
+
+def publish(db: Database, store: ArtifactStore, claim: Claim, epoch: int) -> None:
+    queue.record_epoch(db, claim, metrics(epoch), resume_state=state(claim, epoch), artifacts=store)
+
+
+def resumed_epoch(db: Database, store: ArtifactStore, claim: Claim) -> int | None:
+    data = store.resume_state(db, claim.job_id, claim.token)
+    found = None if data is None else parse_resume_state(data, claim)
     return None if found is None else int(found[1]["epoch"])
 
 
-def test_an_attempt_resumes_from_the_newest_earlier_attempt(tmp_path: Path) -> None:
-    path = resume_path(tmp_path, "job1")
-    save_resume_state(path, claim(3), *state(2))
-    assert resume_files(path) == [(3, fenced_path(path, 3))]
-    assert fenced_path(path, 3).name == "job1.000000000003.safetensors"
-    assert loaded_epoch(path, 4) == 2
-    assert loaded_epoch(path, 3) is None  # its own token: nothing from an earlier attempt
-    save_resume_state(path, claim(4), *state(5))
-    assert [token for token, _ in resume_files(path)] == [4]  # the older state went with the newer write
-    assert loaded_epoch(path, 5) == 5
+def files(store: ArtifactStore) -> list[str]:
+    return sorted(path.name for path in store.resume_dir.glob("*")) if store.resume_dir.is_dir() else []
 
 
-def test_a_late_write_of_a_stale_attempt_neither_overwrites_nor_wins(tmp_path: Path) -> None:
-    path = resume_path(tmp_path, "job1")
-    save_resume_state(path, claim(3), *state(4))  # attempt 3 wrote epoch 4, then froze past its lease
-    save_resume_state(path, claim(4), *state(6))  # attempt 4 took the job over and went on to epoch 6
-    save_resume_state(path, claim(3), *state(5))  # attempt 3 wakes and writes its epoch 5: refused
-    assert [token for token, _ in resume_files(path)] == [4]
-    assert loaded_epoch(path, 5) == 6
-
-    # The stale write comes before the new attempt's first one: it lands under its own token and is replaced.
-    other = resume_path(tmp_path, "job2")
-    save_resume_state(other, claim(3, "job2"), *state(4))
-    save_resume_state(other, claim(3, "job2"), *state(5))
-    assert loaded_epoch_of(other, "job2", 4) == 5  # attempt 4 resumes from the freshest state there is
-    save_resume_state(other, claim(4, "job2"), *state(6))
-    assert [token for token, _ in resume_files(other)] == [4]
-    assert [token for token, _ in resume_files(path)] == [4]  # another job's files are its own
-
-
-def loaded_epoch_of(path: Path, job_id: str, token: int) -> int | None:
-    found = load_resume_state(path, claim(token, job_id))
-    return None if found is None else int(found[1]["epoch"])
+def test_an_attempt_resumes_from_the_state_an_earlier_claim_published(db: Database, store: ArtifactStore) -> None:
+    job_id = add_job(db, SPEC)
+    [first] = queue.claim_jobs(db, "w1", 30, device="cpu", limit=1)
+    publish(db, store, first, 1)
+    publish(db, store, first, 2)
+    assert resumed_epoch(db, store, first) is None  # its own token: nothing from an earlier attempt
+    second = claim_again(db, job_id)
+    assert second.token > first.token
+    assert resumed_epoch(db, store, second) == 2
+    publish(db, store, second, 3)
+    record = store.stat(db, ArtifactKind.resume, job_id)
+    assert record is not None and record.token == second.token and record.in_database is store.in_database
+    # One state per job: the earlier claim's went with the newer write, its file too.
+    expected = [] if store.in_database else [f"{job_id}.{second.token:012d}.{record.sha256[:16]}.safetensors"]
+    assert files(store) == expected
 
 
-def test_a_state_written_before_fencing_is_read_as_token_0_and_replaced(tmp_path: Path) -> None:
-    path = resume_path(tmp_path, "job1")
-    save_resume_state(path, claim(1), *state(3))
-    fenced_path(path, 1).rename(path)  # as earlier releases named it: `<job>.safetensors`
-    assert resume_files(path) == [(0, path)]
-    assert loaded_epoch(path, 1) == 3
-    save_resume_state(path, claim(1), *state(4))
-    assert resume_files(path) == [(1, fenced_path(path, 1))] and not path.exists()
+def test_a_stale_claim_can_publish_nothing(db: Database, store: ArtifactStore) -> None:
+    """The worker that froze past its lease wakes and reports an epoch: its transaction is refused, and the
+    state of the claim that took the job over stays the one to resume from."""
+    job_id = add_job(db, SPEC)
+    [stale] = queue.claim_jobs(db, "w1", 30, device="cpu", limit=1)
+    publish(db, store, stale, 4)
+    current = claim_again(db, job_id)
+    publish(db, store, current, 6)
+    with pytest.raises(LeaseLost):
+        publish(db, store, stale, 5)
+    record = store.stat(db, ArtifactKind.resume, job_id)
+    assert record is not None and record.token == current.token
+    later = claim_again(db, job_id)
+    assert resumed_epoch(db, store, later) == 6
+    if not store.in_database:
+        assert files(store) == [store.file_of(record).name], "the refused write left no file"
+    else:
+        assert files(store) == []
 
 
-def test_a_state_of_another_run_is_not_resumed(tmp_path: Path) -> None:
-    path = resume_path(tmp_path, "job1")
-    save_resume_state(path, claim(2), *state(3))
-    other_seed = Claim("job1", SPEC, seed=8, attempt=3, max_attempts=5, token=3, epochs_done=0)
-    assert load_resume_state(path, other_seed) is None
+def test_a_state_whose_transaction_rolls_back_leaves_the_previous_one_whole(db: Database, store: ArtifactStore) -> None:
+    job_id = add_job(db, SPEC)
+    [first] = queue.claim_jobs(db, "w1", 30, device="cpu", limit=1)
+    publish(db, store, first, 1)
+    with pytest.raises(RuntimeError, match="commit failed"), db.write() as session:
+        store.publish(session, ArtifactKind.resume, job_id, state(first, 2), token=first.token)
+        raise RuntimeError("commit failed")  # as a database that fails the commit
+    assert resumed_epoch(db, store, claim_again(db, job_id)) == 1
+    record = store.stat(db, ArtifactKind.resume, job_id)
+    assert files(store) == ([] if store.in_database else [store.file_of(record).name if record else ""])
 
 
-def test_discarding_removes_every_token(tmp_path: Path) -> None:
-    path = resume_path(tmp_path, "job1")
-    save_resume_state(path, claim(2), *state(1))
-    save_tensors(fenced_path(path, 9), *state_tensors(), durable=False)  # a later attempt's, say
-    keep = resume_path(tmp_path, "job10")  # a job whose id starts with the other's
-    save_resume_state(keep, claim(1, "job10"), *state(1))
-    discard_resume_state(path)
-    assert resume_files(path) == [] and [token for token, _ in resume_files(keep)] == [1]
+def test_an_altered_state_is_not_resumed_from(db: Database, store: ArtifactStore) -> None:
+    job_id = add_job(db, SPEC)
+    [first] = queue.claim_jobs(db, "w1", 30, device="cpu", limit=1)
+    publish(db, store, first, 3)
+    if store.in_database:
+        with db.write() as session:
+            session.execute(update(Artifact).where(Artifact.name == job_id).values(data=state(first, 7)))
+    else:
+        record = store.stat(db, ArtifactKind.resume, job_id)
+        assert record is not None
+        path = store.file_of(record)
+        path.write_bytes(path.read_bytes()[:-10])  # truncated
+    assert resumed_epoch(db, store, claim_again(db, job_id)) is None
 
 
-def state_tensors() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    return {"w": torch.zeros(1)}, {"format": "x"}
+def test_a_state_of_another_run_is_not_resumed(db: Database, store: ArtifactStore) -> None:
+    job_id = add_job(db, SPEC)
+    [first] = queue.claim_jobs(db, "w1", 30, device="cpu", limit=1)
+    publish(db, store, first, 3)
+    second = claim_again(db, job_id)
+    other_seed = Claim(job_id, SPEC, seed=second.seed + 1, attempt=2, max_attempts=5, token=second.token, epochs_done=3)
+    data = store.resume_state(db, job_id, second.token)
+    assert data is not None and parse_resume_state(data, second) is not None
+    assert parse_resume_state(data, other_seed) is None
+    assert parse_resume_state(b"not safetensors at all", second) is None
+
+
+def test_finishing_the_job_drops_its_state_and_publishes_its_checkpoint(db: Database, store: ArtifactStore) -> None:
+    job_id = add_job(db, SPEC)
+    [first] = queue.claim_jobs(db, "w1", 30, device="cpu", limit=1)
+    publish(db, store, first, 1)
+    checkpoint = b"checkpoint bytes"
+    queue.finish_job(db, first, model_id="m" * 32, checkpoint=checkpoint, artifacts=store, selected=metrics(1))
+    assert store.stat(db, ArtifactKind.resume, job_id) is None and files(store) == []
+    record, data = store.read(db, ArtifactKind.checkpoint, "m" * 32)
+    assert data == checkpoint and record.in_database is store.in_database
+    assert store.path(ArtifactKind.checkpoint, "m" * 32).exists() is not store.in_database
+
+
+def test_a_lost_lease_publishes_no_checkpoint(db: Database, store: ArtifactStore) -> None:
+    job_id = add_job(db, SPEC)
+    [stale] = queue.claim_jobs(db, "w1", 30, device="cpu", limit=1)
+    claim_again(db, job_id)
+    with pytest.raises(LeaseLost):
+        queue.finish_job(db, stale, model_id="m" * 32, checkpoint=b"x", artifacts=store, selected=None)
+    assert store.stat(db, ArtifactKind.checkpoint, "m" * 32) is None
+    assert not store.path(ArtifactKind.checkpoint, "m" * 32).exists(), "the rolled-back write left no file"
 
 
 def test_temporary_files_of_killed_writes_are_swept_once_old(tmp_path: Path) -> None:

@@ -16,18 +16,18 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from models.checkpoints import load_checkpoint
-from models.files import file_sha256
 from models.devices import resolve_device
+from models.files import file_sha256
 from service.jobs import queue
 from service.jobs.queries import get_job, get_metrics
 from service.jobs.status import JobStatus
-from service.registry import get_model
+from service.registry import get_model, load_model
 from service.settings import FaultInjection, Settings
+from service.store.artifacts import ArtifactStore
 from service.store.db import Database
 from service.store.tables import Model, utcnow
-from service.worker.resume import resume_files, resume_path
 from service.worker.worker import Worker, WorkerPool
+from tests.support.artifacts import MODES, artifact_files, in_mode, resume_record
 from tests.support.specs import spec_of
 from tests.support.waiting import wait_until
 
@@ -48,7 +48,9 @@ def run_in_thread(worker: Worker) -> threading.Thread:
     return thread
 
 
-def test_a_job_runs_to_a_registered_checkpoint(settings: Settings, db: Database) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_a_job_runs_to_a_registered_checkpoint(settings: Settings, db: Database, mode: str) -> None:
+    settings = in_mode(settings, mode)
     job = queue.enqueue_job(db, SMALL, max_attempts=3)
     worker = make_worker(settings, db)
     assert worker.run_once() is True
@@ -58,12 +60,16 @@ def test_a_job_runs_to_a_registered_checkpoint(settings: Settings, db: Database)
     _, rows = get_metrics(db, job.id)
     assert [row.epoch for row in rows] == [1, 2]
     model = get_model(db, stored.model_id)
-    path = settings.checkpoint_dir / model.filename
-    assert file_sha256(path) == model.sha256 and path.stat().st_size == model.size_bytes
     assert model.test_acc == pytest.approx(rows[-1].test_acc)
-    _module, spec = load_checkpoint(path, expected_sha256=model.sha256)
+    _module, spec = load_model(db, model, ArtifactStore.for_settings(settings))
     assert spec == SMALL
-    assert not [p for p in settings.checkpoint_dir.iterdir() if p.name.endswith(".tmp")]
+    assert resume_record(settings, db, job.id) is None
+    if mode == "folder":
+        path = settings.checkpoint_dir / model.filename
+        assert file_sha256(path) == model.sha256 and path.stat().st_size == model.size_bytes
+        assert artifact_files(settings.home) == [path], "no temporary file, no resume state left"
+    else:
+        assert artifact_files(settings.home) == [], "nothing in the home: the bytes are in the database"
     assert worker.run_once() is False
 
 
@@ -119,7 +125,7 @@ def test_shutdown_releases_the_running_job_to_the_queue(settings: Settings, db: 
     thread.join(timeout=30)
     stored = get_job(db, job.id)
     assert stored.status is JobStatus.queued and stored.attempt == 0 and stored.epochs_done >= 1
-    assert resume_files(resume_path(settings.resume_dir, job.id)), "the next attempt resumes from here"
+    assert resume_record(settings, db, job.id) is not None, "the next attempt resumes from here"
 
 
 def test_a_released_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(settings: Settings, db: Database) -> None:
@@ -160,7 +166,8 @@ def test_a_released_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(se
 
     assert [comparable(row) for row in rows] == [comparable(row) for row in expected]
     assert get_model(db, done.model_id).epoch == get_model(db, get_job(db, reference.id).model_id).epoch
-    assert not resume_files(resume_path(settings.resume_dir, job.id)), "removed once the job ended"
+    assert resume_record(settings, db, job.id) is None, "dropped once the job ended"
+    assert not list(settings.resume_dir.glob("*"))
 
 
 def test_a_job_records_what_it_ran_with(settings: Settings, db: Database) -> None:
@@ -249,7 +256,7 @@ def test_a_trainer_that_dies_on_every_attempt_fails_the_job_with_why(settings: S
     failed = get_job(db, dying.id)
     assert failed.status is JobStatus.failed and failed.attempt == 2
     assert failed.error == "the trainer process died (SIGABRT) (attempt 2 of 2)"
-    assert not resume_files(resume_path(settings.resume_dir, dying.id))
+    assert resume_record(settings, db, dying.id) is None
     assert get_job(db, after.id).status is JobStatus.succeeded
     assert worker.trainer.starts == 3
 
@@ -379,5 +386,5 @@ def test_a_cancel_answered_ok_always_ends_cancelled_even_as_the_job_completes(se
     succeeded = outcomes[(False, JobStatus.succeeded)]
     assert outcomes[(True, JobStatus.cancelled)] + succeeded == 50, outcomes
     assert outcomes[(True, JobStatus.cancelled)] >= 5, f"too few cancels landed while the job ran: {outcomes}"
-    # Only the registered models' checkpoints are left: a cancelled run's file was removed.
+    # Only the registered models' checkpoints are there: a run cancelled as it ended published nothing.
     assert len(list(settings.checkpoint_dir.glob("*.safetensors"))) == succeeded

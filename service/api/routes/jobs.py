@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from service.api.auth import TrainCaller
-from service.api.deps import DatabaseDep, QueueSignalDep, SettingsDep
+from service.api.deps import ArtifactsDep, DatabaseDep, QueueSignalDep, SettingsDep
 from service.api.idempotency import IdempotencyKey, answer_submission, idempotent_responses, submitter
 from service.api.ownership import ensure_owner, listing_owner
 from service.jobs import listing, queue, retention, tracking
@@ -158,15 +158,16 @@ def cancel_job(job_id: str, db: DatabaseDep, caller: TrainCaller) -> JobPublic:
         },
     },
 )
-def delete_job(job_id: str, db: DatabaseDep, settings: SettingsDep, caller: TrainCaller) -> Response:
-    """Delete an ended job (succeeded, failed, cancelled or pruned) with its metrics and its model, checkpoint
-    files included. Only the key that submitted it, or an admin key, may delete it (403 `not_owner` otherwise).
+def delete_job(job_id: str, db: DatabaseDep, artifacts: ArtifactsDep, caller: TrainCaller) -> Response:
+    """Delete an ended job (succeeded, failed, cancelled or pruned) with its metrics and its model, their
+    artifacts included (checkpoint, ONNX export, resume state). Only the key that submitted it, or an admin key,
+    may delete it (403 `not_owner` otherwise).
 
     A sweep then lists the jobs it has left; a study that has ended keeps the trial's number and parameters, with
     no job (it reads as failed, its error saying why). Refused (409, nothing removed) for a queued or running job,
     while an alias serves its model, and for a trial of a running study."""
     ensure_owner(db, caller, "job", job_id, "delete")
-    retention.delete_job(db, job_id, settings.checkpoint_dir, settings.resume_dir)
+    retention.delete_job(db, job_id, artifacts)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
-from fastapi.responses import FileResponse
 from pydantic import AfterValidator
 
 from models.spec import TrainingSpec
 from service import registry
 from service.api.auth import Principal, models_scope
-from service.api.deps import DatabaseDep, Offset, SettingsDep
+from service.api.deps import ArtifactsDep, DatabaseDep, Offset, SettingsDep
 from service.schemas import (
     AliasesPublic,
     AliasPublic,
@@ -101,39 +100,41 @@ def get_model(model_ref: ModelRef, db: DatabaseDep) -> ModelPublic:
 def delete_model(
     model_ref: Annotated[str, Path(max_length=64, description="The model's id.")],
     db: DatabaseDep,
-    settings: SettingsDep,
+    artifacts: ArtifactsDep,
 ) -> Response:
-    """Delete a model and its checkpoint; refused while an alias points at it."""
-    registry.delete_model(db, model_ref, settings.checkpoint_dir)
+    """Delete a model with its checkpoint and ONNX export; refused while an alias points at it."""
+    registry.delete_model(db, model_ref, artifacts)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(
     "/models/{model_ref}/download",
-    response_class=FileResponse,
+    response_class=Response,
     responses={200: {"description": "The file.", "content": DOWNLOAD}, **MODEL_NOT_FOUND},
 )
-def download_model(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep) -> FileResponse:
-    """The checkpoint: a safetensors file whose header carries the spec (see the README to load it)."""
+def download_model(model_ref: ModelRef, db: DatabaseDep, artifacts: ArtifactsDep) -> Response:
+    """The checkpoint: a safetensors file whose header carries the spec (see the README to load it). Its bytes
+    are checked against their recorded sha256 before they are sent (500 `model_unreadable` if altered)."""
     model = registry.get_model(db, model_ref)
-    return FileResponse(
-        settings.checkpoint_dir / model.filename,
-        media_type="application/octet-stream",
-        filename=f"fmnist-{model.id}.safetensors",
-        headers={"X-Checkpoint-SHA256": model.sha256},
-    )
+    return _download(registry.checkpoint_of(db, model, artifacts), f"fmnist-{model.id}.safetensors", model.sha256)
 
 
 @router.get(
     "/models/{model_ref}/onnx",
-    response_class=FileResponse,
+    response_class=Response,
     responses={200: {"description": "The file.", "content": DOWNLOAD}, **MODEL_NOT_FOUND},
 )
-def download_onnx(model_ref: ModelRef, db: DatabaseDep, settings: SettingsDep) -> FileResponse:
+def download_onnx(model_ref: ModelRef, db: DatabaseDep, artifacts: ArtifactsDep) -> Response:
     """The model as ONNX: input `images` float32 (batch, 28, 28) in [0, 1], output `logits` (batch, 10)."""
     model = registry.get_model(db, model_ref)
-    path = registry.onnx_file(model, settings.checkpoint_dir)
-    return FileResponse(path, media_type="application/octet-stream", filename=f"fmnist-{model.id}.onnx")
+    return _download(registry.onnx_of(db, model, artifacts), f"fmnist-{model.id}.onnx")
+
+
+def _download(data: bytes, filename: str, checkpoint_sha256: str | None = None) -> Response:
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if checkpoint_sha256 is not None:
+        headers["X-Checkpoint-SHA256"] = checkpoint_sha256
+    return Response(data, media_type="application/octet-stream", headers=headers)
 
 
 @router.get(

@@ -1,0 +1,257 @@
+"""Artifacts: the bytes the service trains and serves (model checkpoints, their ONNX exports, jobs' resume
+states) behind one interface, kept as files in the home folder or as rows of the database.
+
+Every artifact has a row in ``artifacts`` (service.store.tables.Artifact) with its sha256 and size, written in
+the transaction that publishes it: a checkpoint in the one that registers its model and ends its job
+(``queue.finish_job``), a resume state in the one that records its epoch (``queue.record_epoch``). Both are
+guarded by the job's lease, so only the claim holding the current fencing token ever publishes one; a worker
+that froze past its lease and wakes to publish finds its transaction refused. Every read checks the bytes
+against the row: a tampered or truncated artifact raises ``ArtifactCorrupt``, it is never loaded.
+
+Where the bytes go is the writer's setting (``FMNIST_ARTIFACTS``):
+
+- ``folder`` (the default): files under ``$FMNIST_HOME`` (``checkpoints/<model>.safetensors``,
+  ``checkpoints/<model>.onnx``, ``resume/<job>.<token>.<sha256 prefix>.safetensors``), written atomically
+  before the publishing transaction commits and removed if it rolls back; a file the row no longer names (a
+  superseded resume state, a forgotten artifact) is removed once the transaction that dropped it commits. A
+  resume state's name carries its digest, so a newer state never overwrites the file an older row names.
+  Several machines then need that folder shared.
+- ``database``: the bytes are in the row itself, so they commit or roll back with it and a fleet shares
+  nothing but the database URL.
+
+Reading follows the row, whatever the reader's setting: bytes in the row are read from there, else from this
+home's folder (``ArtifactMissing`` when the file is not there: another machine wrote it to its own folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from sqlalchemy import ColumnElement, delete, event, select
+from sqlalchemy.orm import Session
+
+from models.checkpoints import CheckpointError
+from models.files import bytes_sha256, write_atomic
+from service.settings import Settings
+from service.store.db import Database
+from service.store.tables import Artifact, utcnow
+
+log = logging.getLogger(__name__)
+
+TOKEN_DIGITS = 12  # resume files: <job>.<token>.<digest>.safetensors, the token zero-padded
+DIGEST_DIGITS = 16  # ... and the first hex digits of the state's sha256
+# A resume file's name, as this store writes it and as releases before the store did (``<job>.safetensors``,
+# ``<job>.<token>.safetensors``): retention finds the files no record names by it.
+RESUME_FILE = re.compile(
+    rf"(?P<job>[0-9a-f]{{32}})(\.\d{{{TOKEN_DIGITS}}}(\.[0-9a-f]{{{DIGEST_DIGITS}}})?)?\.safetensors"
+)
+
+
+class ArtifactKind(StrEnum):
+    """What an artifact is; its ``name`` is a model's id (checkpoint, onnx) or a job's id (resume)."""
+
+    checkpoint = "checkpoint"
+    onnx = "onnx"
+    resume = "resume"
+
+
+class ArtifactMissing(CheckpointError):
+    """No artifact is recorded under this kind and name, or its file is not in this home's folder."""
+
+
+class ArtifactCorrupt(CheckpointError):
+    """The artifact's bytes do not match its recorded size or sha256 (tampered with, or truncated)."""
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    """An artifact's record: ``size_bytes`` in bytes; ``token`` the fencing token of a resume state's claim
+    (None for other kinds); ``in_database`` whether its bytes are in its row (else a file in a home folder)."""
+
+    kind: ArtifactKind
+    name: str
+    sha256: str
+    size_bytes: int
+    token: int | None = None
+    in_database: bool = False
+
+
+class ArtifactStore:
+    """Publishes, reads and forgets artifacts; ``in_database`` chooses where new bytes go (module docstring).
+    Files, when used, live in ``checkpoint_dir`` (checkpoints, ONNX exports) and ``resume_dir`` (resume states).
+    """
+
+    def __init__(self, checkpoint_dir: Path, resume_dir: Path, *, in_database: bool) -> None:
+        self.checkpoint_dir, self.resume_dir, self.in_database = checkpoint_dir, resume_dir, in_database
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ArtifactStore:
+        return cls(settings.checkpoint_dir, settings.resume_dir, in_database=settings.artifacts == "database")
+
+    # -- where files go ----------------------------------------------------------------------------------
+    def path(self, kind: ArtifactKind, name: str, token: int | None = None, sha256: str = "") -> Path:
+        """The file that holds the artifact's bytes when they are kept in the folder (a resume state's name
+        has its claim's ``token`` and its ``sha256``'s first digits)."""
+        if kind is ArtifactKind.checkpoint:
+            return self.checkpoint_dir / f"{name}.safetensors"
+        if kind is ArtifactKind.onnx:
+            return self.checkpoint_dir / f"{name}.onnx"
+        if not sha256:
+            raise ValueError("a resume state's file is named by its sha256: give it")
+        return self.resume_dir / f"{name}.{token or 0:0{TOKEN_DIGITS}d}.{sha256[:DIGEST_DIGITS]}.safetensors"
+
+    def file_of(self, stored: StoredArtifact) -> Path:
+        """The file of a recorded artifact kept in the folder."""
+        return self.path(stored.kind, stored.name, stored.token, stored.sha256)
+
+    # -- writing, inside the caller's transaction ----------------------------------------------------------
+    def publish(
+        self, session: Session, kind: ArtifactKind, name: str, data: bytes, *, token: int | None = None
+    ) -> StoredArtifact:
+        """Records ``data`` as the artifact ``kind``/``name`` in ``session``'s transaction, replacing the one
+        recorded before (a resume state: the job's previous state, perhaps of an earlier claim's ``token``).
+        In the folder, the file is written (atomically) now, removed if the transaction rolls back, and the
+        replaced artifact's file is removed once it commits."""
+        stored = StoredArtifact(kind, name, bytes_sha256(data), len(data), token, self.in_database)
+        if not self.in_database:
+            # A checkpoint must outlive a power cut once its model is registered; a resume state that one
+            # damaged is only not resumed from (its digest no longer matches).
+            write_atomic(self.file_of(stored), data, durable=kind is not ArtifactKind.resume)
+        replaced = self._drop_rows(session, kind, [name])
+        session.add(
+            Artifact(
+                kind=kind.value,
+                name=name,
+                token=token,
+                sha256=stored.sha256,
+                size_bytes=stored.size_bytes,
+                data=data if self.in_database else None,
+                created_at=utcnow(),
+            )
+        )
+        new_file = [] if self.in_database else [self.file_of(stored)]
+        old_files = [self.file_of(old) for old in replaced if not old.in_database]
+        self._after(
+            session,
+            commit=[path for path in old_files if path not in new_file],
+            rollback=[path for path in new_file if path not in old_files],
+        )
+        return stored
+
+    def forget(self, session: Session, kind: ArtifactKind, names: Iterable[str]) -> list[StoredArtifact]:
+        """Drops the records of ``kind`` artifacts named ``names`` in ``session``'s transaction; their files (and
+        a checkpoint's or ONNX export's file that was never recorded) are removed once it commits. Returns the
+        records dropped."""
+        names = list(names)
+        dropped = self._drop_rows(session, kind, names)
+        files = {self.file_of(old) for old in dropped if not old.in_database}
+        if kind is not ArtifactKind.resume:
+            files.update(self.path(kind, name) for name in names)
+        self._after(session, commit=sorted(files), rollback=[])
+        return dropped
+
+    def _drop_rows(self, session: Session, kind: ArtifactKind, names: list[str]) -> list[StoredArtifact]:
+        if not names:
+            return []
+        # Read, then deleted: SQLite evaluates ``data IS NOT NULL`` in a DELETE's RETURNING as true for a NULL.
+        which = (Artifact.kind == kind.value) & Artifact.name.in_(names)
+        dropped = self._stored(session, kind, which, lock=True)
+        if dropped:
+            session.execute(delete(Artifact).where(which).execution_options(synchronize_session=False))
+        return dropped
+
+    @staticmethod
+    def _stored(
+        session: Session, kind: ArtifactKind, which: ColumnElement[bool], *, lock: bool = False
+    ) -> list[StoredArtifact]:
+        query = select(
+            Artifact.name, Artifact.sha256, Artifact.size_bytes, Artifact.token, Artifact.data.is_not(None)
+        ).where(which)
+        # Locked (PostgreSQL) when about to be deleted: a publish replacing the row meanwhile waits for this one.
+        rows = session.execute((query.with_for_update() if lock else query).order_by(Artifact.name)).all()
+        return [StoredArtifact(kind, row[0], row[1], row[2], row[3], bool(row[4])) for row in rows]
+
+    @staticmethod
+    def _after(session: Session, *, commit: list[Path], rollback: list[Path]) -> None:
+        """Removes ``commit`` once the session's transaction commits, ``rollback`` if it rolls back. Only at the
+        top level: SQLAlchemy reports a savepoint's rollback as a rollback too, and the file would go while the
+        outer transaction still commits its row."""
+        if session.in_nested_transaction():
+            raise RuntimeError("artifacts are published and forgotten outside savepoints (begin_nested)")
+
+        def remove(paths: list[Path]) -> None:
+            for path in paths:
+                path.unlink(missing_ok=True)
+
+        if commit:
+            event.listen(session, "after_commit", lambda _session: remove(commit), once=True)
+        if rollback:
+            event.listen(session, "after_rollback", lambda _session: remove(rollback), once=True)
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def stat(self, db: Database, kind: ArtifactKind, name: str) -> StoredArtifact | None:
+        """The artifact's record, or None when none is recorded."""
+        with db.read() as session:
+            found = self._stored(session, kind, (Artifact.kind == kind.value) & (Artifact.name == name))
+        return found[0] if found else None
+
+    def records(self, db: Database, kind: ArtifactKind) -> list[StoredArtifact]:
+        """Every recorded artifact of ``kind``, by name."""
+        with db.read() as session:
+            return self._stored(session, kind, Artifact.kind == kind.value)
+
+    def read(self, db: Database, kind: ArtifactKind, name: str) -> tuple[StoredArtifact, bytes]:
+        """The artifact's record and its bytes, checked against the record. ArtifactMissing when none is recorded
+        or its file is not in this home; ArtifactCorrupt when the bytes are not the recorded ones."""
+        with db.read() as session:
+            row = session.execute(
+                select(Artifact.sha256, Artifact.size_bytes, Artifact.token, Artifact.data).where(
+                    Artifact.kind == kind.value, Artifact.name == name
+                )
+            ).first()
+        if row is None:
+            raise ArtifactMissing(f"{kind.value} {name} is not recorded")
+        stored = StoredArtifact(kind, name, row[0], row[1], row[2], row[3] is not None)
+        return stored, self._checked(stored, bytes(row[3]) if row[3] is not None else self._read_file(stored))
+
+    def _read_file(self, stored: StoredArtifact) -> bytes:
+        path = self.file_of(stored)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactMissing(
+                f"{stored.kind.value} {stored.name} is kept as a file ({path.name}) that is not in this home's "
+                "folder: the process that wrote it keeps artifacts in its own folder (FMNIST_ARTIFACTS=folder); "
+                "share that folder, or keep artifacts in the database (FMNIST_ARTIFACTS=database)"
+            ) from None
+        except OSError as exc:
+            raise ArtifactMissing(f"{stored.kind.value} {stored.name} could not be read: {exc}") from exc
+
+    @staticmethod
+    def _checked(stored: StoredArtifact, data: bytes) -> bytes:
+        if len(data) != stored.size_bytes or bytes_sha256(data) != stored.sha256:
+            raise ArtifactCorrupt(
+                f"{stored.kind.value} {stored.name} does not match its recorded sha256 "
+                f"({len(data):,} bytes read, {stored.size_bytes:,} recorded): it was altered or truncated, "
+                "and is not loaded"
+            )
+        return data
+
+    def resume_state(self, db: Database, job_id: str, below_token: int) -> bytes | None:
+        """The job's resume state when one was published under a fencing token below ``below_token`` (an
+        earlier claim's), checked against its record; None when there is none, or it cannot be used (missing,
+        altered: logged, and the attempt starts over)."""
+        stored = self.stat(db, ArtifactKind.resume, job_id)
+        if stored is None or stored.token is None or stored.token >= below_token:
+            return None
+        try:
+            _, data = self.read(db, ArtifactKind.resume, job_id)
+        except CheckpointError as exc:
+            log.warning("job %s: resume state not usable (%s); starting over", job_id, exc)
+            return None
+        return data
