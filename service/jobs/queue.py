@@ -33,7 +33,7 @@ from service.errors import (
 from service.jobs import studies
 from service.jobs.status import JobStatus, StudyStatus
 from service.registry import register_model
-from service.store.artifacts import ArtifactKind, ArtifactStore
+from service.store.artifacts import ArtifactKind, ArtifactStore, StagedArtifact
 from service.store.db import Database, db_now, valid_key
 from service.store.tables import EpochMetric, Job, Model, Study, Sweep, utcnow
 
@@ -446,22 +446,32 @@ def record_epoch(
 ) -> None:
     """Stores one epoch's metrics, moves the progress counter and publishes the run's ``resume_state`` (the
     job's ``resume`` artifact, under the claim's fencing token, in ``artifacts``), in one transaction: LeaseLost,
-    and nothing written, once the claim no longer holds."""
-    with db.write() as session:
-        now = db_now(session)
-        _guarded_update(
-            session,
-            claim,
-            now,
-            epochs_done=metrics.epoch,
-            test_acc=metrics.test_acc,
-            val_acc=metrics.val_acc,
-            train_seconds=func.coalesce(Job.train_seconds, 0.0) + metrics.seconds,
-        )
-        session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=now, **metrics.as_dict()))
-        if resume_state is not None:
-            assert artifacts is not None, "a resume state is published to an artifact store"
-            artifacts.publish(session, ArtifactKind.resume, claim.job_id, resume_state, token=claim.token)
+    and nothing recorded, once the claim no longer holds."""
+    staged = None
+    if resume_state is not None:
+        assert artifacts is not None, "a resume state is published to an artifact store"
+        staged = artifacts.stage(ArtifactKind.resume, claim.job_id, resume_state, token=claim.token)
+    try:
+        with db.write() as session:
+            now = db_now(session)
+            _guarded_update(
+                session,
+                claim,
+                now,
+                epochs_done=metrics.epoch,
+                test_acc=metrics.test_acc,
+                val_acc=metrics.val_acc,
+                train_seconds=func.coalesce(Job.train_seconds, 0.0) + metrics.seconds,
+            )
+            session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=now, **metrics.as_dict()))
+            if staged is not None:
+                assert artifacts is not None
+                artifacts.record(session, staged)
+    except BaseException:
+        if staged is not None:
+            assert artifacts is not None
+            artifacts.unstage(staged)
+        raise
 
 
 def begin_attempt(db: Database, claim: Claim, history: list[EpochMetrics], provenance: dict[str, Any]) -> None:
@@ -528,6 +538,26 @@ def finish_job(
     state, together; the job's listed accuracies become the kept epoch's. A job whose cancel was asked for ends
     ``cancelled`` instead and publishes and registers nothing; returns which. LeaseLost, and nothing written,
     once the claim no longer holds."""
+    staged = artifacts.stage(ArtifactKind.checkpoint, model_id, checkpoint)  # its file (if any) written before
+    try:
+        status = _finish(db, claim, model_id, staged, artifacts, selected, evaluation)
+    except BaseException:
+        artifacts.unstage(staged)
+        raise
+    if status is not JobStatus.succeeded:
+        artifacts.unstage(staged)
+    return status
+
+
+def _finish(
+    db: Database,
+    claim: Claim,
+    model_id: str,
+    staged: StagedArtifact,
+    artifacts: ArtifactStore,
+    selected: EpochMetrics | None,
+    evaluation: dict[str, Any] | None,
+) -> JobStatus:
     with db.write() as session:
         now = db_now(session)
         status = _end_attempt(
@@ -544,7 +574,7 @@ def finish_job(
         artifacts.forget(session, ArtifactKind.resume, [claim.job_id])
         if status is not JobStatus.succeeded:
             return status
-        stored = artifacts.publish(session, ArtifactKind.checkpoint, model_id, checkpoint)
+        stored = artifacts.record(session, staged)
         register_model(
             session,
             Model(

@@ -42,6 +42,7 @@ from service.settings import Settings
 from service.store import migrations
 from service.store.db import Database
 from tests.conftest import REPO_ROOT, real_data_dir
+from tests.support.fleet import freeze
 from tests.test_e2e import Stack, png, wait_for_job
 
 if TYPE_CHECKING:
@@ -212,11 +213,14 @@ class Live:
     sweep_id: str  # likewise
     study_id: str  # likewise: a grid over two learning rates, run to the end
     worker: subprocess.Popen[bytes]
+    db: Database  # the stack's, for a look at its locks
 
     @contextmanager
     def worker_paused(self) -> Iterator[None]:
-        """The worker process frozen (SIGSTOP) for a moment: a job submitted now stays queued until it ends."""
-        self.worker.send_signal(signal.SIGSTOP)
+        """The worker process frozen (SIGSTOP) for a moment: a job submitted now stays queued until it ends.
+        Frozen outside its write transactions: inside one it would hold SQLite's write lock, and the submission
+        would wait out the busy timeout and get a 503."""
+        freeze(self.worker, self.db, self.first_job_id)
         try:
             yield
         finally:
@@ -242,7 +246,11 @@ def live(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> 
             first = api.post("/v1/jobs", json=spec).json()["id"]
             sweep = api.post("/v1/sweeps", json={"base": spec, "grid": {"lr": [0.05, 0.2]}}).json()["id"]
             study = api.post("/v1/studies", json=STUDY).json()["id"]
-            yield Live(stack.url, key, api, synthetic_data_dir, first, sweep, study, stack.processes["worker"])
+            db = Database(Settings(home=root / "home").sqlalchemy_url)
+            try:
+                yield Live(stack.url, key, api, synthetic_data_dir, first, sweep, study, stack.processes["worker"], db)
+            finally:
+                db.dispose()
         assert "Traceback" not in stack.log("api") + stack.log("worker"), stack.log("api") + stack.log("worker")
     finally:
         stack.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -11,7 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from sqlalchemy import make_url, select
+from sqlalchemy.exc import OperationalError
+
 from service.settings import Settings
+from service.store.db import Database
+from service.store.tables import Job
 
 _SCRIPT = Path(sys.executable).with_name("fmnist")
 FMNIST = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "service.cli"]
@@ -106,3 +112,44 @@ def wait_for(what: str, probe: Callable[[], T | None], fleet: Fleet, timeout: fl
         fleet.check_running()
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n{fleet.logs()}")
+
+
+def job_row_writable(db: Database, job_id: str) -> bool:
+    """Whether a write to the job could go ahead now, or a transaction holds the lock it needs (on SQLite: any
+    write transaction, which holds the database's one write lock)."""
+    if db.is_sqlite:
+        path = make_url(db.url).database
+        assert path is not None
+        probe = sqlite3.connect(path, timeout=1.0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            probe.close()
+    try:
+        with db.engine.connect() as connection, connection.begin():
+            connection.exec_driver_sql("SET LOCAL lock_timeout = '1s'")
+            connection.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+        return True
+    except OperationalError:
+        return False
+
+
+def freeze(process: subprocess.Popen[bytes], db: Database, job_id: str) -> None:
+    """SIGSTOPs the process outside any write transaction that touches the job (on SQLite: any write
+    transaction): frozen inside one, it would hold the database's lock and stall every other process (an
+    API's submission then waits out its busy timeout and answers 503), a different fault from the one under
+    test."""
+    for _ in range(50):
+        process.send_signal(signal.SIGSTOP)
+        stat = Path(f"/proc/{process.pid}/stat")
+        while stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+            time.sleep(0.005)
+        if job_row_writable(db, job_id):
+            return
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("the worker was inside a write transaction every time it was stopped")

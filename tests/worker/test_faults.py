@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import sqlite3
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -21,8 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from sqlalchemy import func, make_url, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import func, select
 
 from models.spec import TrainingSpec
 from service.jobs import queue
@@ -32,7 +29,7 @@ from service.jobs.wakeup import QueueSignal
 from service.store.db import Database
 from service.store.tables import Job, Model
 from tests.support.artifacts import MODES, artifact_files, in_mode, resume_record
-from tests.support.fleet import Fleet, wait_for
+from tests.support.fleet import Fleet, freeze, wait_for
 from tests.support.servers import free_port, wait_ready
 
 # Each takes 10-50 s on two quiet cores; the timeout leaves room for a machine busy with other work.
@@ -81,44 +78,6 @@ def expected_files(fleet: Fleet, *model_ids: str | None) -> list[Path]:
     if fleet.settings.artifacts == "database":
         return []
     return sorted(fleet.settings.checkpoint_dir / f"{model_id}.safetensors" for model_id in model_ids if model_id)
-
-
-def job_row_writable(db: Database, job_id: str) -> bool:
-    """Whether a write to the job could go ahead now, or a transaction holds the lock it needs."""
-    if db.is_sqlite:
-        path = make_url(db.url).database
-        assert path is not None
-        probe = sqlite3.connect(path, timeout=1.0, isolation_level=None)
-        try:
-            probe.execute("BEGIN IMMEDIATE")
-            probe.execute("ROLLBACK")
-            return True
-        except sqlite3.OperationalError:
-            return False
-        finally:
-            probe.close()
-    try:
-        with db.engine.connect() as connection, connection.begin():
-            connection.exec_driver_sql("SET LOCAL lock_timeout = '1s'")
-            connection.execute(select(Job.id).where(Job.id == job_id).with_for_update())
-        return True
-    except OperationalError:
-        return False
-
-
-def freeze(process: subprocess.Popen[bytes], db: Database, job_id: str) -> None:
-    """SIGSTOPs the process outside any write transaction: frozen inside one, it would hold the database's
-    lock and stall every other process, a different fault from the one under test."""
-    for _ in range(50):
-        process.send_signal(signal.SIGSTOP)
-        stat = Path(f"/proc/{process.pid}/stat")
-        while stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
-            time.sleep(0.005)
-        if job_row_writable(db, job_id):
-            return
-        process.send_signal(signal.SIGCONT)
-        time.sleep(0.05)
-    raise AssertionError("the worker was inside a write transaction every time it was stopped")
 
 
 # -- kill -9 in a loop ----------------------------------------------------------------------------------

@@ -175,3 +175,15 @@ def test_temporary_files_of_killed_writes_are_swept_once_old(tmp_path: Path) -> 
     assert sweep_temporary_files(tmp_path, older_than=3600) == [stale]
     assert not stale.exists() and fresh.exists() and kept.exists()
     assert sweep_temporary_files(tmp_path / "missing", older_than=3600) == []
+
+
+def test_a_job_cancelled_as_it_finishes_publishes_no_checkpoint(db: Database, store: ArtifactStore) -> None:
+    job_id = add_job(db, SPEC)
+    [claim] = queue.claim_jobs(db, "w1", 30, device="cpu", limit=1)
+    publish(db, store, claim, 1)
+    queue.request_cancel(db, job_id)
+    status = queue.finish_job(db, claim, model_id="m" * 32, checkpoint=b"x", artifacts=store, selected=None)
+    assert status.value == "cancelled"
+    assert store.stat(db, ArtifactKind.checkpoint, "m" * 32) is None
+    assert store.stat(db, ArtifactKind.resume, job_id) is None, "the job ended: its state went too"
+    assert not store.path(ArtifactKind.checkpoint, "m" * 32).exists() and files(store) == []
