@@ -182,16 +182,29 @@ class ArtifactStore:
             raise
 
     def forget(self, session: Session, kind: ArtifactKind, names: Iterable[str]) -> list[StoredArtifact]:
-        """Drops the records of ``kind`` artifacts named ``names`` in ``session``'s transaction; their files (and
-        a checkpoint's or ONNX export's file that was never recorded) are removed once it commits. Returns the
-        records dropped."""
+        """Drops the records of ``kind`` artifacts named ``names`` in ``session``'s transaction; once it commits,
+        their files go, and so do the files under their names that no record named: a checkpoint's or ONNX
+        export's written before records existed, and a job's resume states that a worker killed between writing
+        one and recording it left behind. Returns the records dropped."""
         names = list(names)
         dropped = self._drop_rows(session, kind, names)
         files = {self.file_of(old) for old in dropped if not old.in_database}
-        if kind is not ArtifactKind.resume:
+        if kind is ArtifactKind.resume:
+            files.update(path for name in names for path in self.resume_files(name))
+        else:
             files.update(self.path(kind, name) for name in names)
         self._after(session, commit=sorted(files), rollback=[])
         return dropped
+
+    def resume_files(self, job_id: str) -> list[Path]:
+        """Every resume file of the job in this home's folder, recorded or not (names of earlier releases too)."""
+        if not self.resume_dir.is_dir():
+            return []
+        return sorted(
+            path
+            for path in self.resume_dir.glob(f"{job_id}*.safetensors")
+            if (match := RESUME_FILE.fullmatch(path.name)) and match.group("job") == job_id
+        )
 
     def _drop_rows(self, session: Session, kind: ArtifactKind, names: list[str]) -> list[StoredArtifact]:
         if not names:

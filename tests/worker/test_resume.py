@@ -187,3 +187,16 @@ def test_a_job_cancelled_as_it_finishes_publishes_no_checkpoint(db: Database, st
     assert store.stat(db, ArtifactKind.checkpoint, "m" * 32) is None
     assert store.stat(db, ArtifactKind.resume, job_id) is None, "the job ended: its state went too"
     assert not store.path(ArtifactKind.checkpoint, "m" * 32).exists() and files(store) == []
+
+
+def test_a_state_a_killed_worker_wrote_but_never_recorded_goes_when_the_job_ends(
+    db: Database, store: ArtifactStore
+) -> None:
+    job_id = add_job(db, SPEC)
+    [first] = queue.claim_jobs(db, "w1", 30, device="cpu", limit=1)
+    publish(db, store, first, 1)
+    store.stage(ArtifactKind.resume, job_id, state(first, 2), token=first.token)  # then SIGKILL: never recorded
+    second = claim_again(db, job_id)
+    assert resumed_epoch(db, store, second) == 1, "only the recorded state counts"
+    queue.finish_job(db, second, model_id="m" * 32, checkpoint=b"x", artifacts=store, selected=None)
+    assert files(store) == [], "the ended job's resume files went, recorded or not"
