@@ -49,15 +49,6 @@ def checkpoint_bytes(model: nn.Module, spec: TrainingSpec, extra: dict[str, str]
     return serialize_tensors(dict(model.state_dict()), metadata)
 
 
-def save_tensors(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, durable: bool = True
-) -> SavedCheckpoint:
-    """Writes a safetensors file atomically (models.files.write_atomic: a temporary file, then a rename)."""
-    data = serialize_tensors(tensors, metadata)
-    write_atomic(path, data, durable=durable)
-    return SavedCheckpoint(path=path, sha256=bytes_sha256(data), size_bytes=len(data))
-
-
 # A temporary file this much older than now is a write that a killed process never finished (seconds): the
 # workers' sweep at start and retention (fmnist gc) both use it.
 STALE_TEMPORARY_SECONDS = 3600.0
@@ -93,11 +84,6 @@ def parse_tensors(data: bytes, label: str) -> tuple[dict[str, torch.Tensor], dic
         raise CheckpointError(f"checkpoint {label} is unreadable: {exc}") from exc
     metadata = (header.get("__metadata__") if isinstance(header, dict) else None) or {}
     return tensors, {str(key): str(value) for key, value in metadata.items()}
-
-
-def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A safetensors file's tensors (on the CPU) and metadata; CheckpointError when missing or unreadable."""
-    return parse_tensors(_read(path), path.name)
 
 
 def save_checkpoint(

@@ -22,7 +22,7 @@ from models.spec import TrainingSpec
 from service.errors import AliasNotFound, InvalidAliasName, ModelInUse, ModelNotFound, NoModelYet
 from service.store.artifacts import ArtifactCorrupt, ArtifactKind, ArtifactMissing, ArtifactStore
 from service.store.db import Database, valid_key
-from service.store.tables import Alias, Artifact, Model, RegistryState, utcnow
+from service.store.tables import Alias, Model, RegistryState, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -142,20 +142,18 @@ def onnx_of(db: Database, model: Model, artifacts: ArtifactStore) -> bytes:
     try:
         return artifacts.read(db, ArtifactKind.onnx, model.id)[1]
     except ArtifactMissing:
-        pass  # not exported yet (or exported before it was recorded): made now
+        log.info("model %s: no ONNX export recorded; exporting it", model.id)
     module, _spec = load_model(db, model, artifacts)
     data = onnx_bytes(module)
     with db.write() as session:
         # The model's row locked (PostgreSQL; SQLite's writes are one at a time): two first requests publish once.
         if session.scalar(select(Model.id).where(Model.id == model.id).with_for_update()) is None:
             raise ModelNotFound(model.id)
-        existing = session.scalar(
-            select(Artifact.name).where(Artifact.kind == ArtifactKind.onnx.value, Artifact.name == model.id)
-        )
-        if existing is None:
+        exported_meanwhile = bool(artifacts.recorded(session, ArtifactKind.onnx, [model.id]))
+        if not exported_meanwhile:
             artifacts.publish(session, ArtifactKind.onnx, model.id, data)
             log.info("model %s exported to ONNX", model.id)
-    return data if existing is None else artifacts.read(db, ArtifactKind.onnx, model.id)[1]
+    return artifacts.read(db, ArtifactKind.onnx, model.id)[1] if exported_meanwhile else data
 
 
 def store_evaluation(db: Database, model_id: str, evaluation: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -447,31 +448,25 @@ def record_epoch(
     """Stores one epoch's metrics, moves the progress counter and publishes the run's ``resume_state`` (the
     job's ``resume`` artifact, under the claim's fencing token, in ``artifacts``), in one transaction: LeaseLost,
     and nothing recorded, once the claim no longer holds."""
-    staged = None
-    if resume_state is not None:
+    if resume_state is None:
+        staging: AbstractContextManager[StagedArtifact | None] = nullcontext()
+    else:
         assert artifacts is not None, "a resume state is published to an artifact store"
-        staged = artifacts.stage(ArtifactKind.resume, claim.job_id, resume_state, token=claim.token)
-    try:
-        with db.write() as session:
-            now = db_now(session)
-            _guarded_update(
-                session,
-                claim,
-                now,
-                epochs_done=metrics.epoch,
-                test_acc=metrics.test_acc,
-                val_acc=metrics.val_acc,
-                train_seconds=func.coalesce(Job.train_seconds, 0.0) + metrics.seconds,
-            )
-            session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=now, **metrics.as_dict()))
-            if staged is not None:
-                assert artifacts is not None
-                artifacts.record(session, staged)
-    except BaseException:
-        if staged is not None:
-            assert artifacts is not None
-            artifacts.unstage(staged)
-        raise
+        staging = artifacts.staging(ArtifactKind.resume, claim.job_id, resume_state, token=claim.token)
+    with staging as staged, db.write() as session:
+        now = db_now(session)
+        _guarded_update(
+            session,
+            claim,
+            now,
+            epochs_done=metrics.epoch,
+            test_acc=metrics.test_acc,
+            val_acc=metrics.val_acc,
+            train_seconds=func.coalesce(Job.train_seconds, 0.0) + metrics.seconds,
+        )
+        session.execute(insert(EpochMetric).values(job_id=claim.job_id, recorded_at=now, **metrics.as_dict()))
+        if staged is not None and artifacts is not None:
+            artifacts.record(session, staged)
 
 
 def begin_attempt(db: Database, claim: Claim, history: list[EpochMetrics], provenance: dict[str, Any]) -> None:
@@ -538,14 +533,11 @@ def finish_job(
     state, together; the job's listed accuracies become the kept epoch's. A job whose cancel was asked for ends
     ``cancelled`` instead and publishes and registers nothing; returns which. LeaseLost, and nothing written,
     once the claim no longer holds."""
-    staged = artifacts.stage(ArtifactKind.checkpoint, model_id, checkpoint)  # its file (if any) written before
-    try:
+    # Its file (in the folder) written before the transaction, removed unless the transaction records it.
+    with artifacts.staging(ArtifactKind.checkpoint, model_id, checkpoint) as staged:
         status = _finish(db, claim, model_id, staged, artifacts, selected, evaluation)
-    except BaseException:
-        artifacts.unstage(staged)
-        raise
-    if status is not JobStatus.succeeded:
-        artifacts.unstage(staged)
+        if status is not JobStatus.succeeded:
+            artifacts.unstage(staged)
     return status
 
 

@@ -57,7 +57,7 @@ from service.errors import JobModelInUse, JobNotEnded, JobNotFound, StudyStillRu
 from service.jobs.status import JobStatus, StudyStatus
 from service.jobs.sweeps import selection_rank
 from service.registry import bump_version
-from service.store.artifacts import RESUME_FILE, ArtifactKind, ArtifactStore, StoredArtifact
+from service.store.artifacts import ArtifactKind, ArtifactStore, StoredArtifact
 from service.store.db import Database, valid_key
 from service.store.tables import Alias, Artifact, EpochMetric, Job, Model, Study, StudyTrial
 
@@ -183,8 +183,9 @@ def delete_job(db: Database, job_id: str, artifacts: ArtifactStore) -> DeletedJo
             dropped, dropped_files = _drop(session, artifacts, kind, names, dry_run=False)
             removed += dropped
             files += dropped_files
-        strays = [path for path in _resume_files(artifacts.resume_dir, job_id).get(job_id, []) if path not in files]
-    _unlink(strays)  # forget removes the others once the transaction commits
+        # Files no record named (a killed worker's): forget removes them with the others once the transaction
+        # commits; listed here.
+        strays = [path for path in artifacts.resume_files(job_id) if path not in files]
     names = sorted(path.name for path in (*files, *strays))
     log.info("job %s deleted (model %s, %d artifacts, %d files)", job_id, model_id or "none", len(removed), len(names))
     return DeletedJob(job_id, model_id, removed, names)
@@ -240,7 +241,7 @@ def collect_garbage(
             session, artifacts, ArtifactKind.resume, _ended_resume_records(session), dry_run=dry_run
         )
         report.artifacts += dropped
-        strays = _stray_resume_files(session, artifacts.resume_dir, exclude=set(resume_files))
+        strays = _stray_resume_files(session, artifacts, exclude=set(resume_files))
         handled = set(surplus).union(*unowned.values())
         unregistered = _unregistered_model_files(session, artifacts.checkpoint_dir, exclude=handled)
         sizes = {path: _size(path) for path in (*model_files, *orphan_files, *resume_files, *strays, *unregistered)}
@@ -313,9 +314,11 @@ def _ended_resume_records(session: Session) -> list[str]:
     )
 
 
-def _stray_resume_files(session: Session, resume_dir: Path, exclude: set[Path]) -> list[Path]:
+def _stray_resume_files(session: Session, store: ArtifactStore, exclude: set[Path]) -> list[Path]:
     """The resume files of ended (or deleted) jobs, but those in ``exclude`` (the records' files)."""
-    by_job = _resume_files(resume_dir)
+    by_job: dict[str, list[Path]] = defaultdict(list)
+    for path in store.resume_files():
+        by_job[_job_of(path)].append(path)
     live: set[str] = set()
     for chunk in _chunks(sorted(by_job)):
         live.update(session.scalars(select(Job.id).where(Job.id.in_(chunk), Job.status.not_in(_TERMINAL))))
@@ -365,7 +368,7 @@ def _drop(
     files, and a checkpoint's or ONNX export's file that was never recorded (ArtifactStore.forget)."""
     records: list[StoredArtifact] = []
     for chunk in _chunks(sorted(set(names))):
-        records += _records(session, kind, chunk) if dry_run else store.forget(session, kind, chunk)
+        records += store.recorded(session, kind, chunk) if dry_run else store.forget(session, kind, chunk)
     removed = [
         RemovedArtifact(kind, r.name, r.token, r.size_bytes, None if r.in_database else store.file_of(r).name)
         for r in sorted(records, key=lambda record: record.name)
@@ -374,26 +377,6 @@ def _drop(
     if kind is not ArtifactKind.resume:
         paths.update(store.path(kind, name) for name in names)
     return removed, sorted(path for path in paths if path.is_file())
-
-
-def _records(session: Session, kind: ArtifactKind, names: Sequence[str]) -> list[StoredArtifact]:
-    """The records ``ArtifactStore.forget`` would drop, read in ``session``."""
-    rows = session.execute(
-        select(Artifact.name, Artifact.sha256, Artifact.size_bytes, Artifact.token, Artifact.data.is_not(None)).where(
-            Artifact.kind == kind.value, Artifact.name.in_(names)
-        )
-    ).all()
-    return [StoredArtifact(kind, row[0], row[1], row[2], row[3], bool(row[4])) for row in rows]
-
-
-def _resume_files(resume_dir: Path, job_id: str = "") -> dict[str, list[Path]]:
-    """The resume files in ``resume_dir`` (only the job's, given ``job_id``), by job id."""
-    by_job: dict[str, list[Path]] = defaultdict(list)
-    if resume_dir.is_dir():
-        for path in resume_dir.glob(f"{job_id}*.safetensors"):
-            if RESUME_FILE.fullmatch(path.name) and path.is_file():
-                by_job[_job_of(path)].append(path)
-    return by_job
 
 
 def _job_of(path: Path) -> str:

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -121,6 +122,18 @@ class ArtifactStore:
         return self.path(stored.kind, stored.name, stored.token, stored.sha256)
 
     # -- writing: staged before the transaction, recorded in it ------------------------------------------------
+    @contextmanager
+    def staging(
+        self, kind: ArtifactKind, name: str, data: bytes, *, token: int | None = None
+    ) -> Iterator[StagedArtifact]:
+        """``stage`` for the block, which records the artifact in its transaction; ``unstage`` if it raises."""
+        staged = self.stage(kind, name, data, token=token)
+        try:
+            yield staged
+        except BaseException:
+            self.unstage(staged)
+            raise
+
     def stage(self, kind: ArtifactKind, name: str, data: bytes, *, token: int | None = None) -> StagedArtifact:
         """The first half of publishing, before the caller's transaction begins, so that no file is written
         while it holds the database's locks (SQLite has one write lock for every process): hashes ``data`` and,
@@ -174,12 +187,8 @@ class ArtifactStore:
     ) -> StoredArtifact:
         """``stage`` and ``record`` in one call, inside ``session``'s transaction: for writes whose time under
         the transaction's locks does not matter (an ONNX export, an import)."""
-        staged = self.stage(kind, name, data, token=token)
-        try:
+        with self.staging(kind, name, data, token=token) as staged:
             return self.record(session, staged)
-        except BaseException:
-            self.unstage(staged)
-            raise
 
     def forget(self, session: Session, kind: ArtifactKind, names: Iterable[str]) -> list[StoredArtifact]:
         """Drops the records of ``kind`` artifacts named ``names`` in ``session``'s transaction; once it commits,
@@ -196,28 +205,35 @@ class ArtifactStore:
         self._after(session, commit=sorted(files), rollback=[])
         return dropped
 
-    def resume_files(self, job_id: str) -> list[Path]:
-        """Every resume file of the job in this home's folder, recorded or not (names of earlier releases too)."""
+    def resume_files(self, job_id: str | None = None) -> list[Path]:
+        """Every resume file of the job (of every job, without ``job_id``) in this home's folder, recorded or not
+        (names of earlier releases too)."""
         if not self.resume_dir.is_dir():
             return []
-        return sorted(
-            path
-            for path in self.resume_dir.glob(f"{job_id}*.safetensors")
-            if (match := RESUME_FILE.fullmatch(path.name)) and match.group("job") == job_id
-        )
+        found = []
+        for path in self.resume_dir.glob(f"{job_id or ''}*.safetensors"):
+            match = RESUME_FILE.fullmatch(path.name)
+            if match and job_id in (None, match.group("job")) and path.is_file():
+                found.append(path)
+        return sorted(found)
 
     def _drop_rows(self, session: Session, kind: ArtifactKind, names: list[str]) -> list[StoredArtifact]:
         if not names:
             return []
         # Read, then deleted: SQLite evaluates ``data IS NOT NULL`` in a DELETE's RETURNING as true for a NULL.
         which = (Artifact.kind == kind.value) & Artifact.name.in_(names)
-        dropped = self._stored(session, kind, which, lock=True)
+        dropped = self._matching(session, kind, which, lock=True)
         if dropped:
             session.execute(delete(Artifact).where(which).execution_options(synchronize_session=False))
         return dropped
 
+    def recorded(self, session: Session, kind: ArtifactKind, names: Iterable[str]) -> list[StoredArtifact]:
+        """The records of the ``kind`` artifacts named ``names``, by name, read in ``session``: what ``forget``
+        would drop there."""
+        return self._matching(session, kind, (Artifact.kind == kind.value) & Artifact.name.in_(list(names)))
+
     @staticmethod
-    def _stored(
+    def _matching(
         session: Session, kind: ArtifactKind, which: ColumnElement[bool], *, lock: bool = False
     ) -> list[StoredArtifact]:
         query = select(
@@ -248,13 +264,13 @@ class ArtifactStore:
     def stat(self, db: Database, kind: ArtifactKind, name: str) -> StoredArtifact | None:
         """The artifact's record, or None when none is recorded."""
         with db.read() as session:
-            found = self._stored(session, kind, (Artifact.kind == kind.value) & (Artifact.name == name))
+            found = self.recorded(session, kind, [name])
         return found[0] if found else None
 
     def records(self, db: Database, kind: ArtifactKind) -> list[StoredArtifact]:
         """Every recorded artifact of ``kind``, by name."""
         with db.read() as session:
-            return self._stored(session, kind, Artifact.kind == kind.value)
+            return self._matching(session, kind, Artifact.kind == kind.value)
 
     def read(self, db: Database, kind: ArtifactKind, name: str) -> tuple[StoredArtifact, bytes]:
         """The artifact's record and its bytes, checked against the record. ArtifactMissing when none is recorded
@@ -262,6 +278,10 @@ class ArtifactStore:
         row = self._fetch(db, kind, name)
         if row is None:
             raise ArtifactMissing(f"{kind.value} {name} is not recorded")
+        return self._loaded(kind, name, row)
+
+    def _loaded(self, kind: ArtifactKind, name: str, row: Any) -> tuple[StoredArtifact, bytes]:
+        """The record and checked bytes of a ``_fetch``ed row."""
         stored = StoredArtifact(kind, name, row[0], row[1], row[2], row[3] is not None)
         return stored, self._checked(stored, bytes(row[3]) if row[3] is not None else self._read_file(stored))
 
@@ -314,11 +334,12 @@ class ArtifactStore:
         """The job's resume state when one was published under a fencing token below ``below_token`` (an
         earlier claim's), checked against its record; None when there is none, or it cannot be used (missing,
         altered: logged, and the attempt starts over)."""
-        stored = self.stat(db, ArtifactKind.resume, job_id)
-        if stored is None or stored.token is None or stored.token >= below_token:
+        row = self._fetch(db, ArtifactKind.resume, job_id)
+        token = None if row is None else row[2]
+        if token is None or token >= below_token:
             return None
         try:
-            _, data = self.read(db, ArtifactKind.resume, job_id)
+            _, data = self._loaded(ArtifactKind.resume, job_id, row)
         except CheckpointError as exc:
             log.warning("job %s: resume state not usable (%s); starting over", job_id, exc)
             return None

@@ -185,7 +185,7 @@ class EpochMetric(Base):
 
 
 class Model(Base):
-    """A trained checkpoint: the file lives under FMNIST_HOME/checkpoints, found by id only."""
+    """A trained model; its checkpoint (and ONNX export) are artifacts under its id (service/store/artifacts.py)."""
 
     __tablename__ = "models"
 
@@ -201,15 +201,6 @@ class Model(Base):
     # The evaluation on the test split (and validation, when held out) computed when the job finished
     # (models.evaluation); None for a model trained before it, evaluated on first request.
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-
-    @property
-    def filename(self) -> str:
-        return f"{self.id}.safetensors"
-
-    @property
-    def onnx_filename(self) -> str:
-        """Its ONNX export, made on first request and kept beside the checkpoint."""
-        return f"{self.id}.onnx"
 
 
 class Artifact(Base):

@@ -6,7 +6,6 @@ import copy
 import json
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 import models.training
-from models.checkpoints import load_tensors, save_tensors
+from models.checkpoints import parse_tensors, serialize_tensors
 from models.data import DeviceDataset
 from models.network import input_standardizer
 from models.schedule import lr_at
@@ -569,7 +568,6 @@ _ADAMW_EVERYTHING: dict[str, Any] = {
 )
 def test_resumed_run_equals_the_uninterrupted_one(
     synthetic_dataset: DeviceDataset,
-    tmp_path: Path,
     fields: dict[str, Any],
     stop_in_epoch: int,
     stop_at_step: int,
@@ -586,9 +584,8 @@ def test_resumed_run_equals_the_uninterrupted_one(
     assert len(saved) == stop_in_epoch - 1
     tensors, meta = saved[-1]
     assert all(isinstance(value, torch.Tensor) for value in tensors.values())
-    # As the worker keeps it: the tensors in a safetensors file, the rest as JSON in its header.
-    save_tensors(tmp_path / "resume.safetensors", tensors, {"state": json.dumps(meta)}, durable=False)
-    tensors, header = load_tensors(tmp_path / "resume.safetensors")
+    # As the worker keeps it: the tensors as safetensors bytes, the rest as JSON in their header.
+    tensors, header = parse_tensors(serialize_tensors(tensors, {"state": json.dumps(meta)}), "resume state")
     meta = json.loads(header["state"])
 
     torch.manual_seed(999)  # as in a fresh process: the global RNG holds anything

@@ -21,6 +21,11 @@ def resume_record(settings: Settings, db: Database, job_id: str) -> StoredArtifa
     return ArtifactStore.for_settings(settings).stat(db, ArtifactKind.resume, job_id)
 
 
+def checkpoint_file(settings: Settings, model_id: str) -> Path:
+    """Where the model's checkpoint lies with ``FMNIST_ARTIFACTS=folder``."""
+    return ArtifactStore.for_settings(settings).path(ArtifactKind.checkpoint, model_id)
+
+
 def artifact_files(*homes: Path) -> list[Path]:
     """Every file the artifact store could have written under these homes (checkpoints, ONNX exports, resume
     states, temporary files of interrupted writes)."""

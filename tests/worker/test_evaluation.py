@@ -22,6 +22,7 @@ from service.store.db import Database
 from service.store.tables import Model
 from service.worker import trainer
 from service.worker.worker import Worker
+from tests.support.artifacts import checkpoint_file
 from tests.support.specs import spec_of
 
 pytestmark = pytest.mark.db
@@ -40,7 +41,7 @@ def run_burst(settings: Settings, db: Database) -> None:
 def evaluated_again(settings: Settings, model: Model, spec: TrainingSpec, seed: int) -> dict[str, Any]:
     """The evaluation of the model's checkpoint, computed here from the file, on the run's own split."""
     dataset = to_device(load_fashion_mnist(settings.data_dir, settings.dataset_cache_dir), torch.device("cpu"))
-    module, _ = load_checkpoint(settings.checkpoint_dir / model.filename, expected_sha256=model.sha256)
+    module, _ = load_checkpoint(checkpoint_file(settings, model.id), expected_sha256=model.sha256)
     _, val_index = train_val_split(len(dataset.train_x), spec.val_fraction, seed, dataset.device)
     return evaluate_model(module, *evaluation_sets(dataset, val_index))
 

@@ -16,7 +16,7 @@ from service.registry import get_model
 from service.settings import FaultInjection, Settings
 from service.store.db import Database
 from service.worker.worker import Worker
-from tests.support.artifacts import resume_record
+from tests.support.artifacts import checkpoint_file, resume_record
 from tests.support.specs import spec_of
 from tests.support.waiting import wait_until
 
@@ -80,7 +80,7 @@ def test_packed_jobs_each_succeed_as_they_would_alone(settings: Settings, db: Da
     assert len({job.model_id for job in jobs}) == 3
     for job in jobs:
         model = get_model(db, job.model_id)
-        assert model.job_id == job.id and (settings.checkpoint_dir / model.filename).exists()
+        assert model.job_id == job.id and checkpoint_file(settings, model.id).exists()
         assert resume_record(settings, db, job.id) is None
     alone_ids = [queue.enqueue_job(db, spec, max_attempts=3).id for spec in specs]
     lone = Worker(packing(settings, 1), db, torch.device("cpu"), burst=True)

@@ -27,7 +27,7 @@ from service.store.artifacts import ArtifactStore
 from service.store.db import Database
 from service.store.tables import Model, utcnow
 from service.worker.worker import Worker, WorkerPool
-from tests.support.artifacts import MODES, artifact_files, in_mode, resume_record
+from tests.support.artifacts import MODES, artifact_files, checkpoint_file, in_mode, resume_record
 from tests.support.specs import spec_of
 from tests.support.waiting import wait_until
 
@@ -65,7 +65,7 @@ def test_a_job_runs_to_a_registered_checkpoint(settings: Settings, db: Database,
     assert spec == SMALL
     assert resume_record(settings, db, job.id) is None
     if mode == "folder":
-        path = settings.checkpoint_dir / model.filename
+        path = checkpoint_file(settings, model.id)
         assert file_sha256(path) == model.sha256 and path.stat().st_size == model.size_bytes
         assert artifact_files(settings.home) == [path], "no temporary file, no resume state left"
     else:
