@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="Largest request body (all of a request's uploads together)."
     )
+    keep_alive_seconds: int = Field(
+        default=75,
+        ge=1,
+        le=3600.0,
+        description="How long `fmnist serve` keeps an idle HTTP connection open for the client's next request. "
+        "Longer than a load balancer's idle timeout (60 s on AWS's) and than clients' own idle expiry (httpx: 5 s), "
+        "so the client or proxy, not the server, closes an idle connection: a server closing it as a request "
+        "arrives on it resets that request (the client sees a connection reset, not an answer).",
+    )
     predict_max_batch: int = Field(
         default=256, ge=1, le=65536, description="Most images one batched forward pass takes (micro-batching)."
     )

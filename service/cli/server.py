@@ -220,7 +220,14 @@ def serve(
         return
     app = create_app(settings)
     # log_config=None: uvicorn's own lines, the access log included, go through the handler set up above.
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), log_config=None)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        log_config=None,
+        timeout_keep_alive=settings.keep_alive_seconds,
+    )
     server = StreamClosingServer(config, app.state.event_streams)  # uvicorn.run, but open event streams end on Ctrl-C
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the signal again once it has stopped
         server.run()
@@ -245,6 +252,7 @@ def _serve_processes(host: str, port: int, workers: int, log_level: str, log_for
         workers=workers,
         log_level=log_level.lower(),
         log_config=_log_config(log_level, log_format),
+        timeout_keep_alive=get_settings().keep_alive_seconds,
     )
     try:
         socket = config.bind_socket()

@@ -4,8 +4,10 @@ under a burst of concurrent requests answers every one of them quickly: 200, 503
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -166,23 +168,18 @@ CONCURRENCY = 256
 PREDICT_LIMIT = 600  # per minute, for the one loopback address: the burst passes it
 
 
-@pytest.fixture
-def busy_server(settings: Settings, db: Database, tmp_path: Path) -> Iterator[str]:
-    """`fmnist serve` on loopback with one model, a queue bound of 8 images and a predict rate limit."""
-    train_a_model(settings, db)
+@contextlib.contextmanager
+def serving(settings: Settings, log: Path, **env: str) -> Iterator[str]:
+    """`fmnist serve` on a free loopback port with ``env`` (FMNIST_ variables) on top of the test's; yields its URL.
+    Its output goes to ``log``, which must hold no traceback when it has stopped."""
     port = free_port()
-    env = {
-        **os.environ,
-        "FMNIST_HOME": str(settings.home),
-        "FMNIST_PREDICT_MAX_QUEUE": "8",
-        "FMNIST_RATE_LIMIT_PREDICT": f"{PREDICT_LIMIT}/minute",
-    }
-    env.pop("FMNIST_API_KEYS", None)
-    with (tmp_path / "api.log").open("wb") as log:
+    environment = {**os.environ, "FMNIST_HOME": str(settings.home), **env}
+    environment.pop("FMNIST_API_KEYS", None)
+    with log.open("wb") as output:
         process = subprocess.Popen(
             [*FMNIST, "serve", "--port", str(port), "--log-level", "warning"],
-            env=env,
-            stdout=log,
+            env=environment,
+            stdout=output,
             stderr=subprocess.STDOUT,
         )
     try:
@@ -196,7 +193,16 @@ def busy_server(settings: Settings, db: Database, tmp_path: Path) -> Iterator[st
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    assert "Traceback" not in (tmp_path / "api.log").read_text(errors="replace")
+    assert "Traceback" not in log.read_text(errors="replace")
+
+
+@pytest.fixture
+def busy_server(settings: Settings, db: Database, tmp_path: Path) -> Iterator[str]:
+    """`fmnist serve` on loopback with one model, a queue bound of 8 images and a predict rate limit."""
+    train_a_model(settings, db)
+    limits = {"FMNIST_PREDICT_MAX_QUEUE": "8", "FMNIST_RATE_LIMIT_PREDICT": f"{PREDICT_LIMIT}/minute"}
+    with serving(settings, tmp_path / "api.log", **limits) as url:
+        yield url
 
 
 class HealthProbe(threading.Thread):
@@ -206,41 +212,60 @@ class HealthProbe(threading.Thread):
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.url, self.times, self.done = url, list[float](), threading.Event()
+        self.failures: list[str] = []  # asserted by the test's own thread, not raised in this one
 
     def run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=5) as client:
             while not self.done.is_set():
                 started = time.monotonic()
-                assert client.get("/healthz").status_code == 200
+                try:
+                    status = client.get("/healthz").status_code
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                    return
+                if status != 200:
+                    self.failures.append(f"GET /healthz answered {status}")
                 self.times.append(time.monotonic() - started)
                 self.done.wait(0.05)
 
+    def __enter__(self) -> HealthProbe:
+        self.start()
+        return self
 
-async def burst(url: str) -> list[httpx.Response]:
-    """BURST predictions, CONCURRENCY at a time."""
+    def __exit__(self, *exc_info: object) -> None:
+        self.done.set()
+        self.join(timeout=10)
+
+
+async def burst(url: str) -> list[httpx.Response | httpx.HTTPError]:
+    """BURST predictions, CONCURRENCY at a time: each one's answer, or the transport error it got instead."""
     # One upload, encoded once: the client's CPU goes to sending, on the two cores the server has too.
     body = {"content": MULTIPART, "headers": {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}}
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as client:
         slots = asyncio.Semaphore(CONCURRENCY)
 
-        async def predict() -> httpx.Response:
+        async def predict() -> httpx.Response | httpx.HTTPError:
             async with slots:
-                return await client.post("/v1/predict", **body)
+                try:
+                    return await client.post("/v1/predict", **body)
+                except httpx.HTTPError as exc:
+                    return exc
 
         return await asyncio.gather(*(predict() for _ in range(BURST)))
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
-def test_a_burst_gets_quick_answers_200_503_or_429_and_health_stays_prompt(busy_server: str) -> None:
-    probe = HealthProbe(busy_server)
-    probe.start()
-    started = time.monotonic()
-    answers = asyncio.run(burst(busy_server))
-    took = time.monotonic() - started
-    probe.done.set()
-    probe.join(timeout=10)
+def test_a_burst_gets_quick_answers_200_503_or_429_and_health_stays_prompt(busy_server: str, tmp_path: Path) -> None:
+    with HealthProbe(busy_server) as probe:  # stopped however the burst ends
+        started = time.monotonic()
+        outcomes = asyncio.run(burst(busy_server))
+        took = time.monotonic() - started
+    errors = Counter(repr(outcome) for outcome in outcomes if isinstance(outcome, httpx.HTTPError))
+    log = (tmp_path / "api.log").read_text(errors="replace")[-4000:]
+    assert not errors and not probe.failures, f"{errors}, probe: {probe.failures}; the server's log:\n{log}"
+    answers = [outcome for outcome in outcomes if isinstance(outcome, httpx.Response)]
     during = probe.times
     with httpx.Client(base_url=busy_server, timeout=5) as client:
         after = []
@@ -274,3 +299,46 @@ def test_a_burst_gets_quick_answers_200_503_or_429_and_health_stays_prompt(busy_
         f"burst of {BURST} in {took:.1f} s: {dict(statuses)}; /healthz during: {len(during)} probes, "
         f"max {max(during) * 1000:.0f} ms"
     )
+
+
+# -- idle connections ---------------------------------------------------------------------------------------------
+
+
+def get_health(connection: socket.socket) -> bytes:
+    """Sends GET /healthz on ``connection`` and reads the whole answer (headers, then Content-Length bytes)."""
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += connection.recv(65536) or b"<closed>"
+        assert not answer.endswith(b"<closed>"), answer
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += connection.recv(65536)
+    return head.split(b"\r\n")[0]
+
+
+def test_the_server_outlasts_a_clients_idle_expiry() -> None:
+    """A server that closes an idle connection as the client sends its next request on it resets that request
+    (a connection reset, not an answer); the client, or the proxy before it, must be the one to close first."""
+    default = Settings.model_fields["keep_alive_seconds"].default
+    assert default > httpx.Limits().keepalive_expiry  # httpx's own: 5 s
+    assert default > 60  # AWS's load balancers keep idle connections 60 s by default
+
+
+@pytest.mark.e2e
+def test_an_idle_connection_stays_open_and_closes_at_fmnist_keep_alive_seconds(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    with serving(settings, tmp_path / "api.log", FMNIST_KEEP_ALIVE_SECONDS="2") as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            assert get_health(connection) == b"HTTP/1.1 200 OK"
+            time.sleep(1.0)  # idle, under the setting: the same connection answers again
+            assert get_health(connection) == b"HTTP/1.1 200 OK"
+            idle = time.monotonic()
+            assert connection.recv(1) == b""  # then the server closes it, once it has been idle 2 s
+            closed_after = time.monotonic() - idle
+    assert 1.5 < closed_after < 5.0, closed_after
