@@ -7,7 +7,8 @@ the folder is removed once that transaction commits. A reader never finds a mode
 
 Deleting a job (``delete_job``, ``DELETE /v1/jobs/{id}``) removes, in one transaction, its row, its epoch
 metrics, its model and their artifacts (the model's checkpoint and ONNX export, the job's resume state), then
-their files, with any resume file of the job that no record names. Only an ended job
+their files, with any resume file of the job that no record names and the temporary files of its interrupted
+resume writes. Only an ended job
 can go, never one whose model an alias serves, and never a trial of a study that is still running (its sampler
 learns from every trial). A sweep lists the jobs it has left. A study that has ended keeps the deleted trial's
 number and parameters, with no job: it reads as failed, its error saying the job was deleted.
@@ -22,7 +23,8 @@ The policy (``collect_garbage``) removes:
 - the resume states of ended jobs (and of jobs no longer in the database), which a worker that died after the
   job's end was recorded left behind: their records, and the resume files that no record names (one a crash
   left between writing it and committing its record, or an earlier release's ``<job>.safetensors`` and
-  ``<job>.<token>.safetensors``);
+  ``<job>.<token>.safetensors``), and the temporary files of their interrupted writes (a worker killed while
+  writing one), whatever their age;
 - the records of checkpoints and ONNX exports whose model is gone, with their files;
 - checkpoint and ONNX files that no model row names (a crash between writing the file and registering it),
   once they are ``ORPHAN_GRACE_SECONDS`` old: a worker registers its checkpoint right after writing it;
@@ -186,6 +188,7 @@ def delete_job(db: Database, job_id: str, artifacts: ArtifactStore) -> DeletedJo
         # Files no record named (a killed worker's): forget removes them with the others once the transaction
         # commits; listed here.
         strays = [path for path in artifacts.resume_files(job_id) if path not in files]
+        strays += artifacts.resume_files(job_id, temporary=True)
     names = sorted(path.name for path in (*files, *strays))
     log.info("job %s deleted (model %s, %d artifacts, %d files)", job_id, model_id or "none", len(removed), len(names))
     return DeletedJob(job_id, model_id, removed, names)
@@ -241,12 +244,14 @@ def collect_garbage(
             session, artifacts, ArtifactKind.resume, _ended_resume_records(session), dry_run=dry_run
         )
         report.artifacts += dropped
-        strays = _stray_resume_files(session, artifacts, exclude=set(resume_files))
+        strays = _of_ended_jobs(session, artifacts.resume_files(), exclude=set(resume_files))
+        interrupted = _of_ended_jobs(session, artifacts.resume_files(temporary=True), exclude=set())
         handled = set(surplus).union(*unowned.values())
         unregistered = _unregistered_model_files(session, artifacts.checkpoint_dir, exclude=handled)
-        sizes = {path: _size(path) for path in (*model_files, *orphan_files, *resume_files, *strays, *unregistered)}
-    if not dry_run:
-        _unlink([*strays, *unregistered])  # forget removes the records' files once the transaction has committed
+        removed = (*model_files, *orphan_files, *resume_files, *strays, *interrupted, *unregistered)
+        sizes = {path: _size(path) for path in removed}
+    if not dry_run:  # forget removes the records' files (and their jobs' temporary ones) once the transaction commits
+        _unlink([*strays, *interrupted, *unregistered])
     report.model_files = sorted(path.name for path in model_files)
     report.resume_files = sorted(path.name for path in (*resume_files, *strays))
     report.resume_job_ids = sorted(
@@ -255,7 +260,8 @@ def collect_garbage(
     report.resume_states = sum(a.kind is ArtifactKind.resume for a in report.artifacts) + len(strays)
     report.orphan_files = sorted(path.name for path in (*orphan_files, *unregistered))
     report.bytes = sum(a.size_bytes for a in report.artifacts if a.in_database) + sum(sizes.values())
-    _remove_temporary_files((artifacts.checkpoint_dir, artifacts.resume_dir), report, dry_run)
+    report.temporary_files = sorted(path.name for path in interrupted)
+    _remove_temporary_files((artifacts.checkpoint_dir, artifacts.resume_dir), report, dry_run, exclude=set(interrupted))
     log.info(
         "retention%s: %d models, %d artifact records, %d resume states, %d orphaned files, %d temporary files, "
         "%d bytes",
@@ -314,10 +320,11 @@ def _ended_resume_records(session: Session) -> list[str]:
     )
 
 
-def _stray_resume_files(session: Session, store: ArtifactStore, exclude: set[Path]) -> list[Path]:
-    """The resume files of ended (or deleted) jobs, but those in ``exclude`` (the records' files)."""
+def _of_ended_jobs(session: Session, paths: Iterable[Path], exclude: set[Path]) -> list[Path]:
+    """Those of ``paths`` (resume files, or their temporary files) whose job has ended or is gone, but those in
+    ``exclude`` (the records' files)."""
     by_job: dict[str, list[Path]] = defaultdict(list)
-    for path in store.resume_files():
+    for path in paths:
         by_job[_job_of(path)].append(path)
     live: set[str] = set()
     for chunk in _chunks(sorted(by_job)):
@@ -343,12 +350,15 @@ def _unregistered_model_files(session: Session, checkpoint_dir: Path, exclude: s
     return sorted(path for model_id, paths in candidates.items() if model_id not in registered for path in paths)
 
 
-def _remove_temporary_files(folders: Iterable[Path], report: GarbageReport, dry_run: bool) -> None:
+def _remove_temporary_files(folders: Iterable[Path], report: GarbageReport, dry_run: bool, exclude: set[Path]) -> None:
+    """The temporary files of interrupted writes, once stale; those in ``exclude`` are already reported."""
     now = time.time()
     for folder in folders:
         if dry_run:
             cutoff = now - STALE_TEMPORARY_SECONDS
-            found = sorted(path for path in folder.glob(".*.tmp") if _modified_before(path, cutoff))
+            found = sorted(
+                path for path in folder.glob(".*.tmp") if _modified_before(path, cutoff) and path not in exclude
+            )
             report.bytes += sum(_size(path) for path in found)
         else:
             sizes = {path: _size(path) for path in folder.glob(".*.tmp")} if folder.is_dir() else {}
@@ -380,7 +390,8 @@ def _drop(
 
 
 def _job_of(path: Path) -> str:
-    return path.name[:32]
+    """The job of a resume file (``<job>....safetensors``) or of its temporary file (``.<job>....tmp``)."""
+    return path.name.removeprefix(".")[:32]
 
 
 def _modified_before(path: Path, cutoff: float) -> bool:

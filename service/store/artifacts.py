@@ -52,6 +52,11 @@ DIGEST_DIGITS = 16  # ... and the first hex digits of the state's sha256
 RESUME_FILE = re.compile(
     rf"(?P<job>[0-9a-f]{{32}})(\.\d{{{TOKEN_DIGITS}}}(\.[0-9a-f]{{{DIGEST_DIGITS}}})?)?\.safetensors"
 )
+# The temporary file of a resume state's write (models.files.write_atomic: ``.<file name>.<random>.tmp``), which a
+# worker killed while writing leaves behind.
+RESUME_TEMPORARY_FILE = re.compile(
+    rf"\.(?P<job>[0-9a-f]{{32}})\.\d{{{TOKEN_DIGITS}}}\.[0-9a-f]{{{DIGEST_DIGITS}}}\.safetensors\.[^.]+\.tmp"
+)
 
 
 class ArtifactKind(StrEnum):
@@ -194,25 +199,34 @@ class ArtifactStore:
         """Drops the records of ``kind`` artifacts named ``names`` in ``session``'s transaction; once it commits,
         their files go, and so do the files under their names that no record named: a checkpoint's or ONNX
         export's written before records existed, and a job's resume states that a worker killed between writing
-        one and recording it left behind. Returns the records dropped."""
+        one and recording it left behind, or while writing it (its temporary file). A job's resume state is
+        dropped only once the job has ended (or is deleted): a write of one still under way is then a stale
+        worker's, whose transaction the lease refuses anyway. Returns the records dropped."""
         names = list(names)
         dropped = self._drop_rows(session, kind, names)
         files = {self.file_of(old) for old in dropped if not old.in_database}
         if kind is ArtifactKind.resume:
-            files.update(path for name in names for path in self.resume_files(name))
+            for name in names:
+                files.update([*self.resume_files(name), *self.resume_files(name, temporary=True)])
         else:
             files.update(self.path(kind, name) for name in names)
         self._after(session, commit=sorted(files), rollback=[])
         return dropped
 
-    def resume_files(self, job_id: str | None = None) -> list[Path]:
+    def resume_files(self, job_id: str | None = None, *, temporary: bool = False) -> list[Path]:
         """Every resume file of the job (of every job, without ``job_id``) in this home's folder, recorded or not
-        (names of earlier releases too)."""
+        (names of earlier releases too); with ``temporary``, the temporary files of its writes instead, whatever
+        their age (a write under way, or one a killed worker left)."""
         if not self.resume_dir.is_dir():
             return []
+        pattern, glob = (
+            (RESUME_TEMPORARY_FILE, f".{job_id or ''}*.tmp")
+            if temporary
+            else (RESUME_FILE, f"{job_id or ''}*.safetensors")
+        )
         found = []
-        for path in self.resume_dir.glob(f"{job_id or ''}*.safetensors"):
-            match = RESUME_FILE.fullmatch(path.name)
+        for path in self.resume_dir.glob(glob):
+            match = pattern.fullmatch(path.name)
             if match and job_id in (None, match.group("job")) and path.is_file():
                 found.append(path)
         return sorted(found)

@@ -31,6 +31,7 @@ from tests.support.retention import (
     count,
     finished_job,
     home_files,
+    interrupted_resume_write,
     new_study,
     new_sweep,
     publish_resume,
@@ -119,6 +120,9 @@ def test_delete_job_reports_exactly_the_records_and_files_it_removed(db: Databas
     model = str(job.model_id)
     # A resume file an earlier release wrote, with no record (nor a file the store writes in database mode).
     stray = write_file(settings.resume_dir / f"{job.job_id}.safetensors", 10)
+    # A resume state a killed worker was writing (its temporary file); the other job's stays.
+    interrupted = interrupted_resume_write(settings, job.job_id)
+    others = interrupted_resume_write(settings, kept.job_id)
     before = snapshot(db, settings)
 
     deleted = retention.delete_job(db, job.job_id, store)
@@ -131,9 +135,10 @@ def test_delete_job_reports_exactly_the_records_and_files_it_removed(db: Databas
     if in_folder(settings):
         recorded = [f"{model}.safetensors", f"{model}.onnx", resume_file]
         assert [a.file for a in deleted.artifacts] == recorded
-        assert deleted.files == sorted([*recorded, stray.name])
+        assert deleted.files == sorted([*recorded, stray.name, interrupted.name])
     else:
-        assert all(a.in_database for a in deleted.artifacts) and deleted.files == [stray.name]
+        assert all(a.in_database for a in deleted.artifacts)
+        assert deleted.files == sorted([stray.name, interrupted.name])
     jobs, metrics, models, rows, files = before
     assert snapshot(db, settings) == (
         jobs - 1,
@@ -143,7 +148,7 @@ def test_delete_job_reports_exactly_the_records_and_files_it_removed(db: Databas
         {path for path in files if path.split("/", 1)[1] not in deleted.files},
     )
     assert len(files) - len(home_files(settings)) == len(deleted.files)  # every file it names is one it removed
-    assert not stray.exists()
+    assert not stray.exists() and not interrupted.exists() and others.exists()
     assert artifact_rows(db) == {("checkpoint", str(kept.model_id)), ("onnx", str(kept.model_id))}
 
 

@@ -38,6 +38,7 @@ from tests.support.retention import (
     count,
     finished_job,
     home_files,
+    interrupted_resume_write,
     new_study,
     new_sweep,
     publish_resume,
@@ -301,13 +302,21 @@ def test_resume_files_that_no_record_names_go_for_ended_and_deleted_jobs(db: Dat
     ]
     for name in (*strays, *kept):
         write_file(folder / name, 10)
+    # Writes a killed worker left (temporary files): an ended or deleted job's go at once (counted once, however
+    # old), a live job's stays.
+    interrupted = [
+        interrupted_resume_write(settings, ended).name,
+        interrupted_resume_write(settings, deleted, age_seconds=2 * HOUR).name,
+    ]
+    kept.append(interrupted_resume_write(settings, running).name)
     before = state(db, settings)
 
     dry = gc(db, settings, 3, 3, dry_run=True)
     assert dry.resume_job_ids == sorted([ended, deleted])
     assert dry.resume_states == 1 + len(strays) and records(dry) == [("resume", ended, 3)]
     assert dry.resume_files == sorted(strays + recorded)
-    assert dry.bytes == 20 + 10 * len(strays)
+    assert dry.temporary_files == sorted(interrupted)
+    assert dry.bytes == 20 + 10 * len(strays) + 7 * len(interrupted)
     assert state(db, settings) == before
 
     real = gc(db, settings, 3, 3, dry_run=False)

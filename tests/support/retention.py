@@ -121,6 +121,13 @@ def artifact_rows(db: Database, kind: ArtifactKind | None = None) -> set[tuple[s
         return {(row[0], row[1]) for row in session.execute(query)}
 
 
+def interrupted_resume_write(settings: Settings, job_id: str, size: int = 7, age_seconds: float = 0.0) -> Path:
+    """The temporary file a worker killed while writing a resume state of ``job_id`` leaves (the name
+    models.files.write_atomic gives it)."""
+    name = f".{job_id}.000000000003.0123456789abcdef.safetensors.k1ll3d_x.tmp"
+    return write_file(settings.resume_dir / name, size, age_seconds=age_seconds)
+
+
 def home_files(settings: Settings) -> set[str]:
     """The files in the home's artifact folders, as ``checkpoints/<name>`` and ``resume/<name>``."""
     found: set[str] = set()

@@ -212,21 +212,30 @@ def test_four_workers_racing_over_fifty_jobs_claim_each_attempt_once(fleet: Flee
 
 # -- kill -9 the API ------------------------------------------------------------------------------------
 # 200 submissions in waves of 20, 150 ms apart (one burst of 200 makes the client, not the server, the
-# bottleneck: it reads no answer until it has sent everything); the kill lands at the 50th answer.
+# bottleneck: it reads no answer until it has sent everything); the kill lands at the 50th answer. A wave also
+# waits for the answers to all waves but the one before it: a client slowed down (a busy machine) cannot fall so
+# far behind the server that every submission is answered before the client has read 50 answers.
 SUBMISSIONS, WAVE, WAVE_SECONDS, KILL_AFTER_ACKS = 200, 20, 0.15, 50
 
 
 async def submit_concurrently(url: str, count: int, on_ack: Callable[[str], None]) -> list[int | None]:
-    """POSTs ``count`` jobs at once; each answer's status, None where the connection broke."""
+    """POSTs ``count`` jobs in waves; each answer's status, None where the connection broke."""
     limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    answered = 0
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
 
         async def submit(seed: int) -> int | None:
-            await asyncio.sleep(seed // WAVE * WAVE_SECONDS)
+            nonlocal answered
+            wave = seed // WAVE
+            await asyncio.sleep(wave * WAVE_SECONDS)
+            while answered < (wave - 1) * WAVE:
+                await asyncio.sleep(0.005)
             try:
                 response = await client.post("/v1/jobs", json={"hidden_layers": [8], "epochs": 1, "seed": seed})
             except httpx.TransportError:
                 return None
+            finally:
+                answered += 1
             if response.status_code == 202:
                 on_ack(response.json()["id"])
             return response.status_code

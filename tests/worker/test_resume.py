@@ -5,7 +5,9 @@ the home folder and in the database."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -200,3 +202,35 @@ def test_a_state_a_killed_worker_wrote_but_never_recorded_goes_when_the_job_ends
     assert resumed_epoch(db, store, second) == 1, "only the recorded state counts"
     queue.finish_job(db, second, model_id="m" * 32, checkpoint=b"x", artifacts=store, selected=None)
     assert files(store) == [], "the ended job's resume files went, recorded or not"
+
+
+def killed_while_staging(store: ArtifactStore, claim: Claim, epoch: int) -> None:
+    """Stages a resume state in a forked process that SIGKILLs itself once the temporary file is written, as it
+    renames it: what a worker killed mid-write leaves."""
+
+    def write() -> None:
+        Path.replace = lambda *_: os.kill(os.getpid(), signal.SIGKILL)  # type: ignore[assignment,method-assign]
+        store.stage(ArtifactKind.resume, claim.job_id, state(claim, epoch), token=claim.token)
+
+    child = multiprocessing.get_context("fork").Process(target=write)
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == -signal.SIGKILL
+
+
+def test_a_state_a_worker_was_killed_writing_goes_when_the_job_ends(db: Database, settings: Settings) -> None:
+    store = ArtifactStore.for_settings(settings.model_copy(update={"artifacts": "folder"}))
+    job_id, other_id = add_job(db, SPEC), add_job(db, SPEC)
+    first, other = queue.claim_jobs(db, "w1", 30, device="cpu", limit=2)
+    assert {first.job_id, other.job_id} == {job_id, other_id}
+    publish(db, store, first, 1)
+    killed_while_staging(store, first, 2)
+    killed_while_staging(store, other, 1)
+    temporary = [path.name for path in store.resume_files(temporary=True)]
+    assert len(temporary) == 2 and all(name.startswith(".") and name.endswith(".tmp") for name in temporary)
+    second = claim_again(db, first.job_id)
+    assert resumed_epoch(db, store, second) == 1
+    queue.finish_job(db, second, model_id="m" * 32, checkpoint=b"x", artifacts=store, selected=None)
+    # The ended job's half-written state went with its state; the other job, still running, keeps its own.
+    assert files(store) == [path.name for path in store.resume_files(other.job_id, temporary=True)]
+    assert len(files(store)) == 1
