@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     keep_alive_seconds: int = Field(
         default=75,
         ge=1,
-        le=3600.0,
+        le=3600,
         description="How long `fmnist serve` keeps an idle HTTP connection open for the client's next request. "
         "Longer than a load balancer's idle timeout (60 s on AWS's) and than clients' own idle expiry (httpx: 5 s), "
         "so the client or proxy, not the server, closes an idle connection: a server closing it as a request "
